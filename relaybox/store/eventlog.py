@@ -1,0 +1,384 @@
+"""The event log: one writer thread that group-commits publishes and cursors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee as pw
+
+from relaybox.protocol.encoding import format_ts, now_ms
+from relaybox.protocol.messages import event_frame
+from relaybox.store.db import is_postgres
+
+log = logging.getLogger("relaybox.store")
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """An event as committed; ``frame`` is its gateway `event` message, built once."""
+
+    user_id: str
+    stream: str
+    seq: int
+    id: str
+    device_id: str | None
+    key: str | None
+    ts: int
+    body: str
+    _frame: str | None = field(default=None, repr=False)
+
+    @property
+    def frame(self) -> str:
+        if self._frame is None:
+            self._frame = event_frame(self.stream, self.seq, self.id, self.device_id, self.key,
+                                      format_ts(self.ts), self.body)
+        return self._frame
+
+    def as_json(self) -> dict[str, Any]:
+        import orjson
+
+        return {"type": "event", "stream": self.stream, "seq": self.seq, "id": self.id,
+                "from": self.device_id, "key": self.key, "ts": format_ts(self.ts),
+                "body": orjson.loads(self.body) if self.body else None}
+
+
+@dataclass(slots=True)
+class PublishRequest:
+    user_id: str
+    device_id: str | None  # None: a server-made event (sys.* streams)
+    client_id: str
+    stream: str
+    body: str
+    key: str | None = None
+    base_seq: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Accepted:
+    event: StoredEvent
+    duplicate: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Conflicted:
+    stream: str
+    head_seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class Failed:
+    reason: str
+
+
+PublishResult = Accepted | Conflicted | Failed
+_STOP = object()
+
+
+@dataclass(slots=True)
+class _Cursor:
+    device_id: str
+    stream: str
+    seq: int
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[], Any]
+
+
+@dataclass(slots=True)
+class BatchStats:
+    batches: int = 0
+    events: int = 0
+    last_size: int = 0
+    last_seconds: float = 0.0
+
+
+class EventLog:
+    """Single writer thread; publishes from every session share one transaction per batch.
+
+    Results are handed back to the event loop with one ``call_soon_threadsafe`` per batch;
+    ``on_committed`` receives the newly stored events (never duplicates) in seq order.
+    """
+
+    def __init__(
+        self,
+        db: pw.Database,
+        *,
+        batch_max: int = 1024,
+        read_threads: int = 4,
+        on_committed: Callable[[list[StoredEvent]], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.db = db
+        self.batch_max = batch_max
+        self.on_committed = on_committed
+        self.on_batch = on_batch
+        self.clock = clock
+        self.stats = BatchStats()
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.readers = ThreadPoolExecutor(read_threads, thread_name_prefix="relaybox-read")
+        self._pg = is_postgres(db)
+        self._p = "%s" if self._pg else "?"
+        self.healthy = True
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="relaybox-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commit everything queued, then stop the writer (blocking)."""
+        if self._thread is not None:
+            self._q.put(_STOP)
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.readers.shutdown(wait=True)
+
+    # -- API (event loop side) -------------------------------------------------
+    def publish(self, req: PublishRequest) -> asyncio.Future[PublishResult]:
+        assert self._loop is not None
+        fut: asyncio.Future[PublishResult] = self._loop.create_future()
+        self._q.put((req, fut))
+        return fut
+
+    def save_cursor(self, device_id: str, stream: str, seq: int) -> None:
+        """Record an ack; committed with the next batch (cursors are batched)."""
+        self._q.put(_Cursor(device_id, stream, seq))
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run ``fn`` in the writer thread after everything queued before it is committed."""
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._q.put((_Call(fn), fut))
+        return fut
+
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking read in the reader pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.readers, fn, *args)
+
+    # -- writer thread -----------------------------------------------------------
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            items = [self._q.get()]
+            try:
+                while len(items) < self.batch_max:
+                    items.append(self._q.get_nowait())
+            except queue.Empty:
+                pass
+            if any(it is _STOP for it in items):
+                stop = True
+                items = [it for it in items if it is not _STOP]
+            if items:
+                self._process(items)
+        if not self.db.is_closed():
+            self.db.close()
+
+    def _process(self, items: list[Any]) -> None:
+        pubs: list[tuple[PublishRequest, asyncio.Future[PublishResult]]] = []
+        calls: list[tuple[_Call, asyncio.Future[Any]]] = []
+        cursors: dict[tuple[str, str], int] = {}
+        for it in items:
+            if isinstance(it, _Cursor):
+                k = (it.device_id, it.stream)
+                if it.seq > cursors.get(k, -1):
+                    cursors[k] = it.seq
+            elif isinstance(it[0], _Call):
+                calls.append(it)
+            else:
+                pubs.append(it)
+        results: list[PublishResult] = []
+        new_events: list[StoredEvent] = []
+        started = time.perf_counter()
+        for attempt in range(3):
+            try:
+                with self._transaction():
+                    results, new_events = self._write_publishes([p[0] for p in pubs])
+                    self._write_cursors(cursors)
+                self.healthy = True
+                break
+            except (pw.IntegrityError, pw.OperationalError, pw.InterfaceError) as exc:
+                # A concurrent writer in another process (same id twice) or a lock
+                # timeout: re-evaluate the whole batch; after that, report unavailable.
+                log.warning("commit failed (attempt %d): %s", attempt + 1, exc)
+                self._reset_connection()
+                results = [Failed(str(exc))] * len(pubs)
+                new_events = []
+                self.healthy = False
+            except Exception as exc:
+                log.exception("commit failed: %s", exc)
+                self._reset_connection()
+                results = [Failed(str(exc))] * len(pubs)
+                new_events = []
+                self.healthy = False
+                break
+        elapsed = time.perf_counter() - started
+        if pubs:
+            self.stats.batches += 1
+            self.stats.events += len(new_events)
+            self.stats.last_size = len(pubs)
+            self.stats.last_seconds = elapsed
+        call_results = []
+        for call, fut in calls:
+            try:
+                with self._transaction():
+                    call_results.append((fut, call.fn(), None))
+            except Exception as exc:
+                self._reset_connection()
+                call_results.append((fut, None, exc))
+        assert self._loop is not None
+        if self._loop.is_closed():
+            return
+        pub_futs = [p[1] for p in pubs]
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, pub_futs, results, new_events,
+                                            call_results, len(pubs), elapsed)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _deliver(self, futs: list[asyncio.Future[PublishResult]], results: list[PublishResult],
+                 new_events: list[StoredEvent], call_results: list[tuple[Any, Any, Any]],
+                 size: int, elapsed: float) -> None:
+        # Fan-out first so that the ack never reaches the publisher before relay started.
+        if new_events and self.on_committed is not None:
+            try:
+                self.on_committed(new_events)
+            except Exception:
+                log.exception("fan-out failed")
+        if size and self.on_batch is not None:
+            self.on_batch(size, elapsed)
+        for fut, res in zip(futs, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)
+        for fut, value, exc in call_results:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+    def _transaction(self) -> Any:
+        if self._pg:
+            return self.db.atomic()
+        # BEGIN IMMEDIATE: take the write lock before reading heads, so that another
+        # process writing the same file can never hand out the same seq.
+        return self.db.atomic(lock_type="IMMEDIATE")
+
+    def _reset_connection(self) -> None:
+        try:
+            if not self.db.is_closed():
+                self.db.close()
+        except Exception:  # noqa: S110 - a broken connection may refuse to close
+            pass
+
+    def _write_publishes(
+        self, reqs: list[PublishRequest]
+    ) -> tuple[list[PublishResult], list[StoredEvent]]:
+        if not reqs:
+            return [], []
+        p = self._p
+        db = self.db
+        ts = self.clock()  # one timestamp per commit batch
+        results: list[PublishResult | None] = [None] * len(reqs)
+
+        # Deduplicate by (device, id): one query per batch (protocol.md §3 Publish).
+        ids = list({r.client_id for r in reqs if r.device_id is not None})
+        known: dict[tuple[str, str], StoredEvent] = {}
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start:chunk_start + 500]
+            sql = ("SELECT user_id, stream, seq, client_id, device_id, key, ts, body FROM event "
+                   f"WHERE client_id IN ({','.join([p] * len(chunk))})")
+            for row in db.execute_sql(sql, chunk).fetchall():
+                ev = StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+                if ev.device_id is not None:
+                    known[(ev.device_id, ev.id)] = ev
+
+        # Lock and read the heads of every stream this batch touches.
+        pairs = list({(r.user_id, r.stream) for r in reqs})
+        heads: dict[tuple[str, str], int] = {}
+        conflict_clause = "ON CONFLICT (user_id, stream) DO NOTHING"
+        db.cursor().executemany(
+            f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
+            f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
+        lock = " FOR UPDATE" if self._pg else ""
+        for chunk_start in range(0, len(pairs), 400):
+            chunk = pairs[chunk_start:chunk_start + 400]
+            where = " OR ".join([f"(user_id = {p} AND stream = {p})"] * len(chunk))
+            flat = [v for pair in chunk for v in pair]
+            for u, s, h in db.execute_sql(
+                    f"SELECT user_id, stream, head_seq FROM stream_head WHERE {where}{lock}",
+                    flat).fetchall():
+                heads[(u, s)] = h
+
+        key_heads: dict[tuple[str, str, str], int] = {}
+        rows: list[tuple[Any, ...]] = []
+        new_events: list[StoredEvent] = []
+        for i, r in enumerate(reqs):
+            if r.device_id is not None:
+                prior = known.get((r.device_id, r.client_id))
+                if prior is not None:
+                    results[i] = Accepted(prior, duplicate=True)
+                    continue
+            hk = (r.user_id, r.stream)
+            head = heads[hk]
+            if r.base_seq is not None:
+                # Compare-and-set (protocol.md §3 Conflicts).
+                if r.key is None:
+                    current = head
+                else:
+                    kk = (r.user_id, r.stream, r.key)
+                    if kk not in key_heads:
+                        row = db.execute_sql(
+                            f"SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} "
+                            f"AND key = {p}", (r.user_id, r.stream, r.key)).fetchone()
+                        key_heads[kk] = int(row[0]) if row and row[0] is not None else 0
+                    current = key_heads[kk]
+                if current > r.base_seq:
+                    results[i] = Conflicted(r.stream, current)
+                    continue
+            seq = head + 1
+            heads[hk] = seq
+            if r.key is not None:
+                key_heads[(r.user_id, r.stream, r.key)] = seq
+            ev = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts, r.body)
+            rows.append((r.user_id, r.stream, seq, r.device_id, r.client_id, r.key, r.body, ts))
+            new_events.append(ev)
+            results[i] = Accepted(ev, duplicate=False)
+            if r.device_id is not None:
+                known[(r.device_id, r.client_id)] = ev  # a repeat inside this same batch
+
+        if rows:
+            db.cursor().executemany(
+                "INSERT INTO event (user_id, stream, seq, device_id, client_id, key, body, ts) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", rows)
+            touched = {(e.user_id, e.stream) for e in new_events}
+            db.cursor().executemany(
+                f"UPDATE stream_head SET head_seq = {p} WHERE user_id = {p} AND stream = {p}",
+                [(heads[k], k[0], k[1]) for k in touched])
+        return [r for r in results if r is not None], new_events
+
+    def _write_cursors(self, cursors: dict[tuple[str, str], int]) -> None:
+        if not cursors:
+            return
+        p = self._p
+        self.db.cursor().executemany(
+            f'INSERT INTO "cursor" (device_id, stream, acked_seq) VALUES ({p}, {p}, {p}) '
+            "ON CONFLICT (device_id, stream) DO UPDATE SET acked_seq = "
+            'CASE WHEN excluded.acked_seq > "cursor".acked_seq THEN excluded.acked_seq '
+            'ELSE "cursor".acked_seq END',
+            [(d, s, q) for (d, s), q in cursors.items()])

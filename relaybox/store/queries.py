@@ -1,0 +1,27 @@
+"""Blocking read queries (run them in the event log's reader pool, never on the loop)."""
+
+from __future__ import annotations
+
+from relaybox.store.eventlog import StoredEvent
+from relaybox.store.models import Cursor, Event, StreamHead
+
+
+def read_events(user_id: str, stream: str, after: int, limit: int) -> list[StoredEvent]:
+    """Events of one stream with seq > ``after``, in seq order, at most ``limit``."""
+    q = (Event.select(Event.user_id, Event.stream, Event.seq, Event.client_id, Event.device_id,
+                      Event.key, Event.ts, Event.body)
+         .where((Event.user_id == user_id) & (Event.stream == stream) & (Event.seq > after))
+         .order_by(Event.seq).limit(limit))
+    return [StoredEvent(*row) for row in q.tuples().iterator()]
+
+
+def stream_heads(user_id: str) -> dict[str, tuple[int, int]]:
+    """{stream: (head_seq, floor_seq)} for a user."""
+    q = (StreamHead.select(StreamHead.stream, StreamHead.head_seq, StreamHead.floor_seq)
+         .where((StreamHead.user_id == user_id) & (StreamHead.head_seq > 0)).tuples())
+    return {s: (h, f) for s, h, f in q}
+
+
+def cursors(device_id: str) -> dict[str, int]:
+    q = Cursor.select(Cursor.stream, Cursor.acked_seq).where(Cursor.device_id == device_id)
+    return dict(q.tuples())
