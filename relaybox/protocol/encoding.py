@@ -89,17 +89,13 @@ def uuid7() -> str:
     """A new time-ordered UUIDv7 (RFC 9562 §5.7).
 
     The 12 ``rand_a`` bits carry the sub-millisecond fraction (RFC 9562 §6.2
-    method 3) so that ids made by one process sort in creation order.
+    method 3), so ids sort by creation time below the millisecond too.
     """
     ns = time.time_ns()
     ms, sub_ns = divmod(ns, 1_000_000)
     rand_a = (sub_ns << 12) // 1_000_000
     value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | rand_a << 64
-        | 0b10 << 62
-        | secrets.randbits(62)
+        (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | secrets.randbits(62)
     )
     return _format_uuid(value)
 

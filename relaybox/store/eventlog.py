@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from relaybox.protocol.encoding import format_ts, now_ms
-from relaybox.protocol.messages import event_frame
+from relaybox.protocol.frames import event_frame
 from relaybox.store.db import is_postgres
 
 log = logging.getLogger("relaybox.store")
@@ -289,88 +289,7 @@ class EventLog:
     def _write_publishes(
         self, reqs: list[PublishRequest]
     ) -> tuple[list[PublishResult], list[StoredEvent]]:
-        if not reqs:
-            return [], []
-        p = self._p
-        db = self.db
-        ts = self.clock()  # one timestamp per commit batch
-        results: list[PublishResult | None] = [None] * len(reqs)
-
-        # Deduplicate by (device, id): one query per batch (protocol.md §3 Publish).
-        ids = list({r.client_id for r in reqs if r.device_id is not None})
-        known: dict[tuple[str, str], StoredEvent] = {}
-        for chunk_start in range(0, len(ids), 500):
-            chunk = ids[chunk_start:chunk_start + 500]
-            sql = ("SELECT user_id, stream, seq, client_id, device_id, key, ts, body FROM event "
-                   f"WHERE client_id IN ({','.join([p] * len(chunk))})")
-            for row in db.execute_sql(sql, chunk).fetchall():
-                ev = StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
-                if ev.device_id is not None:
-                    known[(ev.device_id, ev.id)] = ev
-
-        # Lock and read the heads of every stream this batch touches.
-        pairs = list({(r.user_id, r.stream) for r in reqs})
-        heads: dict[tuple[str, str], int] = {}
-        conflict_clause = "ON CONFLICT (user_id, stream) DO NOTHING"
-        db.cursor().executemany(
-            f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
-            f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
-        lock = " FOR UPDATE" if self._pg else ""
-        for chunk_start in range(0, len(pairs), 400):
-            chunk = pairs[chunk_start:chunk_start + 400]
-            where = " OR ".join([f"(user_id = {p} AND stream = {p})"] * len(chunk))
-            flat = [v for pair in chunk for v in pair]
-            for u, s, h in db.execute_sql(
-                    f"SELECT user_id, stream, head_seq FROM stream_head WHERE {where}{lock}",
-                    flat).fetchall():
-                heads[(u, s)] = h
-
-        key_heads: dict[tuple[str, str, str], int] = {}
-        rows: list[tuple[Any, ...]] = []
-        new_events: list[StoredEvent] = []
-        for i, r in enumerate(reqs):
-            if r.device_id is not None:
-                prior = known.get((r.device_id, r.client_id))
-                if prior is not None:
-                    results[i] = Accepted(prior, duplicate=True)
-                    continue
-            hk = (r.user_id, r.stream)
-            head = heads[hk]
-            if r.base_seq is not None:
-                # Compare-and-set (protocol.md §3 Conflicts).
-                if r.key is None:
-                    current = head
-                else:
-                    kk = (r.user_id, r.stream, r.key)
-                    if kk not in key_heads:
-                        row = db.execute_sql(
-                            f"SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} "
-                            f"AND key = {p}", (r.user_id, r.stream, r.key)).fetchone()
-                        key_heads[kk] = int(row[0]) if row and row[0] is not None else 0
-                    current = key_heads[kk]
-                if current > r.base_seq:
-                    results[i] = Conflicted(r.stream, current)
-                    continue
-            seq = head + 1
-            heads[hk] = seq
-            if r.key is not None:
-                key_heads[(r.user_id, r.stream, r.key)] = seq
-            ev = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts, r.body)
-            rows.append((r.user_id, r.stream, seq, r.device_id, r.client_id, r.key, r.body, ts))
-            new_events.append(ev)
-            results[i] = Accepted(ev, duplicate=False)
-            if r.device_id is not None:
-                known[(r.device_id, r.client_id)] = ev  # a repeat inside this same batch
-
-        if rows:
-            db.cursor().executemany(
-                "INSERT INTO event (user_id, stream, seq, device_id, client_id, key, body, ts) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", rows)
-            touched = {(e.user_id, e.stream) for e in new_events}
-            db.cursor().executemany(
-                f"UPDATE stream_head SET head_seq = {p} WHERE user_id = {p} AND stream = {p}",
-                [(heads[k], k[0], k[1]) for k in touched])
-        return [r for r in results if r is not None], new_events
+        return append(self.db, reqs, self.clock())
 
     def _write_cursors(self, cursors: dict[tuple[str, str], int]) -> None:
         if not cursors:
@@ -382,3 +301,103 @@ class EventLog:
             'CASE WHEN excluded.acked_seq > "cursor".acked_seq THEN excluded.acked_seq '
             'ELSE "cursor".acked_seq END',
             [(d, s, q) for (d, s), q in cursors.items()])
+
+
+def append(db: pw.Database, reqs: list[PublishRequest],
+       ts: int) -> tuple[list[PublishResult], list[StoredEvent]]:
+    """Store publishes inside the caller's write transaction (one ``ts`` per batch).
+
+    Assigns seq per (user, stream) without gaps, deduplicates by (device, id) and applies
+    compare-and-set. On SQLite the transaction must hold the write lock (BEGIN IMMEDIATE);
+    on PostgreSQL the heads are locked here with SELECT … FOR UPDATE.
+    """
+    if not reqs:
+        return [], []
+    pg = is_postgres(db)
+    p = "%s" if pg else "?"
+    results: list[PublishResult | None] = [None] * len(reqs)
+
+    # Deduplicate by (device, id): one query per batch (protocol.md §3 Publish).
+    ids = list({r.client_id for r in reqs if r.device_id is not None})
+    known: dict[tuple[str, str], StoredEvent] = {}
+    for chunk_start in range(0, len(ids), 500):
+        chunk = ids[chunk_start:chunk_start + 500]
+        sql = ("SELECT user_id, stream, seq, client_id, device_id, key, ts, body FROM event "
+               f"WHERE client_id IN ({','.join([p] * len(chunk))})")
+        for row in db.execute_sql(sql, chunk).fetchall():
+            ev = StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+            if ev.device_id is not None:
+                known[(ev.device_id, ev.id)] = ev
+
+    # Lock and read the heads of every stream this batch touches.
+    pairs = list({(r.user_id, r.stream) for r in reqs})
+    heads: dict[tuple[str, str], int] = {}
+    conflict_clause = "ON CONFLICT (user_id, stream) DO NOTHING"
+    db.cursor().executemany(
+        f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
+        f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
+    lock = " FOR UPDATE" if pg else ""
+    for chunk_start in range(0, len(pairs), 400):
+        chunk = pairs[chunk_start:chunk_start + 400]
+        where = " OR ".join([f"(user_id = {p} AND stream = {p})"] * len(chunk))
+        flat = [v for pair in chunk for v in pair]
+        for u, s, h in db.execute_sql(
+                f"SELECT user_id, stream, head_seq FROM stream_head WHERE {where}{lock}",
+                flat).fetchall():
+            heads[(u, s)] = h
+
+    key_heads: dict[tuple[str, str, str], int] = {}
+    rows: list[tuple[Any, ...]] = []
+    new_events: list[StoredEvent] = []
+    for i, r in enumerate(reqs):
+        if r.device_id is not None:
+            prior = known.get((r.device_id, r.client_id))
+            if prior is not None:
+                results[i] = Accepted(prior, duplicate=True)
+                continue
+        hk = (r.user_id, r.stream)
+        head = heads[hk]
+        if r.base_seq is not None:
+            # Compare-and-set (protocol.md §3 Conflicts).
+            if r.key is None:
+                current = head
+            else:
+                kk = (r.user_id, r.stream, r.key)
+                if kk not in key_heads:
+                    row = db.execute_sql(
+                        f"SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} "
+                        f"AND key = {p}", (r.user_id, r.stream, r.key)).fetchone()
+                    key_heads[kk] = int(row[0]) if row and row[0] is not None else 0
+                current = key_heads[kk]
+            if current > r.base_seq:
+                results[i] = Conflicted(r.stream, current)
+                continue
+        seq = head + 1
+        heads[hk] = seq
+        if r.key is not None:
+            key_heads[(r.user_id, r.stream, r.key)] = seq
+        ev = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts, r.body)
+        rows.append((r.user_id, r.stream, seq, r.device_id, r.client_id, r.key, r.body, ts))
+        new_events.append(ev)
+        results[i] = Accepted(ev, duplicate=False)
+        if r.device_id is not None:
+            known[(r.device_id, r.client_id)] = ev  # a repeat inside this same batch
+
+    if rows:
+        db.cursor().executemany(
+            "INSERT INTO event (user_id, stream, seq, device_id, client_id, key, body, ts) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", rows)
+        touched = {(e.user_id, e.stream) for e in new_events}
+        db.cursor().executemany(
+            f"UPDATE stream_head SET head_seq = {p} WHERE user_id = {p} AND stream = {p}",
+            [(heads[k], k[0], k[1]) for k in touched])
+    return [r for r in results if r is not None], new_events
+
+
+def append_now(db: pw.Database, reqs: list[PublishRequest],
+               clock: Callable[[], int] = now_ms) -> list[PublishResult]:
+    """Store publishes in a transaction of their own (CLI and jobs; not the hot path)."""
+    ctx = db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
+    with ctx:
+        results, _ = append(db, reqs, clock())
+    return results

@@ -1,0 +1,111 @@
+"""Shared CLI plumbing: state, settings loading, JSON output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import peewee as pw
+from rich.console import Console
+
+from relaybox.config import ConfigError, Settings, load_settings
+from relaybox.errors import RelayError
+
+out = Console()
+err = Console(stderr=True)
+
+
+@dataclass
+class CliState:
+    data_dir: Path
+    debug: bool = False
+
+
+class CliError(click.ClickException):
+    """A failure reported as one line ``error: …`` with exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def state() -> CliState:
+    return click.get_current_context().find_object(CliState)  # type: ignore[return-value]
+
+
+def settings_for(overrides: Mapping[str, Any] | None = None, *,
+                 check_writable: bool = False) -> Settings:
+    st = state()
+    try:
+        return load_settings(st.data_dir, overrides=overrides, check_writable=check_writable)
+    except ConfigError as exc:
+        for line in exc.problems[:-1]:
+            click.echo(f"error: {line}", err=True)
+        raise CliError(exc.problems[-1]) from None
+
+
+def emit_json(doc: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def open_db(settings: Settings, *, must_exist: bool = True) -> pw.Database:
+    """Open (and bind) the database; with ``must_exist`` refuse an uninitialised data dir."""
+    from relaybox.services import identity
+    from relaybox.store.db import open_database
+
+    path = settings.sqlite_path
+    if must_exist and path is not None and not path.exists():
+        raise CliError(f"no relaybox database in {settings.data_dir} (run 'relaybox init')")
+    db = open_database(settings)
+    try:
+        db.connect(reuse_if_open=True)
+    except pw.OperationalError as exc:
+        raise CliError(f"cannot open the database: {exc}") from None
+    if must_exist and not identity.is_initialised(db):
+        raise CliError(f"the database in {settings.data_dir} is not initialised "
+                       "(run 'relaybox init')")
+    return db
+
+
+def run_main(group: click.Group, argv: list[str]) -> Any:
+    """Run the group: expected failures become one line on stderr and exit 1."""
+    debug = "--debug" in argv
+    try:
+        return group.main(args=argv, prog_name="relaybox", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RelayError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+    except (pw.OperationalError, pw.InterfaceError, OSError) as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for details)",
+                   err=True)
+        sys.exit(1)
+
+
+def handle_relay_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn

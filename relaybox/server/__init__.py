@@ -1,0 +1,1 @@
+"""The Sanic application: gateway, REST API, metrics."""

@@ -1,0 +1,36 @@
+"""GET /api/v1/status: is this server ready, and what is it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from relaybox import __version__
+from relaybox.server.context import ServerContext
+from relaybox.store.db import ping
+
+bp = Blueprint("status", url_prefix="/api/v1")
+
+
+@bp.get("/status")
+async def status(request: Request) -> HTTPResponse:
+    ctx: ServerContext = request.app.ctx.relay
+    db_ok = await asyncio.get_running_loop().run_in_executor(ctx.eventlog.readers, ping, ctx.db)
+    redis_ok = True if ctx.bus is None else await ctx.bus.ping()
+    body = {
+        "status": "ok" if db_ok and redis_ok else "unavailable",
+        "version": __version__,
+        "server_id": ctx.server_id,
+        "uptime_s": round(time.time() - ctx.started_at, 3),
+        "database": "ok" if db_ok else "down",
+        "redis": "ok" if redis_ok else "down",
+        "connections": ctx.hub.count,
+    }
+    if not (db_ok and redis_ok):
+        failing = [k for k in ("database", "redis") if body[k] != "ok"]
+        body["failing"] = failing
+        return json(body, status=503)
+    return json(body)

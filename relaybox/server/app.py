@@ -1,0 +1,114 @@
+"""create_app(settings): the Sanic application with its listeners and blueprints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from typing import Any
+
+from sanic import Request, Sanic, Websocket
+from sanic.response import HTTPResponse
+
+from relaybox import __version__
+from relaybox.bus import Bus
+from relaybox.config import Settings
+from relaybox.protocol.codes import CloseCode
+from relaybox.protocol.encoding import uuid7
+from relaybox.server.context import ServerContext
+from relaybox.server.errors import handle_error
+from relaybox.server.gateway import Session
+from relaybox.server.hub import Hub
+from relaybox.services import identity
+from relaybox.store.db import open_database
+from relaybox.store.eventlog import EventLog
+
+log = logging.getLogger("relaybox.server")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
+    """Build the app for ``settings``; storage, bus and hub start in the listeners."""
+    app = Sanic(name, env_prefix="RELAYBOX_SANIC_")
+    cfg = app.config
+    cfg.WEBSOCKET_MAX_SIZE = settings.gateway_max_frame_bytes
+    # Liveness is ours (protocol.md §4): Sanic's own keepalive would close with 1011.
+    cfg.WEBSOCKET_PING_INTERVAL = None
+    cfg.WEBSOCKET_PING_TIMEOUT = None
+    cfg.PROXIES_COUNT = settings.proxies_count
+    cfg.REQUEST_MAX_SIZE = max(1_000_000, settings.gateway_max_body_bytes * 2 + 65536)
+    cfg.GRACEFUL_SHUTDOWN_TIMEOUT = 5.0
+    cfg.ACCESS_LOG = False
+    cfg.FALLBACK_ERROR_FORMAT = "json"
+    cfg.OAS_UI_DEFAULT = "swagger"
+    cfg.OAS_URL_PREFIX = "/docs"
+    cfg.OAS_UI_REDOC = False
+    cfg.TOUCHUP = False
+    app.ctx.settings = settings
+
+    @app.before_server_start
+    async def start(app: Sanic) -> None:
+        loop = asyncio.get_running_loop()
+        db = open_database(settings)
+        secrets = await loop.run_in_executor(None, _load_secrets)
+        node_id = uuid7()
+        bus = Bus(settings.redis_url, node_id) if settings.redis_url else None
+        hub = Hub(node_id, bus)
+        eventlog = EventLog(db, batch_max=settings.commit_batch_max,
+                            read_threads=settings.read_threads, on_committed=hub.committed)
+        eventlog.start(loop)
+        ctx = ServerContext(settings=settings, db=db, eventlog=eventlog, hub=hub, bus=bus,
+                            server_id=secrets.server_id, node_id=node_id)
+        app.ctx.relay = ctx
+        for hook in getattr(app.ctx, "start_hooks", []):
+            await hook(ctx)
+        if bus is not None:
+            bus.start_listening(hub.on_bus)
+
+    @app.before_server_stop
+    async def stop_sessions(app: Sanic) -> None:
+        ctx: ServerContext = app.ctx.relay
+        await ctx.hub.close_all(CloseCode.GOING_AWAY, "going_away")
+
+    @app.after_server_stop
+    async def stop(app: Sanic) -> None:
+        ctx: ServerContext = app.ctx.relay
+        await asyncio.get_running_loop().run_in_executor(None, ctx.eventlog.stop)
+        if ctx.bus is not None:
+            await ctx.bus.close()
+        if not ctx.db.is_closed():
+            ctx.db.close()
+
+    @app.on_request
+    async def request_id(request: Request) -> None:
+        rid = request.headers.get("X-Request-ID", "")
+        request.ctx.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid7())
+
+    @app.on_response
+    async def add_request_id(request: Request, response: HTTPResponse) -> None:
+        rid = getattr(request.ctx, "request_id", None)
+        if rid and response is not None:
+            response.headers["X-Request-ID"] = rid
+
+    app.error_handler.add(Exception, handle_error)
+
+    @app.websocket("/api/v1/gateway")
+    async def gateway(request: Request, ws: Websocket) -> None:
+        await Session(request.app.ctx.relay, ws, request.client_ip or "unknown").run()
+
+    from relaybox.server.api import register_blueprints
+
+    register_blueprints(app)
+    return app
+
+
+def _load_secrets() -> identity.ServerSecrets:
+    return identity.load_secrets()
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+__all__ = ["__version__", "create_app"]

@@ -1,0 +1,73 @@
+"""What every handler of one server process shares (built once at start)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee as pw
+
+from relaybox.bus import Bus
+from relaybox.config import Settings
+from relaybox.server.hub import Hub
+from relaybox.services.devices import Change
+from relaybox.store.eventlog import EventLog
+
+log = logging.getLogger("relaybox.server")
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    db: pw.Database
+    eventlog: EventLog
+    hub: Hub
+    bus: Bus | None
+    server_id: str
+    node_id: str
+    started_at: float = field(default_factory=time.time)
+    metrics: Any = None
+    _local_failures: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    # -- handshake failure limit (protocol.md §2), shared through Redis ------------------
+    def _failure_key(self, address: str) -> str:
+        return f"relaybox:hsfail:{address}:{int(time.time() // 60)}"
+
+    async def handshake_limited(self, address: str) -> bool:
+        limit = self.settings.gateway_handshake_failures_per_min
+        if self.bus is not None and self.bus.healthy:
+            try:
+                return await self.bus.get_int(self._failure_key(address)) >= limit
+            except Exception:  # noqa: S110 - fall back to the local count below
+                pass
+        minute, count = self._local_failures.get(address, (0, 0))
+        return minute == int(time.time() // 60) and count >= limit
+
+    async def handshake_failed(self, address: str) -> None:
+        minute = int(time.time() // 60)
+        prev_minute, count = self._local_failures.get(address, (minute, 0))
+        self._local_failures[address] = (minute, count + 1 if prev_minute == minute else 1)
+        if len(self._local_failures) > 10000:
+            self._local_failures.clear()
+        if self.bus is not None:
+            try:
+                await self.bus.incr_window(self._failure_key(address), 60)
+            except Exception as exc:
+                log.debug("handshake failure not counted in redis: %s", exc)
+
+    # -- announcing writes done outside the event log ---------------------------------------
+    async def announce(self, change: Change) -> None:
+        """Relay notices of a service write here and on every other process."""
+        if change.events:
+            self.hub.committed(change.events)
+        for ctl in change.controls:
+            await self.hub.on_control(ctl)
+            if self.bus is not None:
+                await self.bus.publish_control(**ctl)
+
+    async def run_sync(self, fn: Any, *args: Any) -> Any:
+        """Run blocking service code off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.eventlog.readers, fn, *args)

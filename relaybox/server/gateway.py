@@ -1,0 +1,518 @@
+"""The WebSocket gateway: a thin shell feeding frames to the protocol core and services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from relaybox.protocol.codes import CloseCode
+from relaybox.protocol.encoding import format_ts, random_nonce, uuid7
+from relaybox.protocol.errors import ProtocolError, PublishRefused
+from relaybox.protocol.frames import (
+    ack_frame,
+    error_frame,
+    gap_frame,
+    nack_frame,
+    pong_frame,
+    synced_frame,
+    welcome_frame,
+)
+from relaybox.protocol.handshake import Handshake
+from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
+from relaybox.services import devices as device_service
+from relaybox.store import queries
+from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, StoredEvent
+
+if TYPE_CHECKING:
+    from relaybox.server.context import ServerContext
+
+log = logging.getLogger("relaybox.gateway")
+
+READ_CHUNK = 512  # events per storage read when a session resumes from storage
+MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
+
+
+class Closing(Exception):
+    """Ends a session with a close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Delivery state of one stream for one session (protocol.md §3 Delivery)."""
+
+    done: int  # every seq ≤ done was sent or skipped (own event) or acked before
+    acked: int
+    known_head: int
+    floor: int = 0
+    inflight: deque[int] = field(default_factory=deque)  # sent seqs not yet acked
+    reading: bool = False
+
+
+class TokenBucket:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+
+    def take(self) -> float:
+        """0 when allowed, else seconds until a token is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Session:
+    """One authenticated WebSocket connection of one device."""
+
+    def __init__(self, ctx: ServerContext, ws: Any, address: str) -> None:
+        self.ctx = ctx
+        self.ws = ws
+        self.address = address
+        self.session_id = uuid7()
+        self.device_id = ""
+        self.user_id = ""
+        s = ctx.settings
+        self.window = s.gateway_window
+        self.streams: dict[str, StreamState] = {}
+        self.inflight = 0
+        self.outbox: list[str] = []
+        self._flush_scheduled = False
+        self._sender_idle = asyncio.Event()
+        self._sender_idle.set()
+        self.wake = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pending_publishes = 0
+        self.publish_slot = asyncio.Event()
+        self.bucket = TokenBucket(s.gateway_publish_rate_per_s, s.gateway_publish_burst)
+        self.last_rx = time.monotonic()
+        self.paused = False
+        self.synced_target: dict[str, int] | None = None
+        self.ready = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._main: asyncio.Task[Any] | None = None
+
+    # -- sending -----------------------------------------------------------------------
+    def send(self, frame: str) -> None:
+        """Queue a frame; every frame queued in one loop turn goes out in one socket write."""
+        if self.close_code is not None:
+            return
+        self.outbox.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._sender_idle.clear()
+            asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self.outbox:
+                frames, self.outbox = self.outbox, []
+                await send_frames(self.ws, frames)
+        except Exception:
+            self.outbox.clear()
+            self.close_soon(CloseCode.NORMAL, "")
+        finally:
+            self._flush_scheduled = False
+            self._sender_idle.set()
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """End the session with ``code`` (after what is already queued is written)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            if self._main is not None and not self._main.done():
+                self._main.cancel()
+
+    # -- main -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._main = asyncio.current_task()
+        ws = self.ws
+        # Any frame (pongs included) is proof of life (protocol.md §4).
+        original = ws.data_received
+
+        def data_received(data: bytes) -> None:
+            self.last_rx = time.monotonic()
+            original(data)
+
+        ws.data_received = data_received
+        registered = False
+        try:
+            try:
+                await self._handshake()
+                registered = True
+                self._tasks.append(asyncio.create_task(self._pump()))
+                self._tasks.append(asyncio.create_task(self._heartbeat()))
+                await self._receive_loop()
+            except Closing as exc:
+                if self.close_code is None:
+                    self.close_code, self.close_reason = exc.code, exc.reason
+            except ProtocolError as exc:
+                if self.close_code is None:
+                    self.close_code = exc.close_code or CloseCode.BAD_REQUEST
+                    self.close_reason = exc.code
+                    with contextlib.suppress(Exception):
+                        self.outbox.append(error_frame(exc.code, exc.message))
+            except asyncio.CancelledError:
+                if self.close_code is None:
+                    raise
+            except Exception as exc:
+                if self.close_code is None and not _is_closed_error(exc):
+                    log.exception("session %s failed", self.session_id)
+                    self.close_code, self.close_reason = CloseCode.GOING_AWAY, "going_away"
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            if registered:
+                self.ctx.hub.unregister(self)
+            await self._finish()
+            if registered:
+                await self._flush_cursors()
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.session_closed(self.close_code)
+            self.finished.set()
+
+    async def _finish(self) -> None:
+        code = self.close_code or CloseCode.NORMAL
+        with contextlib.suppress(Exception):
+            if self.outbox:
+                frames, self.outbox = self.outbox, []
+                await asyncio.wait_for(send_frames(self.ws, frames), 2)
+            await asyncio.wait_for(self.ws.close(code, self.close_reason), 2)
+
+    async def _flush_cursors(self) -> None:
+        # Acks received before the close are durable before the next catch-up starts.
+        with contextlib.suppress(Exception):
+            did = self.device_id
+            await self.ctx.eventlog.call(lambda: device_service.touch(did))
+
+    # -- handshake (protocol.md §2) --------------------------------------------------
+    async def _handshake(self) -> None:
+        ctx = self.ctx
+        s = ctx.settings
+        if await ctx.handshake_limited(self.address):
+            raise Closing(CloseCode.RATE_LIMITED, "rate_limited")
+        hs = Handshake(ctx.server_id, self.session_id, random_nonce())
+        try:
+            async with asyncio.timeout(s.gateway_handshake_timeout_s):
+                hs.receive(self._parse(await self.ws.recv()))
+                await send_frames(self.ws, [hs.challenge()])
+                hs.receive(self._parse(await self.ws.recv()))
+                device = await ctx.eventlog.read(device_service.get_device, hs.device_id)
+        except TimeoutError:
+            raise Closing(CloseCode.HANDSHAKE_TIMEOUT, "handshake_timeout") from None
+        if device is None or not hs.verify(bytes(device.public_key)):
+            await ctx.handshake_failed(self.address)
+            if ctx.metrics is not None:
+                ctx.metrics.handshake("auth_failed")
+            self.outbox.append(error_frame("auth_failed", "authentication failed"))
+            raise Closing(CloseCode.AUTH_FAILED, "auth_failed")
+        if device.revoked_at is not None:
+            if ctx.metrics is not None:
+                ctx.metrics.handshake("revoked")
+            self.outbox.append(error_frame("revoked", "this device was revoked"))
+            raise Closing(CloseCode.REVOKED, "revoked")
+        hs.authenticated()
+        self.device_id = device.id
+        self.user_id = device.user_id
+
+        old = ctx.hub.register(self)
+        if old is not None:
+            old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
+            await old.finished.wait()
+        if ctx.bus is not None:
+            await ctx.bus.publish_control("session", device_id=self.device_id,
+                                          session_id=self.session_id)
+        heads, cursors = await ctx.eventlog.read(_load_positions, self.user_id, self.device_id)
+        for stream, (head, floor) in heads.items():
+            acked = min(cursors.get(stream, 0), head)
+            st = self.streams.get(stream)
+            if st is None:
+                self.streams[stream] = StreamState(done=acked, acked=acked, known_head=head,
+                                                   floor=floor)
+            else:  # a live event arrived while positions were read
+                st.done = st.acked = acked
+                st.known_head = max(st.known_head, head)
+                st.floor = floor
+        self.synced_target = {k: v[0] for k, v in heads.items()}
+        self.send(welcome_frame(self.session_id, self.user_id, self.device_id,
+                                _num(s.gateway_heartbeat_s), self.window,
+                                s.gateway_max_body_bytes, self.synced_target))
+        self.ready = True
+        self.wake.set()
+        if ctx.metrics is not None:
+            ctx.metrics.handshake("ok")
+            ctx.metrics.session_opened()
+        ctx.eventlog.call(lambda: device_service.touch(device.id))
+
+    def _parse(self, data: Any) -> Any:
+        if data is None:
+            raise Closing(CloseCode.NORMAL, "")
+        return parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
+
+    # -- receiving (READY) ----------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        ws = self.ws
+        max_body = self.ctx.settings.gateway_max_body_bytes
+        while True:
+            data = await ws.recv()
+            if data is None:
+                return
+            try:
+                msg = parse_message(data, max_body_bytes=max_body)
+            except PublishRefused as exc:
+                self.send(nack_frame(exc.id, exc.code, message=exc.message))
+                self._count_nack(exc.code)
+                continue
+            except ProtocolError as exc:
+                if exc.fatal:
+                    raise
+                self.send(error_frame(exc.code, exc.message))
+                continue
+            if isinstance(msg, Publish):
+                await self._publish(msg)
+            elif isinstance(msg, Ack):
+                self._ack(msg)
+            elif isinstance(msg, Ping):
+                self.send(pong_frame(msg.ref))
+            elif isinstance(msg, Hello | Auth):
+                raise ProtocolError("bad_request", "handshake message after the handshake")
+            else:
+                self.send(error_frame("unknown_type", f"unknown message type {msg.type!r}"))
+
+    def _count_nack(self, code: str) -> None:
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.nacked(code)
+
+    async def _publish(self, msg: Publish) -> None:
+        wait = self.bucket.take()
+        if wait > 0:
+            self.send(nack_frame(msg.id, "rate_limited", retry_after_ms=max(1, int(wait * 1000))))
+            self._count_nack("rate_limited")
+            return
+        while self.pending_publishes >= MAX_PENDING_PUBLISHES:
+            # Stop reading until commits catch up; the heartbeat deadline is suspended.
+            self.paused = True
+            self.publish_slot.clear()
+            await self.publish_slot.wait()
+        self.paused = False
+        self.pending_publishes += 1
+        req = PublishRequest(self.user_id, self.device_id, msg.id, msg.stream, msg.body,
+                             msg.key, msg.base_seq)
+        fut = self.ctx.eventlog.publish(req)
+        fut.add_done_callback(lambda f: self._published(msg.id, f))
+
+    def _published(self, client_id: str, fut: asyncio.Future[Any]) -> None:
+        self.pending_publishes -= 1
+        if not self.publish_slot.is_set():
+            self.publish_slot.set()
+        res = fut.result()
+        if isinstance(res, Accepted):
+            ev = res.event
+            self.send(ack_frame(client_id, ev.stream, ev.seq, format_ts(ev.ts)))
+            if res.duplicate:
+                return
+        elif isinstance(res, Conflicted):
+            self.send(nack_frame(client_id, "conflict", stream=res.stream,
+                                 head_seq=res.head_seq))
+            self._count_nack("conflict")
+        else:
+            self.send(nack_frame(client_id, "unavailable",
+                                 message="storage is unavailable; retry with the same id"))
+            self._count_nack("unavailable")
+
+    def _ack(self, msg: Ack) -> None:
+        st = self.streams.get(msg.stream)
+        if st is None:
+            return
+        # An ack above what was sent on this stream is clamped to it (protocol.md §3).
+        seq = min(msg.seq, st.done)
+        if seq <= st.acked:
+            return
+        st.acked = seq
+        q = st.inflight
+        freed = 0
+        while q and q[0] <= seq:
+            q.popleft()
+            freed += 1
+        if freed:
+            was_full = self.inflight >= self.window
+            self.inflight -= freed
+            if was_full:
+                self.wake.set()
+        self.ctx.eventlog.save_cursor(self.device_id, msg.stream, seq)
+
+    # -- delivery ---------------------------------------------------------------------------
+    def offer(self, ev: StoredEvent) -> None:
+        """A newly committed event of this user (called by the hub, on the loop)."""
+        st = self.streams.get(ev.stream)
+        if st is None:
+            # First event of a stream this session has not seen: start from nothing.
+            st = self.streams[ev.stream] = StreamState(done=0, acked=0, known_head=0)
+            if not self.ready:
+                st.known_head = ev.seq
+                return
+        if ev.seq > st.known_head:
+            st.known_head = ev.seq
+        if not self.ready or st.reading or ev.seq != st.done + 1:
+            if ev.seq > st.done:
+                self.wake.set()
+            return
+        if ev.device_id == self.device_id:
+            st.done = ev.seq  # never delivered to its publisher
+            return
+        if self.inflight >= self.window:
+            self.wake.set()  # resumed from the ring or storage as acks arrive
+            return
+        st.done = ev.seq
+        st.inflight.append(ev.seq)
+        self.inflight += 1
+        self.send(ev.frame)
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.delivered(ev)
+
+    async def _pump(self) -> None:
+        """Send what live delivery skipped: catch-up, window refills, gaps, then `synced`."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            progressed = True
+            while progressed and self.close_code is None:
+                progressed = False
+                for name, st in list(self.streams.items()):
+                    if st.done >= st.known_head or self.inflight >= self.window:
+                        continue
+                    if await self._refill(name, st):
+                        progressed = True
+                self._maybe_synced()
+
+    async def _refill(self, name: str, st: StreamState) -> bool:
+        if st.floor > st.done:
+            # Retention removed events this device never acked (protocol.md §3 Catch-up).
+            self.send(gap_frame(name, st.done, st.floor + 1))
+            st.done = st.floor
+        room = self.window - self.inflight
+        limit = min(READ_CHUNK, max(room, 1) * 2)
+        events = self.ctx.hub.ring_after(self.user_id, name, st.done, limit)
+        if events is None or (not events and st.known_head > st.done):
+            st.reading = True
+            try:
+                events = await self.ctx.eventlog.read(queries.read_events, self.user_id, name,
+                                                      st.done, limit)
+            finally:
+                st.reading = False
+            if not events:
+                floor = await self.ctx.eventlog.read(_floor_of, self.user_id, name)
+                if floor > st.done:
+                    st.floor = floor
+                    return True
+                st.known_head = st.done
+                return False
+        sent_any = False
+        for ev in events:
+            if ev.seq <= st.done:
+                continue
+            if ev.seq != st.done + 1:
+                if ev.seq > st.done + 1:
+                    st.floor = max(st.floor, ev.seq - 1)
+                    self.send(gap_frame(name, st.done, ev.seq))
+                    st.done = ev.seq - 1
+            if ev.device_id == self.device_id:
+                st.done = ev.seq
+                sent_any = True
+                continue
+            if self.inflight >= self.window:
+                break
+            st.done = ev.seq
+            st.inflight.append(ev.seq)
+            self.inflight += 1
+            self.send(ev.frame)
+            sent_any = True
+        if st.done > st.known_head:
+            st.known_head = st.done
+        await self._sender_idle.wait()  # keep the outbox bounded by the window
+        return sent_any
+
+    def _maybe_synced(self) -> None:
+        target = self.synced_target
+        if target is None:
+            return
+        for name, head in target.items():
+            st = self.streams.get(name)
+            if st is None or st.done < head:
+                return
+        self.synced_target = None
+        self.send(synced_frame(target))
+
+    # -- liveness (protocol.md §4) --------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        interval = self.ctx.settings.gateway_heartbeat_s
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self.paused:
+                self.last_rx = now
+            elif now - self.last_rx > 2 * interval:
+                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
+                return
+            with contextlib.suppress(Exception):
+                await self.ws.ping()
+
+
+def _load_positions(user_id: str, device_id: str) -> tuple[dict[str, tuple[int, int]],
+                                                           dict[str, int]]:
+    return queries.stream_heads(user_id), queries.cursors(device_id)
+
+
+def _floor_of(user_id: str, stream: str) -> int:
+    heads = queries.stream_heads(user_id)
+    return heads.get(stream, (0, 0))[1]
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _is_closed_error(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return "Closed" in name or isinstance(exc, ConnectionError)
+
+
+async def send_frames(ws: Any, frames: list[str]) -> None:
+    """Write several text frames with one socket write (Sanic's ws under its own lock)."""
+    if len(frames) == 1 or not hasattr(ws, "ws_proto"):
+        for f in frames:
+            await ws.send(f)
+        return
+    from websockets.protocol import State
+
+    async with ws.conn_mutex:
+        proto = ws.ws_proto
+        if proto.state is not State.OPEN:
+            raise ConnectionError("websocket is closed")
+        for f in frames:
+            proto.send_text(f.encode())
+        chunks = proto.data_to_send()
+        await ws.io_proto.send(b"".join(chunks))

@@ -1,0 +1,180 @@
+"""The per-process registry of live sessions and the fan-out of committed events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, Bus
+from relaybox.protocol.codes import CloseCode
+from relaybox.protocol.frames import error_frame, presence_frame
+from relaybox.services.fanout import decode_control, decode_events, encode_events
+from relaybox.store.eventlog import StoredEvent
+
+if TYPE_CHECKING:
+    from relaybox.server.gateway import Session
+
+log = logging.getLogger("relaybox.gateway")
+
+RING_SIZE = 1024  # recent events kept per stream so a lagging session resumes without a read
+
+
+class Ring:
+    """The newest events of one stream, contiguous in seq."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: deque[StoredEvent] = deque(maxlen=RING_SIZE)
+
+    def add(self, ev: StoredEvent) -> None:
+        if self.events and ev.seq != self.events[-1].seq + 1:
+            if ev.seq <= self.events[-1].seq:
+                return
+            self.events.clear()
+        self.events.append(ev)
+
+    def after(self, seq: int, limit: int) -> list[StoredEvent] | None:
+        """Events with seq > ``seq`` (up to ``limit``), or None when the ring cannot tell."""
+        if not self.events:
+            return None
+        first = self.events[0].seq
+        if seq + 1 < first:
+            return None
+        start = seq + 1 - first
+        if start >= len(self.events):
+            return []
+        out = []
+        for i in range(start, min(len(self.events), start + limit)):
+            out.append(self.events[i])
+        return out
+
+
+class Hub:
+    """Sessions by device and user; every committed event passes through ``fanout``."""
+
+    def __init__(self, node_id: str, bus: Bus | None) -> None:
+        self.node_id = node_id
+        self.bus = bus
+        self.by_device: dict[str, Session] = {}
+        self.by_user: dict[str, set[Session]] = {}
+        self.rings: dict[tuple[str, str], Ring] = {}
+        self._pending_bus: list[StoredEvent] = []
+        self._bus_flush_scheduled = False
+        self.metrics: Any = None
+
+    # -- sessions ----------------------------------------------------------------
+    def register(self, session: Session) -> Session | None:
+        """Add a session; return the one it replaces (same device), if any."""
+        old = self.by_device.get(session.device_id)
+        if old is not None:
+            self._drop(old)
+        self.by_device[session.device_id] = session
+        peers = self.by_user.setdefault(session.user_id, set())
+        for peer in peers:
+            peer.send(presence_frame(session.device_id, True))
+        peers.add(session)
+        return old
+
+    def unregister(self, session: Session) -> None:
+        if self.by_device.get(session.device_id) is session:
+            self._drop(session)
+            for peer in self.by_user.get(session.user_id, ()):
+                peer.send(presence_frame(session.device_id, False))
+
+    def _drop(self, session: Session) -> None:
+        if self.by_device.get(session.device_id) is session:
+            del self.by_device[session.device_id]
+        peers = self.by_user.get(session.user_id)
+        if peers is not None:
+            peers.discard(session)
+            if not peers:
+                del self.by_user[session.user_id]
+                for key in [k for k in self.rings if k[0] == session.user_id]:
+                    del self.rings[key]
+
+    def online(self, device_id: str) -> bool:
+        return device_id in self.by_device
+
+    @property
+    def count(self) -> int:
+        return len(self.by_device)
+
+    # -- fan-out -------------------------------------------------------------------
+    def committed(self, events: list[StoredEvent]) -> None:
+        """Called on the loop right after a local commit: relay here and to other nodes."""
+        self.fanout(events)
+        if self.bus is not None:
+            self._pending_bus.extend(events)
+            if not self._bus_flush_scheduled:
+                self._bus_flush_scheduled = True
+                asyncio.get_running_loop().create_task(self._flush_bus())
+
+    async def _flush_bus(self) -> None:
+        await asyncio.sleep(0)
+        events, self._pending_bus = self._pending_bus, []
+        self._bus_flush_scheduled = False
+        if events and self.bus is not None:
+            await self.bus.publish(EVENTS_CHANNEL, encode_events(self.node_id, events))
+
+    def fanout(self, events: list[StoredEvent]) -> None:
+        by_user = self.by_user
+        for ev in events:
+            sessions = by_user.get(ev.user_id)
+            if not sessions:
+                continue
+            key = (ev.user_id, ev.stream)
+            ring = self.rings.get(key)
+            if ring is None:
+                ring = self.rings[key] = Ring()
+            ring.add(ev)
+            for s in sessions:
+                s.offer(ev)
+
+    def ring_after(self, user_id: str, stream: str, seq: int, limit: int
+                   ) -> list[StoredEvent] | None:
+        ring = self.rings.get((user_id, stream))
+        return ring.after(seq, limit) if ring is not None else None
+
+    # -- bus messages from other processes ---------------------------------------------
+    async def on_bus(self, channel: str, data: bytes) -> None:
+        try:
+            if channel == EVENTS_CHANNEL:
+                node, events = decode_events(data)
+                if node != self.node_id:
+                    self.fanout(events)
+            elif channel == CONTROL_CHANNEL:
+                await self.on_control(decode_control(data))
+        except Exception:
+            log.exception("bad bus message on %s", channel)
+
+    async def on_control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("kind")
+        device_id = msg.get("device_id")
+        if kind == "revoke" and isinstance(device_id, str):
+            session = self.by_device.get(device_id)
+            if session is not None:
+                session.send(error_frame("revoked", "this device was revoked"))
+                session.close_soon(CloseCode.REVOKED, "revoked")
+        elif kind == "session" and isinstance(device_id, str) and msg.get("node") != self.node_id:
+            session = self.by_device.get(device_id)
+            if session is not None and session.session_id != msg.get("session_id"):
+                session.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
+        elif kind == "user_removed":
+            for did in msg.get("device_ids") or ():
+                session = self.by_device.get(did)
+                if session is not None:
+                    session.close_soon(CloseCode.REVOKED, "revoked")
+
+    async def revoke_local(self, device_id: str) -> None:
+        await self.on_control({"kind": "revoke", "device_id": device_id})
+
+    async def close_all(self, code: int, reason: str) -> None:
+        sessions = list(self.by_device.values())
+        for s in sessions:
+            s.close_soon(code, reason)
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.finished.wait()) for s in sessions],
+                               timeout=5)

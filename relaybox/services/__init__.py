@@ -1,0 +1,1 @@
+"""Use cases over the store and the bus; each takes its dependencies (and a clock)."""

@@ -1,0 +1,127 @@
+"""Devices: lookup for authentication, adding, renaming, revoking, listing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee as pw
+
+from relaybox.errors import InvalidInput, NotFound
+from relaybox.protocol.encoding import dumps, format_ts, now_ms, parse_uuid, uuid7
+from relaybox.store.eventlog import Accepted, PublishRequest, StoredEvent, append_now
+from relaybox.store.models import Device, User
+
+DEVICES_STREAM = "sys.devices"
+
+
+@dataclass
+class Change:
+    """What a write did that running servers must hear about."""
+
+    events: list[StoredEvent] = field(default_factory=list)
+    controls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def device_json(d: Device, online: bool = False) -> dict[str, Any]:
+    return {
+        "device_id": d.id,
+        "user_id": d.user_id,
+        "name": d.name,
+        "created_at": format_ts(d.created_at),
+        "last_seen_at": format_ts(d.last_seen_at) if d.last_seen_at else None,
+        "online": online,
+        "revoked": d.revoked_at is not None,
+        "revoked_at": format_ts(d.revoked_at) if d.revoked_at else None,
+        "revoked_reason": d.revoked_reason,
+    }
+
+
+def get_device(device_id: str) -> Device | None:
+    try:
+        device_id = parse_uuid(device_id)
+    except ValueError:
+        return None
+    return Device.get_or_none(Device.id == device_id)
+
+
+def require_device(device_id: str) -> Device:
+    try:
+        parse_uuid(device_id)
+    except ValueError:
+        raise InvalidInput(f"not a device id: {device_id!r}", code="invalid_device_id") from None
+    d = Device.get_or_none(Device.id == device_id)
+    if d is None:
+        raise NotFound(f"no device {device_id}", code="device_unknown")
+    return d
+
+
+def notice(db: pw.Database, user_id: str, kind: str, device: Device,
+           clock: Callable[[], int] = now_ms) -> StoredEvent:
+    """Append a sys.devices notice (protocol.md §3 Server notices)."""
+    body = dumps({"event": kind, "device_id": device.id, "name": device.name})
+    req = PublishRequest(user_id=user_id, device_id=None, client_id=uuid7(),
+                         stream=DEVICES_STREAM, body=body)
+    (res,) = append_now(db, [req], clock)
+    assert isinstance(res, Accepted)
+    return res.event
+
+
+def add_device(db: pw.Database, user: User, name: str, public_key: bytes,
+               clock: Callable[[], int] = now_ms) -> tuple[Device, Change]:
+    with db.atomic():
+        device = Device.create(id=uuid7(), user=user, name=name, public_key=public_key,
+                               created_at=clock())
+    return device, Change(events=[notice(db, user.id, "device_added", device, clock)])
+
+
+def rename_device(db: pw.Database, device: Device, name: str,
+                  clock: Callable[[], int] = now_ms) -> Change:
+    device.name = name
+    device.save()
+    return Change(events=[notice(db, device.user_id, "device_renamed", device, clock)])
+
+
+def revoke_device(db: pw.Database, device: Device, reason: str | None = None,
+                  clock: Callable[[], int] = now_ms) -> Change:
+    """Revoke (idempotent). Tokens stop at once; live sessions are closed via the bus."""
+    change = Change(controls=[{"kind": "revoke", "device_id": device.id}])
+    if device.revoked_at is not None:
+        return change
+    from relaybox.store.models import RefreshToken
+
+    with db.atomic():
+        Device.update(revoked_at=clock(), revoked_reason=reason).where(
+            Device.id == device.id).execute()
+        RefreshToken.update(revoked_at=clock()).where(
+            (RefreshToken.device == device.id) & RefreshToken.revoked_at.is_null()).execute()
+    device = Device.get_by_id(device.id)
+    # The notice is stored before the session is cut, so the device sees it on catch-up
+    # only if it is ever unrevoked; its other devices see it live.
+    change.events.append(notice(db, device.user_id, "device_revoked", device, clock))
+    return change
+
+
+def unrevoke_device(db: pw.Database, device: Device,
+                    clock: Callable[[], int] = now_ms) -> Change:
+    if device.revoked_at is None:
+        return Change()
+    Device.update(revoked_at=None, revoked_reason=None).where(Device.id == device.id).execute()
+    device = Device.get_by_id(device.id)
+    return Change(events=[notice(db, device.user_id, "device_unrevoked", device, clock)])
+
+
+def list_devices(user_id: str | None = None, revoked: bool | None = None) -> list[Device]:
+    q = Device.select().order_by(Device.created_at)
+    if user_id is not None:
+        q = q.where(Device.user == user_id)
+    if revoked is True:
+        q = q.where(Device.revoked_at.is_null(False))
+    elif revoked is False:
+        q = q.where(Device.revoked_at.is_null())
+    return list(q)
+
+
+def touch(device_id: str, clock: Callable[[], int] = now_ms) -> None:
+    Device.update(last_seen_at=clock()).where(Device.id == device_id).execute()

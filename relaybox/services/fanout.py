@@ -1,0 +1,38 @@
+"""How committed events and control notices travel between server processes over the bus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, SyncBus
+from relaybox.store.eventlog import StoredEvent
+
+
+def encode_events(node_id: str, events: list[StoredEvent]) -> bytes:
+    return orjson.dumps({"node": node_id, "events": [
+        [e.user_id, e.stream, e.seq, e.id, e.device_id, e.key, e.ts, e.body] for e in events]})
+
+
+def decode_events(data: bytes) -> tuple[str, list[StoredEvent]]:
+    doc = orjson.loads(data)
+    return str(doc["node"]), [StoredEvent(*row) for row in doc["events"]]
+
+
+def decode_control(data: bytes) -> dict[str, Any]:
+    doc = orjson.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError("control message is not an object")
+    return doc
+
+
+def announce_sync(bus: SyncBus | None, events: list[StoredEvent],
+                  controls: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+    """From a CLI command or job: tell running servers about new events and notices."""
+    if bus is None:
+        return
+    if events:
+        bus.redis.publish(EVENTS_CHANNEL, encode_events("cli", events))
+    for ctl in controls:
+        bus.redis.publish(CONTROL_CHANNEL, orjson.dumps({"node": "cli", **ctl}))

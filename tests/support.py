@@ -1,0 +1,184 @@
+"""Test support: a real relaybox server process, users/devices, and a raw gateway client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import websockets
+
+from relaybox.protocol.encoding import b64url_encode, random_nonce
+from relaybox.protocol.handshake import gateway_signing_bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/gateway"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        env = {**os.environ, **self.env, "RELAYBOX_DATA_DIR": str(self.data_dir)}
+        cmd = [sys.executable, "-m", "relaybox", "serve", "--port", str(self.port),
+               *self.extra_args]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                r = httpx.get(self.url + "/api/v1/status", timeout=1)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        """kill -9, then remove the embedded Redis the dead server leaves behind."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        run = self.data_dir / "run"
+        for f in run.glob("redis.rdb.settings"):
+            with contextlib.suppress(Exception):
+                pid = int(json.loads(f.read_text()).get("pid", 0))
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class DeviceKey:
+    device_id: str
+    user_id: str
+    key: nacl.signing.SigningKey
+
+    @property
+    def public(self) -> bytes:
+        return bytes(self.key.verify_key)
+
+
+def seed(data_dir: Path, users: dict[str, int]) -> dict[str, list[DeviceKey]]:
+    """Create users with N devices each directly in the database (server may run)."""
+    from relaybox.cli.init_cmd import initialise
+    from relaybox.config import load_settings
+    from relaybox.services.devices import add_device
+    from relaybox.services.users import add_user
+    from relaybox.store.db import open_database
+
+    settings = load_settings(data_dir, env={})
+    if not (data_dir / "relaybox.db").exists():
+        initialise(settings)
+    db = open_database(settings)
+    out: dict[str, list[DeviceKey]] = {}
+    try:
+        for name, n in users.items():
+            user = add_user(db, name)
+            keys = []
+            for i in range(n):
+                sk = nacl.signing.SigningKey.generate()
+                dev, _ = add_device(db, user, f"{name}-dev{i}", bytes(sk.verify_key))
+                keys.append(DeviceKey(dev.id, user.id, sk))
+            out[name] = keys
+    finally:
+        db.close()
+    return out
+
+
+class Gw:
+    """A raw protocol client for tests: exact frames in and out."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, server: Server, dev: DeviceKey, *, server_id: str | None = None,
+                      **kw: Any) -> Gw:
+        ws = await websockets.connect(server.ws_url, max_size=None, compression=None, **kw)
+        gw = cls(ws)
+        nonce = random_nonce()
+        await gw.send({"type": "hello", "protocol": 1, "device_id": dev.device_id,
+                       "nonce": nonce})
+        ch = await gw.recv()
+        assert ch["type"] == "challenge", ch
+        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
+                                    ch["nonce"])
+        sig = dev.key.sign(msg).signature
+        await gw.send({"type": "auth", "signature": b64url_encode(sig)})
+        gw.welcome = await gw.recv()
+        return gw
+
+    async def send(self, obj: Any) -> None:
+        await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj))
+
+    async def recv(self, timeout: float = 10) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def recv_type(self, *types: str, timeout: float = 10) -> dict[str, Any]:
+        """The next frame of one of ``types`` (others are skipped)."""
+        while True:
+            msg = await self.recv(timeout)
+            if msg["type"] in types:
+                return msg
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def closed_code(self, timeout: float = 10) -> int | None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.ws.recv()
+        return self.ws.close_code
