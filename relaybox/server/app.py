@@ -16,6 +16,8 @@ from relaybox.bus import Bus
 from relaybox.config import Settings
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
+from relaybox.jobs import scheduler
+from relaybox.server import metrics, tracing
 from relaybox.server.context import ServerContext
 from relaybox.server.errors import handle_error
 from relaybox.server.gateway import Session
@@ -61,10 +63,12 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         ctx = ServerContext(settings=settings, db=db, eventlog=eventlog, hub=hub, bus=bus,
                             server_id=secrets.server_id, node_id=node_id)
         app.ctx.relay = ctx
-        for hook in getattr(app.ctx, "start_hooks", []):
-            await hook(ctx)
+        ctx.metrics = getattr(app.ctx, "metrics", None)
+        if ctx.metrics is not None:
+            eventlog.on_batch = ctx.metrics.batch
         if bus is not None:
             bus.start_listening(hub.on_bus)
+        await scheduler.start(ctx)
 
     @app.before_server_stop
     async def stop_sessions(app: Sanic) -> None:
@@ -74,6 +78,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     @app.after_server_stop
     async def stop(app: Sanic) -> None:
         ctx: ServerContext = app.ctx.relay
+        await scheduler.stop(ctx)
         await asyncio.get_running_loop().run_in_executor(None, ctx.eventlog.stop)
         if ctx.bus is not None:
             await ctx.bus.close()
@@ -100,6 +105,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     from relaybox.server.api import register_blueprints
 
     register_blueprints(app)
+    metrics.install(app, settings)
+    tracing.install(app, settings)
     return app
 
 

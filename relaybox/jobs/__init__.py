@@ -1,0 +1,1 @@
+"""APScheduler wiring only; the jobs themselves are service functions."""
