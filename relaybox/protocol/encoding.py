@@ -223,7 +223,8 @@ def dumps(obj: object) -> str:
     """Compact JSON text of ``obj`` (non-ASCII unescaped), big integers exact.
 
     Raises TypeError for values JSON cannot represent and ValueError for
-    structures nested too deeply.
+    structures nested too deeply. orjson writes NaN and infinities as null;
+    ``loads`` never produces them.
     """
     try:
         return orjson.dumps(obj).decode("utf-8")

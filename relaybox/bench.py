@@ -1,0 +1,474 @@
+"""The load generator behind ``relaybox bench`` (docs/performance.md): loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import orjson
+import websockets
+
+from relaybox.protocol.encoding import b64url_encode, random_nonce
+from relaybox.protocol.handshake import gateway_signing_bytes
+
+ACK_EVERY = 64
+
+
+@dataclass
+class Device:
+    device_id: str
+    key: bytes  # Ed25519 seed
+
+
+@dataclass
+class BenchServer:
+    """A ``relaybox serve`` process on a throwaway data dir and a free loopback port."""
+
+    data_dir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/gateway"
+
+    def start(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {**os.environ, "RELAYBOX_DATA_DIR": str(self.data_dir),
+               "RELAYBOX_GATEWAY_PUBLISH_RATE_PER_S": "0", "RELAYBOX_LOG_LEVEL": "warning",
+               "RELAYBOX_METRICS_ENABLED": "false",
+               "RELAYBOX_GATEWAY_HANDSHAKE_FAILURES_PER_MIN": "1000000", **self.env}
+        self.log = open(self.data_dir.parent / "server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relaybox", "serve", "--port", str(self.port)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited during start")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}/api/v1/status",
+                             timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def seed_devices(data_dir: Path, per_user: int, users: int = 1) -> list[list[Device]]:
+    """Initialise ``data_dir`` and create users with devices (before the server starts)."""
+    from relaybox.cli.init_cmd import initialise
+    from relaybox.config import load_settings
+    from relaybox.services.devices import add_device
+    from relaybox.services.users import add_user
+    from relaybox.store.db import open_database
+
+    settings = load_settings(data_dir, env={})
+    initialise(settings)
+    db = open_database(settings)
+    out = []
+    try:
+        for u in range(users):
+            user = add_user(db, f"bench{u}")
+            devs = []
+            for i in range(per_user):
+                sk = nacl.signing.SigningKey.generate()
+                d, _ = add_device(db, user, f"bench{u}-{i}", bytes(sk.verify_key))
+                devs.append(Device(d.id, bytes(sk)))
+            out.append(devs)
+    finally:
+        db.close()
+    return out
+
+
+async def connect(url: str, dev: Device) -> tuple[Any, dict[str, Any]]:
+    ws = await websockets.connect(url, compression=None, max_size=None, ping_interval=None,
+                                  max_queue=None)
+    nonce = random_nonce()
+    await ws.send(orjson.dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
+                                "nonce": nonce}).decode())
+    ch = orjson.loads(await ws.recv())
+    msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
+                                ch["nonce"])
+    sig = nacl.signing.SigningKey(dev.key).sign(msg).signature
+    await ws.send(orjson.dumps({"type": "auth", "signature": b64url_encode(sig)}).decode())
+    welcome = orjson.loads(await ws.recv())
+    if welcome.get("type") != "welcome":
+        raise RuntimeError(f"handshake failed: {welcome}")
+    return ws, welcome
+
+
+# -- worker processes -----------------------------------------------------------------------
+def _publisher(url: str, dev: Device, n: int, rate: float, inflight: int, body_size: int,
+               out: Any) -> None:
+    async def run() -> None:
+        ws, _ = await connect(url, dev)
+        sem = asyncio.Semaphore(inflight)
+        pad = "x" * max(0, body_size - 40)
+        acked = 0
+        done = asyncio.Event()
+
+        async def reader() -> None:
+            nonlocal acked
+            async for raw in ws:
+                msg = orjson.loads(raw)
+                if msg["type"] == "ack":
+                    acked += 1
+                    sem.release()
+                    if acked == n:
+                        done.set()
+                        return
+                elif msg["type"] == "nack":
+                    raise RuntimeError(f"nack: {msg}")
+
+        task = asyncio.create_task(reader())
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        t0 = time.monotonic()
+        interval = 1.0 / rate if rate > 0 else 0.0
+        for i in range(n):
+            await sem.acquire()
+            if interval:
+                due = t0 + i * interval
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await ws.send('{"type":"publish","id":"' + ids[i] +
+                          '","stream":"bench","body":{"t":' + str(time.monotonic_ns()) +
+                          ',"p":"' + pad + '"}}')
+        await done.wait()
+        await task
+        out.put(("publisher", t0, time.monotonic()))
+        await ws.close()
+
+    asyncio.run(run())
+
+
+def _receiver(url: str, dev: Device, n: int, ready: Any, out: Any) -> None:
+    async def run() -> None:
+        ws, welcome = await connect(url, dev)
+        ready.set()
+        got = 0
+        last_seq = int(welcome["streams"].get("bench", 0))  # only events published from now
+        lat: list[int] = []
+        first = None
+        async for raw in ws:
+            msg = orjson.loads(raw)
+            if msg["type"] != "event":
+                continue
+            now = time.monotonic_ns()
+            if msg["stream"] != "bench":
+                continue
+            if msg["seq"] <= last_seq:
+                continue
+            if first is None:
+                first = time.monotonic()
+            last_seq = msg["seq"]
+            got += 1
+            lat.append(now - msg["body"]["t"])
+            if got % ACK_EVERY == 0 or got == n:
+                await ws.send(f'{{"type":"ack","stream":"bench","seq":{last_seq}}}')
+            if got >= n:
+                break
+        out.put(("receiver", first, time.monotonic(), lat))
+        await ws.close()
+
+    asyncio.run(run())
+
+
+def _mp() -> Any:
+    return mp.get_context("fork")
+
+
+def relay(url: str, a: Device, b: Device, n: int, *, rate: float = 0, inflight: int = 1024,
+          body_size: int = 200) -> dict[str, Any]:
+    """A → server → B: events/s from first publish to last delivery, and latencies."""
+    ctx = _mp()
+    out = ctx.Queue()
+    ready = ctx.Event()
+    recv = ctx.Process(target=_receiver, args=(url, b, n, ready, out))
+    recv.start()
+    ready.wait(30)
+    pub = ctx.Process(target=_publisher, args=(url, a, n, rate, inflight, body_size, out))
+    pub.start()
+    results = {}
+    for _ in range(2):
+        item = out.get(timeout=600)
+        results[item[0]] = item
+    pub.join()
+    recv.join()
+    t0 = results["publisher"][1]
+    t_end = results["receiver"][2]
+    lat = sorted(results["receiver"][3])
+    return {
+        "events": n,
+        "seconds": t_end - t0,
+        "events_per_s": n / (t_end - t0),
+        "latency_ms_p50": lat[len(lat) // 2] / 1e6,
+        "latency_ms_p99": lat[int(len(lat) * 0.99) - 1] / 1e6,
+        "latency_ms_max": lat[-1] / 1e6,
+        "latency_ms_mean": statistics.fmean(lat) / 1e6,
+    }
+
+
+def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
+    """B offline while A publishes ``n`` events; then B connects: events/s until `synced`."""
+    ctx = _mp()
+    out = ctx.Queue()
+    pub = ctx.Process(target=_publisher, args=(url, a, n, 0, 1024, 200, out))
+    pub.start()
+    out.get(timeout=600)
+    pub.join()
+
+    async def run() -> dict[str, Any]:
+        t0 = time.monotonic()
+        ws, welcome = await connect(url, b)
+        got = 0
+        last = 0
+        async for raw in ws:
+            msg = orjson.loads(raw)
+            if msg["type"] == "event":
+                got += 1
+                last = msg["seq"]
+                if got % ACK_EVERY == 0:
+                    await ws.send(f'{{"type":"ack","stream":"{msg["stream"]}","seq":{last}}}')
+            elif msg["type"] == "synced":
+                break
+        elapsed = time.monotonic() - t0
+        await ws.close()
+        return {"events": got, "seconds": elapsed, "events_per_s": got / elapsed}
+
+    return asyncio.run(run())
+
+
+def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) -> None:
+    async def run() -> None:
+        sem = asyncio.Semaphore(conc)
+        count = 0
+
+        async def one(dev: Device) -> None:
+            nonlocal count
+            async with sem:
+                ws, _ = await connect(url, dev)
+                count += 1
+                await ws.close()
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(devs[i % len(devs)]) for i in range(rounds)))
+        out.put((count, time.monotonic() - t0))
+
+    asyncio.run(run())
+
+
+def handshakes(url: str, devs: list[Device], rounds: int, procs: int = 1) -> dict[str, Any]:
+    ctx = _mp()
+    out = ctx.Queue()
+    per = max(1, len(devs) // procs)
+    ps = [ctx.Process(target=_handshaker,
+                      args=(url, devs[i * per:(i + 1) * per], rounds // procs, 16, out))
+          for i in range(procs)]
+    t0 = time.monotonic()
+    for p in ps:
+        p.start()
+    total = sum(out.get(timeout=600)[0] for _ in ps)
+    elapsed = time.monotonic() - t0
+    for p in ps:
+        p.join()
+    return {"handshakes": total, "seconds": elapsed, "per_s": total / elapsed}
+
+
+def _idle_holder(url: str, devs: list[Device], ready: Any, release: Any) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    async def run() -> None:
+        sem = asyncio.Semaphore(32)
+        conns = []
+
+        async def one(dev: Device) -> None:
+            async with sem:
+                ws, _ = await connect(url, dev)
+                conns.append(ws)
+
+        await asyncio.gather(*(one(d) for d in devs))
+        ready.set()
+        while not release.is_set():
+            await asyncio.sleep(0.1)
+        for ws in conns:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    asyncio.run(run())
+
+
+def idle_rss(server: BenchServer, url: str, devs: list[Device]) -> dict[str, Any]:
+    ctx = _mp()
+    ready, release = ctx.Event(), ctx.Event()
+    # Warm the server (imports, pools) with a few sessions before the baseline.
+    warm = ctx.Process(target=_idle_holder, args=(url, devs[:20], ready, release))
+    warm.start()
+    ready.wait(120)
+    release.set()
+    warm.join()
+    time.sleep(1.0)
+    before = server.rss_bytes()
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_idle_holder, args=(url, devs, ready, release))
+    p.start()
+    ready.wait(600)
+    time.sleep(1.0)
+    after = server.rss_bytes()
+    release.set()
+    p.join()
+    n = len(devs)
+    return {"sessions": n, "rss_before_mib": before / 2**20, "rss_after_mib": after / 2**20,
+            "kib_per_session": (after - before) / 1024 / n}
+
+
+# -- the whole run ------------------------------------------------------------------------
+TARGETS = {
+    "throughput_events_per_s": (">=", 15000),
+    "latency_ms_p99_at_2000": ("<=", 3.0),
+    "catchup_events_per_s": (">=", 20000),
+    "handshakes_per_s": (">=", 1000),
+    "idle_kib_per_session": ("<=", 40),
+}
+
+
+def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 20000,
+            only: set[str] | None = None, log: Callable[[str], None] = print,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="relaybox-bench-"))
+    want = only or {"throughput", "latency", "catchup", "handshakes", "idle"}
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    server = BenchServer(tmp / "data", env=env or {})
+    try:
+        n_idle = sessions if "idle" in want else 0
+        log("seeding devices…")
+        users = seed_devices(server.data_dir, per_user=4)
+        extra = seed_devices_more(server.data_dir, max(n_idle, 200)) if (
+            "idle" in want or "handshakes" in want) else []
+        server.start()
+        url = server.ws_url
+        a, b, c, d = users[0]
+        if "throughput" in want:
+            log(f"throughput: {events} events A → B …")
+            cpu0 = server.cpu_seconds()
+            r = relay(url, a, b, events)
+            r["server_cpu_us_per_event"] = (server.cpu_seconds() - cpu0) / events * 1e6
+            results["throughput"] = r
+        if "latency" in want:
+            n = min(events, 20000)
+            log(f"latency: {n} events at 2,000/s …")
+            results["latency_at_2000"] = relay(url, c, d, n, rate=2000)
+        if "catchup" in want:
+            log(f"catch-up: {catchup_events} events …")
+            results["catchup"] = catchup(url, a, d, catchup_events)
+        if "handshakes" in want:
+            log("handshakes …")
+            results["handshakes"] = handshakes(url, extra[:200], 3000, procs=1)
+        if "idle" in want:
+            log(f"idle sessions: {n_idle} …")
+            results["idle"] = idle_rss(server, url, extra[:n_idle])
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["summary"] = summarize(results)
+    return results
+
+
+def seed_devices_more(data_dir: Path, n: int) -> list[Device]:
+    """``n`` more devices, spread over users of 50 devices (after ``seed_devices``)."""
+    from relaybox.config import load_settings
+    from relaybox.store.db import open_database
+    from relaybox.store.models import Device as DeviceRow
+    from relaybox.store.models import User
+
+    from relaybox.protocol.encoding import uuid7
+
+    settings = load_settings(data_dir, env={})
+    db = open_database(settings)
+    out = []
+    now = int(time.time() * 1000)
+    try:
+        with db.atomic():
+            user_id = ""
+            rows = []
+            for i in range(n):
+                if i % 50 == 0:
+                    user_id = uuid7()
+                    User.create(id=user_id, name=f"idle{i // 50}", created_at=now)
+                sk = nacl.signing.SigningKey.generate()
+                did = uuid7()
+                rows.append({"id": did, "user": user_id, "name": f"idle-{i}",
+                             "public_key": bytes(sk.verify_key), "created_at": now})
+                out.append(Device(did, bytes(sk)))
+            for i in range(0, len(rows), 200):
+                DeviceRow.insert_many(rows[i:i + 200]).execute()
+    finally:
+        db.close()
+    return out
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    values = {
+        "throughput_events_per_s": results.get("throughput", {}).get("events_per_s"),
+        "latency_ms_p99_at_2000": results.get("latency_at_2000", {}).get("latency_ms_p99"),
+        "catchup_events_per_s": results.get("catchup", {}).get("events_per_s"),
+        "handshakes_per_s": results.get("handshakes", {}).get("per_s"),
+        "idle_kib_per_session": results.get("idle", {}).get("kib_per_session"),
+    }
+    out = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        op, target = TARGETS[name]
+        ok = value >= target if op == ">=" else value <= target
+        out[name] = {"value": round(value, 3), "target": f"{op} {target}", "met": ok}
+    return out
+
+
+def to_json(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=2)

@@ -1,0 +1,242 @@
+"""Gateway test helpers: a buffering protocol client, raw handshakes, database access."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import peewee as pw
+import websockets
+
+from relaybox.protocol.encoding import b64url_encode, random_nonce, uuid4
+from relaybox.protocol.handshake import gateway_signing_bytes
+from tests.support import DeviceKey, Gw, Server
+
+Frame = dict[str, Any]
+_refs = itertools.count(1)
+
+
+class Client:
+    """A device session: frames that a wait skips are kept for later waits, never lost."""
+
+    def __init__(self, gw: Gw, dev: DeviceKey) -> None:
+        self.gw = gw
+        self.dev = dev
+        self.buf: list[Frame] = []
+
+    @classmethod
+    async def connect(cls, server: Server, dev: DeviceKey, **kw: Any) -> Client:
+        gw = await Gw.connect(server, dev, **kw)
+        assert gw.welcome["type"] == "welcome", gw.welcome
+        return cls(gw, dev)
+
+    @property
+    def welcome(self) -> Frame:
+        return self.gw.welcome
+
+    @property
+    def ws(self) -> Any:
+        return self.gw.ws
+
+    async def send(self, obj: Any) -> None:
+        if isinstance(obj, bytes):
+            await self.ws.send(obj)  # a binary frame
+        else:
+            await self.gw.send(obj)
+
+    async def expect(self, pred: Callable[[Frame], bool], timeout: float = 15) -> Frame:
+        """The first frame (buffered or new) matching ``pred``; others stay buffered."""
+        for i, f in enumerate(self.buf):
+            if pred(f):
+                return self.buf.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            f = await self.gw.recv(max(0.01, deadline - time.monotonic()))
+            if pred(f):
+                return f
+            self.buf.append(f)
+
+    async def expect_type(self, *types: str, timeout: float = 15) -> Frame:
+        return await self.expect(lambda f: f["type"] in types, timeout)
+
+    async def barrier(self, timeout: float = 15) -> list[Frame]:
+        """Ping and wait for the pong: every frame the server queued before it is buffered.
+
+        Returns (and removes from the buffer) all frames received before the pong.
+        """
+        ref = f"barrier-{next(_refs)}"
+        await self.send({"type": "ping", "ref": ref})
+        await self.expect(lambda f: f["type"] == "pong" and f["ref"] == ref, timeout)
+        out, self.buf = self.buf, []
+        return out
+
+    async def publish(self, stream: str, body: Any, *, id: str | None = None,
+                      **extra: Any) -> Frame:
+        """Publish and return the ack or nack for it."""
+        pid = id or uuid4()
+        await self.send({"type": "publish", "id": pid, "stream": stream, "body": body, **extra})
+        return await self.expect(lambda f: f["type"] in ("ack", "nack") and f.get("id") == pid)
+
+    async def publish_many(self, stream: str, bodies: list[Any]) -> list[Frame]:
+        """Pipeline many publishes; return their acks in the order they were sent."""
+        ids = [uuid4() for _ in bodies]
+        pending = set(ids)
+        replies: dict[str, Frame] = {}
+
+        async def sender() -> None:
+            for pid, body in zip(ids, bodies, strict=True):
+                await self.send({"type": "publish", "id": pid, "stream": stream, "body": body})
+
+        async def receiver() -> None:
+            while pending:
+                f = await self.expect(lambda f: f["type"] in ("ack", "nack")
+                                      and f.get("id") in pending)
+                pending.discard(f["id"])
+                replies[f["id"]] = f
+
+        await asyncio.gather(sender(), receiver())
+        out = [replies[i] for i in ids]
+        assert all(f["type"] == "ack" for f in out), [f for f in out if f["type"] != "ack"][:3]
+        return out
+
+    async def events(self, n: int, stream: str | None = None, *, ack: bool = True,
+                     timeout: float = 30) -> list[Frame]:
+        """Collect ``n`` events (of ``stream``, or any), acking every event when ``ack``."""
+        out: list[Frame] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            f = await self.expect(lambda f: f["type"] == "event", deadline - time.monotonic())
+            if ack:
+                await self.ack(f["stream"], f["seq"])
+            if stream is None or f["stream"] == stream:
+                out.append(f)
+        return out
+
+    async def ack(self, stream: str, seq: int) -> None:
+        await self.send({"type": "ack", "stream": stream, "seq": seq})
+
+    async def drain_catch_up(self) -> Frame:
+        """Ack every catch-up event until `synced`; return the synced frame."""
+        while True:
+            f = await self.expect_type("event", "synced")
+            if f["type"] == "synced":
+                return f
+            await self.ack(f["stream"], f["seq"])
+
+    async def close(self) -> None:
+        await self.gw.close()
+
+    async def closed_code(self, timeout: float = 10) -> int | None:
+        return await self.gw.closed_code(timeout)
+
+
+async def raw(server: Server) -> Any:
+    """A bare WebSocket to the gateway (no handshake)."""
+    return await websockets.connect(server.ws_url, max_size=None, compression=None,
+                                    open_timeout=10)
+
+
+async def recv_json(ws: Any, timeout: float = 10) -> Frame:
+    data = await asyncio.wait_for(ws.recv(), timeout)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+async def close_code(ws: Any, timeout: float = 10) -> int | None:
+    """Read until the server closes; the close code it sent (None if it did not close)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    return ws.close_code  # type: ignore[no-any-return]
+
+
+async def until_close(ws: Any, timeout: float = 10) -> tuple[list[Frame], int | None]:
+    """Every text frame until the server closes, and its close code."""
+    frames: list[Frame] = []
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await ws.recv()
+                frames.append(json.loads(data) if isinstance(data, str) else {"binary": data})
+    return frames, ws.close_code
+
+
+def hello(device_id: str, nonce: str | None = None, protocol: int = 1) -> Frame:
+    return {"type": "hello", "protocol": protocol, "device_id": device_id,
+            "nonce": nonce or random_nonce()}
+
+
+async def handshake_with(server: Server, device_id: str, sign: Callable[[bytes], bytes]
+                         ) -> tuple[Any, Frame, Frame]:
+    """hello → challenge → auth signed by ``sign``; returns (ws, challenge, answer)."""
+    ws = await raw(server)
+    nonce = random_nonce()
+    await ws.send(json.dumps(hello(device_id, nonce)))
+    ch = await recv_json(ws)
+    assert ch["type"] == "challenge", ch
+    msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], device_id, nonce, ch["nonce"])
+    await ws.send(json.dumps({"type": "auth", "signature": b64url_encode(sign(msg))}))
+    return ws, ch, await recv_json(ws)
+
+
+def env(**settings: Any) -> dict[str, str]:
+    """RELAYBOX_* environment for settings given by attribute name (gateway_window=8)."""
+    return {("RELAYBOX_" + k).upper(): str(v) for k, v in settings.items()}
+
+
+@contextlib.contextmanager
+def database(server: Server) -> Iterator[pw.Database]:
+    """The server's database, opened in the test process (models bound to it)."""
+    from relaybox.config import load_settings
+    from relaybox.store.db import open_database
+
+    db = open_database(load_settings(server.data_dir, env={}))
+    db.connect(reuse_if_open=True)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def announce(server: Server, change: Any) -> None:
+    """Tell running servers about a change made in the test process, as the CLI does."""
+    from relaybox.bus import SyncBus, redis_url_for
+    from relaybox.services.fanout import announce_sync
+
+    url = redis_url_for("", server.data_dir / "run")
+    assert url is not None, "no server is running on this data dir"
+    bus = SyncBus(url)
+    try:
+        announce_sync(bus, change.events, change.controls)
+    finally:
+        bus.close()
+
+
+def assert_clean_log(server: Server) -> None:
+    """protocol.md §6: no server bug shows in the log (no traceback, no failed session)."""
+    text = server.log()
+    assert "Traceback" not in text, text[-4000:]
+
+
+def users(server: Server, *counts: int) -> list[list[DeviceKey]]:
+    """Fresh users (unique names) with ``counts[i]`` devices each."""
+    from tests.support import seed
+
+    names = {f"u{uuid4()[:8]}-{i}": n for i, n in enumerate(counts)}
+    made = seed(server.data_dir, names)
+    return [made[name] for name in names]
+
+
+def revoke(server: Server, dev: DeviceKey) -> None:
+    """Revoke a device as the CLI does: on the shared database, then announce it."""
+    from relaybox.services.devices import revoke_device
+    from relaybox.store.models import Device
+
+    with database(server) as db:
+        change = revoke_device(db, Device.get_by_id(dev.device_id))
+    announce(server, change)
