@@ -109,3 +109,48 @@ def run_main(group: click.Group, argv: list[str]) -> Any:
 
 def handle_relay_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
+
+
+def relay_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a RelayError from a command as one line ``error: …`` (exit 1), also under
+    Click's own runner (tests), not only through ``run_main``."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RelayError as exc:
+            if state().debug:
+                raise
+            raise CliError(exc.detail) from None
+
+    return wrapper
+
+
+def server_urls(settings: Settings) -> list[str]:
+    """Where the running server answers: public_url, the live servers' records, base_url."""
+    from relaybox.bus import live_servers
+
+    urls = [settings.public_url.rstrip("/")] if settings.public_url else []
+    urls += [str(s["url"]).rstrip("/") for s in live_servers(settings.run_dir) if s.get("url")]
+    urls.append(settings.base_url)
+    return list(dict.fromkeys(urls))
+
+
+def print_table(table: Any) -> None:
+    """A rich table on stdout; when piped, wide enough that nothing is cut off."""
+    # Console.print caps width at the console's own (80 when piped), so use a wider one.
+    (out if out.is_terminal else Console(width=200)).print(table)
+
+
+def write_transaction(db: pw.Database) -> Any:
+    """A write transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE).
+
+    A deferred transaction that reads first cannot upgrade to a writer once a running
+    server has committed after its snapshot (WAL: SQLITE_BUSY at once, no busy wait).
+    Services' own ``atomic()`` blocks nest inside this one as savepoints.
+    """
+    from relaybox.store.db import is_postgres
+
+    return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")

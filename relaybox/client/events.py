@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from relaybox.protocol.encoding import is_valid_stream, parse_uuid
 
 if TYPE_CHECKING:
-    from relaybox.client.connection import Client
+    from relaybox.client.delivery import Delivery
 
 __all__ = ["Event", "EventStream", "Gap", "Item", "Presence", "parse_event", "parse_gap"]
 
@@ -92,8 +92,8 @@ class EventStream:
     Items of streams not asked for are acknowledged and skipped.
     """
 
-    def __init__(self, client: Client, streams: Iterable[str] | None) -> None:
-        self._client = client
+    def __init__(self, delivery: Delivery, streams: Iterable[str] | None) -> None:
+        self._delivery = delivery
         self._streams = frozenset(streams) if streams else None
         self._held: Item | None = None
         self._closed = False
@@ -108,22 +108,22 @@ class EventStream:
         """Mark the item handed out last as done with (it becomes ackable)."""
         held, self._held = self._held, None
         if held is not None:
-            self._client._done_with(held)
+            self._delivery.done_with(held)
 
     async def __anext__(self) -> Item:
         self.release()
         if self._closed:
             raise StopAsyncIteration
-        client = self._client
+        delivery = self._delivery
         while True:
-            item = await client._take()
+            item = await delivery.take()
             if item is None:
                 self._closed = True
                 raise StopAsyncIteration
-            pos = client._positions
+            pos = delivery.positions
             last = item.next - 1 if isinstance(item, Gap) else item.seq
             if pos.is_duplicate(item.stream, last) or not self.wants(item.stream):
-                client._done_with(item)
+                delivery.done_with(item)
                 continue
             pos.hand_out(item.stream, last)
             self._held = item
@@ -133,4 +133,4 @@ class EventStream:
         """Stop iterating; the item handed out last counts as taken."""
         self.release()
         self._closed = True
-        self._client._detach(self)
+        self._delivery.detach(self)

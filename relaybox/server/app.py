@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-from typing import Any
 
 from sanic import Request, Sanic, Websocket
 from sanic.response import HTTPResponse
+from sanic_ext import Extend
 
 from relaybox import __version__
 from relaybox.bus import Bus
 from relaybox.config import Settings
+from relaybox.jobs import scheduler
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
-from relaybox.jobs import scheduler
 from relaybox.server import metrics, tracing
 from relaybox.server.context import ServerContext
-from relaybox.server.errors import handle_error
+from relaybox.server.errors import access_log, handle_error
+from relaybox.server.errors import request_id as assign_request_id
 from relaybox.server.gateway import Session
 from relaybox.server.hub import Hub
 from relaybox.services import identity
@@ -27,7 +27,6 @@ from relaybox.store.db import open_database
 from relaybox.store.eventlog import EventLog
 
 log = logging.getLogger("relaybox.server")
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
@@ -48,6 +47,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     cfg.OAS_UI_REDOC = False
     cfg.TOUCHUP = False
     app.ctx.settings = settings
+    # sanic-ext: the OpenAPI document at /docs/openapi.json and Swagger UI at /docs.
+    Extend(app, config={"cors": False, "http_auto_trace": False})
 
     @app.before_server_start
     async def start(app: Sanic) -> None:
@@ -87,14 +88,15 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
 
     @app.on_request
     async def request_id(request: Request) -> None:
-        rid = request.headers.get("X-Request-ID", "")
-        request.ctx.request_id = rid if REQUEST_ID_RE.match(rid) else str(uuid7())
+        assign_request_id(request)
 
     @app.on_response
     async def add_request_id(request: Request, response: HTTPResponse) -> None:
-        rid = getattr(request.ctx, "request_id", None)
-        if rid and response is not None:
+        # http-api.md Conventions: every response carries the id; one access line each.
+        rid = assign_request_id(request)
+        if response is not None:
             response.headers["X-Request-ID"] = rid
+            access_log(request, response.status, rid)
 
     app.error_handler.add(Exception, handle_error)
 

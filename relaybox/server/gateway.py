@@ -35,6 +35,7 @@ log = logging.getLogger("relaybox.gateway")
 
 READ_CHUNK = 512  # events per storage read when a session resumes from storage
 MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
+_background: set[asyncio.Future[None]] = set()  # wind-downs outliving their handler
 
 
 class Closing(Exception):
@@ -109,6 +110,7 @@ class Session:
         self.paused = False
         self.synced_target: dict[str, int] | None = None
         self.ready = False
+        self.registered = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._main: asyncio.Task[Any] | None = None
 
@@ -155,11 +157,9 @@ class Session:
             original(data)
 
         ws.data_received = data_received
-        registered = False
         try:
             try:
                 await self._handshake()
-                registered = True
                 self._tasks.append(asyncio.create_task(self._pump()))
                 self._tasks.append(asyncio.create_task(self._heartbeat()))
                 await self._receive_loop()
@@ -182,16 +182,27 @@ class Session:
         finally:
             for t in self._tasks:
                 t.cancel()
+            if self.registered:
+                self.ctx.hub.unregister(self)
+            # Sanic cancels this handler as soon as the socket is gone, which would skip
+            # the cursor flush and leave `finished` unset (a replacing session waits for
+            # it): the wind-down runs in a task of its own.
+            wind_down = asyncio.ensure_future(self._wind_down())
+            _background.add(wind_down)
+            wind_down.add_done_callback(_background.discard)
+            await asyncio.shield(wind_down)
+
+    async def _wind_down(self) -> None:
+        try:
             for t in self._tasks:
                 with contextlib.suppress(BaseException):
                     await t
-            if registered:
-                self.ctx.hub.unregister(self)
             await self._finish()
-            if registered:
+            if self.registered:
                 await self._flush_cursors()
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.session_closed(self.close_code)
+        finally:
             self.finished.set()
 
     async def _finish(self) -> None:
@@ -230,6 +241,7 @@ class Session:
             self.outbox.append(error_frame("auth_failed", "authentication failed"))
             raise Closing(CloseCode.AUTH_FAILED, "auth_failed")
         if device.revoked_at is not None:
+            await ctx.handshake_failed(self.address)  # a failed handshake too (§2 step 4)
             if ctx.metrics is not None:
                 ctx.metrics.handshake("revoked")
             self.outbox.append(error_frame("revoked", "this device was revoked"))
@@ -239,12 +251,17 @@ class Session:
         self.user_id = device.user_id
 
         old = ctx.hub.register(self)
+        self.registered = True
         if old is not None:
             old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
             await old.finished.wait()
         if ctx.bus is not None:
             await ctx.bus.publish_control("session", device_id=self.device_id,
                                           session_id=self.session_id)
+        # Acks of this device's earlier session may still wait in the writer's queue; they
+        # must be durable before this catch-up starts (protocol.md §3 Delivery), so the
+        # positions are read after a writer round trip (which also records last_seen).
+        await ctx.eventlog.call(lambda: device_service.touch(device.id))
         heads, cursors = await ctx.eventlog.read(_load_positions, self.user_id, self.device_id)
         for stream, (head, floor) in heads.items():
             acked = min(cursors.get(stream, 0), head)
@@ -265,7 +282,6 @@ class Session:
         if ctx.metrics is not None:
             ctx.metrics.handshake("ok")
             ctx.metrics.session_opened()
-        ctx.eventlog.call(lambda: device_service.touch(device.id))
 
     def _parse(self, data: Any) -> Any:
         if data is None:

@@ -7,7 +7,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import peewee as pw
 
@@ -16,6 +16,7 @@ from relaybox.errors import Conflict, InvalidInput, NotFound
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.handshake import parse_public_key
 from relaybox.services.devices import Change, add_device
+from relaybox.services.users import find_user
 from relaybox.store.db import is_postgres
 from relaybox.store.models import Device, Meta, PairingCode, User
 
@@ -84,15 +85,20 @@ def _check_options(payload: str | None, ttl_s: int | None) -> None:
 
 def create_pairing_code(
     db: pw.Database,
-    user: User,
+    user: User | str,
     inviter_device_id: str | None = None,
     payload: str | None = None,
     ttl_s: int | None = None,
     settings: Settings | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> tuple[str, int]:
-    """Make a single-use code for ``user``: returns (``XXXX-XXXX``, expires_at in ms)."""
+    """Make a single-use code for ``user`` (a User, or a user's name or id).
+
+    Returns (``XXXX-XXXX``, expires_at in ms). Only the code's hash is stored.
+    """
     _check_options(payload, ttl_s)
+    if isinstance(user, str):
+        user = find_user(user)
     if ttl_s is None:
         ttl_s = (settings or Settings()).pairing_ttl_s
     key = _pairing_key()
@@ -124,7 +130,7 @@ def _find(key: bytes, text: str, now: int) -> dict[str, Any] | None:
          .join(User, on=(PairingCode.user == User.id))
          .join(Device, pw.JOIN.LEFT_OUTER, on=(PairingCode.inviter_device_id == Device.id))
          .where(PairingCode.code_hash == digest).dicts())
-    row = q.get_or_none()
+    row = cast("dict[str, Any] | None", q.get_or_none())
     stored = row["code_hash"] if row is not None else "0" * 64
     match = hmac.compare_digest(stored, digest)
     live = row is not None and row["used_at"] is None and row["expires_at"] > now

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,7 +103,8 @@ def issue_access_token(device: Device, settings: Settings,
     now_s = clock() // 1000
     ttl = settings.access_token_ttl_s
     claims = {"iss": JWT_ISSUER, "aud": audience(keys.server_id), "sub": device.id,
-              "uid": device.user_id, "iat": now_s, "exp": now_s + ttl, "jti": uuid7()}
+              "uid": device.user_id,  # type: ignore[attr-defined]  # peewee FK id
+              "iat": now_s, "exp": now_s + ttl, "jti": uuid7()}
     secret = bytes.fromhex(keys.jwt_keys[keys.jwt_kid])
     token = jwt.encode(claims, secret, algorithm=JWT_ALGORITHM, headers={"kid": keys.jwt_kid})
     return token, ttl
@@ -132,11 +132,17 @@ def _write_tx(db: pw.Database) -> Any:
     return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
 
 
+def _standing_device(device_id: str) -> Device:
+    device = Device.get_or_none(Device.id == device_id)
+    if device is None or device.revoked_at is not None:
+        raise Unauthorized("this device was revoked", code="device_revoked")
+    return device
+
+
 def refresh(db: pw.Database, token: str, settings: Settings,
             clock: Callable[[], int] = now_ms) -> TokenPair:
     """Rotate a refresh token (blocking). A reused token revokes its whole family."""
     now = clock()
-    reused = False
     with _write_tx(db):
         row = RefreshToken.get_or_none(RefreshToken.token_hash == _hash(token))
         if row is None or row.revoked_at is not None or row.expires_at <= now:
@@ -145,18 +151,15 @@ def refresh(db: pw.Database, token: str, settings: Settings,
         claimed = (RefreshToken.update(used_at=now)
                    .where((RefreshToken.token_hash == row.token_hash)
                           & RefreshToken.used_at.is_null()).execute())
-        if claimed != 1:
+        device = _standing_device(row.device_id) if claimed == 1 else None  # type: ignore[attr-defined]
+        if device is not None:
+            new = _new_refresh(db, device.id, row.family_id, settings, now)
+        else:
             # Theft detection (http-api.md auth/refresh): someone presented a used token.
             RefreshToken.update(revoked_at=now).where(
                 (RefreshToken.family_id == row.family_id)
                 & RefreshToken.revoked_at.is_null()).execute()
-            reused = True
-        else:
-            device = Device.get_or_none(Device.id == row.device_id)
-            if device is None or device.revoked_at is not None:
-                raise Unauthorized("this device was revoked", code="device_revoked")
-            new = _new_refresh(db, device.id, row.family_id, settings, now)
-    if reused:
+    if device is None:
         raise Unauthorized("this refresh token was already used; its family is revoked",
                            code="refresh_token_reused")
     access, ttl = issue_access_token(device, settings, clock)
@@ -208,12 +211,9 @@ def verify_access(token: str, clock: Callable[[], int] = now_ms) -> AccessClaims
     keys = identity.load_secrets()
     claims = decode_access_token(token, keys.server_id, keys.jwt_keys, clock)
     device = Device.get_or_none(Device.id == claims.device_id)
-    if device is None or device.user_id != claims.user_id:
+    if device is None or device.user_id != claims.user_id:  # type: ignore[attr-defined]
         raise _bad_token()
     if device.revoked_at is not None:
         raise Unauthorized("this device was revoked", code="device_revoked")
     return claims
 
-
-def same_secret(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,34 @@ def _teardown(started: list[Server]) -> None:
             assert_clean_log(srv)
         except AssertionError as exc:
             problems.append(str(exc))
-    for srv in reversed(started):  # later servers may share the first one's Redis
-        srv.stop()
+    # Servers on one data dir share the first one's Redis: stop them newest first.
+    # Different data dirs stop in parallel (each stop takes seconds).
+    groups: dict[Path, list[Server]] = {}
     for srv in started:
-        srv.kill()
+        groups.setdefault(srv.data_dir, []).append(srv)
+
+    def stop_group(group: list[Server]) -> None:
+        for srv in reversed(group):
+            srv.stop()
+        for srv in group:
+            srv.kill()
+
+    # Stopping takes seconds (mostly the embedded Redis going away): it happens in the
+    # background while the next tests run; the session waits for it at the end.
+    for group in groups.values():
+        _stopping.append(_stopper.submit(stop_group, group))
     assert not problems, problems[0]
+
+
+_stopper = ThreadPoolExecutor(4, thread_name_prefix="stop-server")
+_stopping: list[Future[None]] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_servers_at_the_end() -> Iterator[None]:
+    yield
+    for fut in _stopping:
+        fut.result()
 
 
 @pytest.fixture(scope="module")

@@ -224,12 +224,26 @@ def assert_clean_log(server: Server) -> None:
 
 
 def users(server: Server, *counts: int) -> list[list[DeviceKey]]:
-    """Fresh users (unique names) with ``counts[i]`` devices each."""
-    from tests.support import seed
+    """Fresh users (unique names) with ``counts[i]`` devices each, added while it runs."""
+    import nacl.signing
 
-    names = {f"u{uuid4()[:8]}-{i}": n for i, n in enumerate(counts)}
-    made = seed(server.data_dir, names)
-    return [made[name] for name in names]
+    from relaybox.services.devices import add_device
+    from relaybox.services.users import add_user
+
+    out = []
+    with database(server) as db:
+        for n in counts:
+            # BEGIN IMMEDIATE: add_user reads before it writes, and a deferred transaction
+            # fails with "database is locked" when the server commits in between.
+            with db.atomic(lock_type="IMMEDIATE"):
+                user = add_user(db, f"u{uuid4()[:12]}")
+            keys = []
+            for i in range(n):
+                sk = nacl.signing.SigningKey.generate()
+                dev, _ = add_device(db, user, f"{user.name}-dev{i}", bytes(sk.verify_key))
+                keys.append(DeviceKey(dev.id, user.id, sk))
+            out.append(keys)
+    return out
 
 
 def revoke(server: Server, dev: DeviceKey) -> None:

@@ -9,6 +9,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from relaybox import __version__
+from relaybox.server.api.docs import doc, ref
+from relaybox.server.api.examples import STATUS as STATUS_EXAMPLE
+from relaybox.server.api.models import StatusOut
 from relaybox.server.context import ServerContext
 from relaybox.store.db import ping
 
@@ -16,6 +19,11 @@ bp = Blueprint("status", url_prefix="/api/v1")
 
 
 @bp.get("/status")
+@doc("Is this server ready, and what is it",
+     description="503 (same shape, with 'failing') when the database or Redis is down.",
+     ok=(200, ref(StatusOut), STATUS_EXAMPLE),
+     extra=[(503, ref(StatusOut), {**STATUS_EXAMPLE, "status": "unavailable",
+                                   "redis": "down", "failing": ["redis"]})])
 async def status(request: Request) -> HTTPResponse:
     ctx: ServerContext = request.app.ctx.relay
     db_ok = await asyncio.get_running_loop().run_in_executor(ctx.eventlog.readers, ping, ctx.db)

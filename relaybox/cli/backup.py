@@ -1,0 +1,157 @@
+"""``relaybox backup [--output FILE]``, ``backup list``, ``backup verify FILE``, ``restore``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from relaybox.cli.common import (
+    CliError,
+    emit_json,
+    err,
+    out,
+    print_table,
+    relay_errors,
+    settings_for,
+)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _show_counts(counts: dict[str, int]) -> None:
+    table = Table("table", "rows")
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    print_table(table)
+
+
+def register(cli: click.Group) -> None:
+    @cli.group("backup", invoke_without_command=True)
+    @click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False),
+                  help="Archive to write (default: <backups dir>/relaybox-<time>.tar.gz).")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @click.pass_context
+    @relay_errors
+    def backup(ctx: click.Context, output: Path | None, as_json: bool) -> None:
+        """Make a verified, compressed backup (safe while the server runs)."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from relaybox.services.backup import create_backup
+
+        settings = settings_for()
+        if as_json:
+            made = create_backup(settings, output)
+            emit_json({"file": str(made.file), "bytes": made.bytes, "sha256": made.sha256,
+                       "counts": made.counts})
+            return
+        with err.status("backing up and verifying…"):
+            made = create_backup(settings, output)
+        out.print(f"[green]Backup written and verified[/] {made.file}", soft_wrap=True)
+        out.print(f"  {_size(made.bytes)}, sha256 {made.sha256}", soft_wrap=True)
+        _show_counts(made.counts)
+
+    @backup.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def list_cmd(as_json: bool) -> None:
+        """List the archives in the backups folder (setting backup.dir)."""
+        from relaybox.services.backup import list_backups
+
+        settings = settings_for()
+        rows = list_backups(settings.backups_path)
+        docs = []
+        for f, manifest, problem in rows:
+            m = manifest or {}
+            docs.append({"file": str(f), "bytes": f.stat().st_size,
+                         "created_at": m.get("created_at"), "server_id": m.get("server_id"),
+                         "migration": m.get("migration"), "counts": m.get("counts"),
+                         "scheduled": f.name.startswith("relaybox-auto-"), "problem": problem})
+        if as_json:
+            emit_json(docs)
+            return
+        if not docs:
+            out.print(f"no backups in {settings.backups_path}")
+            return
+        table = Table("file", "created", "size", "events", "kind")
+        for d in docs:
+            events = str((d["counts"] or {}).get("event", "?"))
+            kind = "scheduled" if d["scheduled"] else "manual"
+            if d["problem"]:
+                kind = "[red]unreadable[/]"
+            table.add_row(Path(d["file"]).name, _when(d["created_at"]), _size(d["bytes"]),
+                          events, kind)
+        print_table(table)
+        out.print(f"[dim]{settings.backups_path}[/]", soft_wrap=True)
+
+    @backup.command("verify")
+    @click.argument("file", type=click.Path(path_type=Path))
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def verify(file: Path, as_json: bool) -> None:
+        """Check an archive: checksums, database integrity, row counts."""
+        from relaybox.services.backup import verify_backup
+
+        if as_json:
+            emit_json({"ok": True, **verify_backup(file).as_json()})
+            return
+        with err.status("verifying…"):
+            checked = verify_backup(file)
+        m = checked.manifest
+        out.print(f"[green]ok[/] {file}", soft_wrap=True)
+        out.print(f"  made {_when(m.get('created_at'))} by relaybox {m.get('relaybox_version')}"
+                  f", server {m.get('server_id')}, migration {m.get('migration')}",
+                  soft_wrap=True)
+        _show_counts(checked.counts)
+
+    @cli.command("restore")
+    @click.argument("file", type=click.Path(path_type=Path))
+    @click.option("--yes", is_flag=True, help="Confirm: this replaces the database.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def restore(file: Path, yes: bool, as_json: bool) -> None:
+        """Restore an archive into the data dir (the server must be stopped)."""
+        from relaybox.bus import live_servers
+        from relaybox.services.backup import restore_backup
+
+        settings = settings_for(check_writable=True)
+
+        def serving() -> bool:
+            return bool(live_servers(settings.run_dir))
+
+        if serving():
+            raise CliError(f"a server is running on {settings.data_dir}; stop it before "
+                           "restoring")
+        if not yes:
+            raise CliError(f"this replaces the database of {settings.data_dir} with {file}; "
+                           "run again with --yes")
+        if as_json:
+            emit_json(restore_backup(settings, file, serving).as_json())
+            return
+        with err.status("verifying and restoring…"):
+            done = restore_backup(settings, file, serving)
+        out.print(f"[green]Restored[/] {file} into {settings.data_dir}", soft_wrap=True)
+        out.print(f"  server id {done.server_id}")
+        if done.migrations_applied:
+            out.print(f"  applied migrations: {', '.join(done.migrations_applied)}")
+        if done.config == "restored":
+            out.print("  relaybox.toml restored from the backup")
+        elif done.config == "kept":
+            out.print("  [dim]the existing relaybox.toml was kept[/]")
+        _show_counts(done.counts)

@@ -1,0 +1,142 @@
+"""``relaybox prune``, ``relaybox status`` and ``relaybox admin-token --rotate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from relaybox.cli.common import (
+    CliError,
+    emit_json,
+    err,
+    open_db,
+    out,
+    print_table,
+    relay_errors,
+    server_urls,
+    settings_for,
+    write_transaction,
+)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{s}s")
+    return " ".join(parts)
+
+
+def ask_status(urls: list[str], timeout: float = 3.0) -> tuple[str, int, dict[str, Any]]:
+    """(url, HTTP status, body) from the first server that answers /api/v1/status."""
+    import httpx
+
+    problems = []
+    for url in urls:
+        try:
+            r = httpx.get(f"{url}/api/v1/status", timeout=timeout)
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            problems.append(f"{url}: {type(exc).__name__}")
+            continue
+        if isinstance(body, dict) and r.status_code in (200, 503):
+            return url, r.status_code, body
+        problems.append(f"{url}: HTTP {r.status_code}")
+    raise CliError("no relaybox server answered (" + "; ".join(problems) + ")")
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("status")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def status(as_json: bool) -> None:
+        """Ask the running server how it is (GET /api/v1/status)."""
+        settings = settings_for()
+        url, code, body = ask_status(server_urls(settings))
+        if as_json:
+            emit_json({"url": url, **body})
+        else:
+            ok = body.get("status") == "ok"
+            table = Table(show_header=False, box=None)
+            table.add_row("server", url)
+            table.add_row("status", "[green]ok[/]" if ok else f"[red]{body.get('status')}[/]")
+            for key in ("version", "server_id"):
+                table.add_row(key.replace("_", " "), str(body.get(key, "?")))
+            if isinstance(body.get("uptime_s"), int | float):
+                table.add_row("uptime", _duration(body["uptime_s"]))
+            for key in ("database", "redis"):
+                value = str(body.get(key, "?"))
+                table.add_row(key, f"[green]{value}[/]" if value == "ok" else f"[red]{value}[/]")
+            table.add_row("connections", str(body.get("connections", "?")))
+            print_table(table)
+        if code != 200:
+            failing = ", ".join(body.get("failing") or ()) or body.get("status")
+            raise CliError(f"the server at {url} is not ready ({failing})")
+
+    @cli.command("admin-token")
+    @click.option("--rotate", is_flag=True, help="Make a new admin token; the old one stops.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def admin_token(rotate: bool, as_json: bool) -> None:
+        """Replace the admin token (only its hash is stored, so it cannot be shown again)."""
+        from relaybox.services.identity import rotate_admin_token
+
+        if not rotate:
+            raise click.UsageError("the admin token is stored only as a hash and cannot be "
+                                   "shown; use --rotate to make a new one")
+        settings = settings_for()
+        db = open_db(settings)
+        try:
+            with write_transaction(db):
+                token = rotate_admin_token()
+        finally:
+            db.close()
+        if as_json:
+            emit_json({"admin_token": token})
+            return
+        out.print(f"new admin token [bold yellow]{token}[/]")
+        out.print("[dim]Shown once; the previous token no longer works.[/]")
+
+    @cli.command("prune")
+    @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def prune(dry_run: bool, as_json: bool) -> None:
+        """Apply the retention policy now (settings retention.days / max_events_per_stream)."""
+        from relaybox.protocol.encoding import now_ms
+        from relaybox.services import retention
+
+        settings = settings_for()
+        db = open_db(settings)
+        try:
+            if not as_json and not dry_run:
+                with err.status("pruning…"):
+                    report = retention.prune(db, settings, now_ms())
+            else:
+                report = retention.prune(db, settings, now_ms(), dry_run=dry_run)
+            names = retention.user_names()
+        finally:
+            db.close()
+        if as_json:
+            emit_json(report.as_json(names))
+            return
+        verb = "would remove" if dry_run else "removed"
+        if settings.retention_days == 0 and settings.retention_max_events_per_stream == 0:
+            out.print("[dim]events are kept forever (retention.days and "
+                      "retention.max_events_per_stream are 0)[/]")
+        if report.streams:
+            table = Table("user", "stream", verb, "first kept seq")
+            for s in report.streams:
+                table.add_row(names.get(s.user_id, s.user_id), s.stream, str(s.removed),
+                              str(s.floor_seq + 1))
+            print_table(table)
+        out.print(f"{verb} {report.events} events, {report.pairing_codes} expired pairing "
+                  f"codes, {report.refresh_tokens} expired refresh tokens")

@@ -1,0 +1,82 @@
+"""``relaybox pair USER``: a pairing code, its expiry, a QR code and the claim command."""
+
+from __future__ import annotations
+
+import io
+import shlex
+import time
+
+import click
+
+from relaybox.cli.common import (
+    emit_json,
+    open_db,
+    out,
+    relay_errors,
+    server_urls,
+    settings_for,
+    write_transaction,
+)
+from relaybox.protocol.encoding import format_ts
+
+
+def claim_line(code: str, url: str, name: str) -> str:
+    """The command the new device runs (cli.md, device side)."""
+    return (f"relaybox client pair {code} --server {shlex.quote(url)} "
+            f"--name {shlex.quote(name)}")
+
+
+def qr_text(data: str) -> str:
+    """A QR code drawn with Unicode half blocks (two modules per character cell)."""
+    import qrcode
+
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(data)
+    qr.make(fit=True)
+    buf = io.StringIO()
+    # invert: light modules print as blocks, which scans on the usual dark terminal.
+    qr.print_ascii(out=buf, invert=True)
+    return buf.getvalue()
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("pair")
+    @click.argument("user_ref", metavar="USER")
+    @click.option("--ttl", type=click.IntRange(60, 3600), metavar="SECONDS",
+                  help="Lifetime of the code (60-3600; setting: auth.pairing_ttl_s).")
+    @click.option("--name", "device_name", metavar="NAME",
+                  help="Device name to put in the claim command (default USER-deviceN).")
+    @click.option("--no-qr", is_flag=True, help="Do not draw the QR code.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+    @relay_errors
+    def pair(user_ref: str, ttl: int | None, device_name: str | None, no_qr: bool,
+             as_json: bool) -> None:
+        """Make a single-use code that pairs a new device with USER."""
+        from relaybox.services.pairing import create_pairing_code
+        from relaybox.services.users import find_user
+        from relaybox.store.models import Device
+
+        settings = settings_for()
+        db = open_db(settings)
+        try:
+            user = find_user(user_ref)
+            with write_transaction(db):
+                code, expires_at = create_pairing_code(db, user, ttl_s=ttl,
+                                                       settings=settings)
+            n = Device.select().where(Device.user == user.id).count()
+        finally:
+            db.close()
+        if as_json:
+            emit_json({"code": code, "expires_at": format_ts(expires_at), "user": user.name})
+            return
+        url = server_urls(settings)[0]
+        line = claim_line(code, url, device_name or f"{user.name}-device{n + 1}")
+        left = max(0, round(expires_at / 1000 - time.time()))
+        local = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(expires_at / 1000))
+        out.print(f"Pairing code for [bold]{user.name}[/]: [bold yellow]{code}[/]")
+        out.print(f"  expires {local} (in {left // 60} min {left % 60} s); single use")
+        if not no_qr:
+            click.echo(qr_text(line), nl=False)
+        out.print("On the new device run:")
+        # Plain echo: rich would wrap or restyle a line meant to be copied exactly.
+        click.echo(f"  {line}")

@@ -1,0 +1,53 @@
+"""/api/v1/devices: the caller's user's devices; rename one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from relaybox.errors import NotFound
+from relaybox.server.api import examples as ex
+from relaybox.server.api.docs import doc, path_param, ref
+from relaybox.server.api.models import UUID_RE, DeviceOut, RenameRequest, parse_body
+from relaybox.server.auth import device_auth, relay
+from relaybox.server.context import ServerContext
+from relaybox.services import devices
+from relaybox.store.models import Device
+
+bp = Blueprint("devices", url_prefix="/api/v1")
+_FIELDS = ("device_id", "name", "created_at", "last_seen_at", "online", "revoked")
+
+
+def _out(ctx: ServerContext, d: Device) -> dict[str, Any]:
+    full = devices.device_json(d, online=ctx.hub.online(d.id))
+    return {k: full[k] for k in _FIELDS}
+
+
+@bp.get("/devices")
+@doc("The devices of the caller's user", auth="device",
+     ok=(200, {"type": "array", "items": ref(DeviceOut)}, [ex.DEVICE]))
+async def list_devices(request: Request) -> HTTPResponse:
+    claims = await device_auth(request)
+    ctx = relay(request)
+    rows = await ctx.run_sync(devices.list_devices, claims.user_id)
+    return json([_out(ctx, d) for d in rows])
+
+
+@bp.patch("/devices/<device_id>")
+@doc("Rename a device of the caller's user", auth="device",
+     description="Another user's device is 404, like one that does not exist.",
+     params=[path_param("device_id", "A device of the caller's user.", format="uuid",
+                        pattern=UUID_RE)],
+     body=(RenameRequest, {"name": "kitchen tablet"}), ok=(200, ref(DeviceOut), ex.DEVICE),
+     errors=(400, 404, 422))
+async def rename_device(request: Request, device_id: str) -> HTTPResponse:
+    claims = await device_auth(request)
+    ctx = relay(request)
+    req = parse_body(request, RenameRequest)
+    device = await ctx.run_sync(devices.get_device, device_id)
+    if device is None or device.user_id != claims.user_id:
+        raise NotFound(f"no device {device_id}", code="device_unknown")
+    await ctx.announce(await ctx.run_sync(devices.rename_device, ctx.db, device, req.name))
+    return json(_out(ctx, device))

@@ -1,0 +1,71 @@
+"""Rate limits shared by all server processes through Redis; Redis down never means 500."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import httpx
+
+from relaybox.protocol.encoding import uuid7
+from tests.api.conftest import StartApi
+from tests.api.helpers import HIGH_LIMITS, assert_problem, new_public_key, signed_request
+from tests.support import Server, free_port
+
+
+def test_pairing_limit_is_shared_by_two_processes(fresh_api: StartApi) -> None:
+    api = fresh_api({}, RELAYBOX_RATE_LIMITS_PAIRING_PER_MIN="3")
+    # A second process on the same data dir uses the first one's Redis.
+    second = Server(api.server.data_dir, free_port(),
+                    {**HIGH_LIMITS, "RELAYBOX_RATE_LIMITS_PAIRING_PER_MIN": "3"})
+    second.start()
+    try:
+        urls = [api.server.url, second.url, api.server.url]
+        for url in urls:
+            assert httpx.get(f"{url}/api/v1/pairing/lookup/ZZZZ-ZZZZ").status_code == 404
+        for url in (second.url, api.server.url):
+            r = httpx.post(f"{url}/api/v1/pairing/claim", json={
+                "code": "ZZZZ-ZZZZ", "public_key": new_public_key(), "name": "x"})
+            assert_problem(r, 429, "rate_limited")
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+    finally:
+        second.stop()
+
+
+def test_token_and_publish_limits(fresh_api: StartApi) -> None:
+    api = fresh_api({"alice": 1}, RELAYBOX_RATE_LIMITS_TOKEN_PER_MIN="2",
+                    RELAYBOX_RATE_LIMITS_PUBLISH_PER_MIN="2")
+    dev = api.devices["alice"][0]
+    token = api.token(dev)
+    assert httpx.post(api.url + "/auth/refresh", json={"refresh_token": "x"}).status_code == 401
+    r = httpx.post(api.url + "/auth/token", json=signed_request(api.server_id, dev))
+    assert_problem(r, 429)
+    assert int(r.headers["retry-after"]) >= 1
+    with api.client(token) as c:
+        for _ in range(2):
+            assert c.post("/streams/s/events", json={"id": uuid7(), "body": 1}).status_code == 201
+        assert_problem(c.post("/streams/s/events", json={"id": uuid7(), "body": 1}), 429)
+        assert c.get("/streams/s/events").status_code == 200  # reads are not limited
+
+
+def test_redis_down_fails_open_for_reads_and_never_500(fresh_api: StartApi) -> None:
+    api = fresh_api({"alice": 1})
+    token = api.token(api.devices["alice"][0])
+    settings = json.loads((api.server.data_dir / "run" / "redis.rdb.settings").read_text())
+    pid = int(open(settings["pidfile"]).read().strip())
+    os.kill(pid, signal.SIGKILL)
+    with api.client(token) as c:
+        # Reads go on (lookup is rate limited, fail open): the unknown code is still 404.
+        assert_problem(c.get("/pairing/lookup/ZZZZ-ZZZZ"), 404)
+        assert c.get("/devices").status_code == 200
+        # Writes that need a limit or the replay store are refused, retryable.
+        for r in (c.post("/pairing/claim", json={"code": "ZZZZ-ZZZZ", "name": "x",
+                                                 "public_key": new_public_key()}),
+                  c.post("/auth/token", json=signed_request(api.server_id,
+                                                            api.devices["alice"][0])),
+                  c.post("/streams/s/events", json={"id": uuid7(), "body": 1})):
+            assert_problem(r, 503)
+            assert r.headers["retry-after"] == "1"
+        r = c.get("/status")
+        assert r.status_code == 503 and r.json()["failing"] == ["redis"]

@@ -1,0 +1,41 @@
+"""protocol.md §4 Liveness: a silent client is closed with 4410; a live one never is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.gateway.conftest import MakeServer
+from tests.gateway.helpers import Client, users
+from tests.support import Server
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+HEARTBEAT = 0.3
+
+
+@pytest.fixture(scope="module")
+def server(module_servers: MakeServer) -> Server:
+    return module_servers(gateway_heartbeat_s=HEARTBEAT)
+
+
+async def test_silent_client_is_closed_4410_and_an_answering_one_stays(server: Server) -> None:
+    silent_dev, live_dev = users(server, 2)[0]
+    started = time.monotonic()
+    # ping_interval=None: the client sends no pings of its own; it only answers the
+    # server's, as long as it reads.
+    live = await Client.connect(server, live_dev, ping_interval=None)
+    silent = await Client.connect(server, silent_dev, ping_interval=None)
+    assert silent.welcome["heartbeat_s"] == HEARTBEAT
+    silent.ws.transport.pause_reading()  # it stops reading, so it answers nothing
+    offline = await live.expect(lambda f: f["type"] == "presence" and not f["online"]
+                                and f["device_id"] == silent_dev.device_id)
+    assert offline["online"] is False
+    silent.ws.transport.resume_reading()
+    assert await silent.closed_code() == 4410
+    # The live client sent nothing but pongs; keep it idle for several heartbeats more.
+    await asyncio.sleep(max(0.0, started + 6 * HEARTBEAT - time.monotonic()))
+    assert live.ws.close_code is None
+    await live.barrier()
+    await live.close()

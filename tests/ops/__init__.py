@@ -1,0 +1,1 @@
+"""Operations tests: backup, restore, retention, scheduler, systemd, the whole story."""
