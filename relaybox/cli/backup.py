@@ -50,7 +50,11 @@ def register(cli: click.Group) -> None:
     @click.pass_context
     @relay_errors
     def backup(ctx: click.Context, output: Path | None, as_json: bool) -> None:
-        """Make a verified, compressed backup (safe while the server runs)."""
+        """Make a verified backup (server may run).
+
+        One compressed archive: the database (with the server secrets), the config
+        file and a manifest. It is checked after writing.
+        """
         if ctx.invoked_subcommand is not None:
             return
         from relaybox.services.backup import create_backup
@@ -71,12 +75,15 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def list_cmd(as_json: bool) -> None:
-        """List the archives in the backups folder (setting backup.dir)."""
+        """List the backups in the backups folder.
+
+        The folder is <data dir>/backups unless backup.dir is set.
+        """
         from relaybox.services.backup import list_backups
 
         settings = settings_for()
         rows = list_backups(settings.backups_path)
-        docs = []
+        docs: list[dict[str, Any]] = []
         for f, manifest, problem in rows:
             m = manifest or {}
             docs.append({"file": str(f), "bytes": f.stat().st_size,
@@ -105,7 +112,10 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def verify(file: Path, as_json: bool) -> None:
-        """Check an archive: checksums, database integrity, row counts."""
+        """Check an archive completely.
+
+        Checksums of every member, database integrity check, row counts.
+        """
         from relaybox.services.backup import verify_backup
 
         if as_json:
@@ -126,7 +136,11 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def restore(file: Path, yes: bool, as_json: bool) -> None:
-        """Restore an archive into the data dir (the server must be stopped)."""
+        """Restore a backup into the data dir.
+
+        The archive is verified first; the server must be stopped. The database is
+        replaced atomically, then pending migrations are applied.
+        """
         from relaybox.bus import live_servers
         from relaybox.services.backup import restore_backup
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -16,32 +17,46 @@ from rich.markup import escape
 from rich.table import Table
 
 from relaybox.cli.common import CliError, emit_json
-from relaybox.client import (
-    DEFAULT_IDENTITY_PATH,
-    Client,
-    ClientError,
-    Event,
-    Gap,
-    Identity,
-    IdentityError,
-    RestClient,
-    pair,
-)
 from relaybox.protocol.encoding import is_valid_stream, uuid7
 
+if TYPE_CHECKING:
+    from relaybox.client import Event, Gap, Identity
+
+# The SDK (websockets, httpx) is imported by the commands only, so that every other
+# relaybox command starts fast. Same as relaybox.client.DEFAULT_IDENTITY_PATH.
+DEFAULT_IDENTITY = "~/.config/relaybox/identity.json"
 T = TypeVar("T")
 PAIR_HINT = "pair this device first: relaybox client pair CODE --server URL --name NAME"
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; SDK failures become one-line ``error:`` messages (exit 1)."""
+    from relaybox.client import ClientError
+
     try:
         return asyncio.run(coro)
     except ClientError as exc:
         raise CliError(str(exc)) from None
 
 
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _log_to_stderr(level: int) -> None:
+    """SDK notices (reconnects, warnings) as plain lines on stderr; stdout stays data."""
+    log = logging.getLogger("relaybox.client")
+    for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(h)
+    log.addHandler(_StderrHandler())
+    log.setLevel(level)
+    log.propagate = False
+
+
 def _load(path: Path) -> Identity:
+    from relaybox.client import Identity, IdentityError
+
     try:
         return Identity.load(path)
     except IdentityError as exc:
@@ -52,7 +67,7 @@ def _load(path: Path) -> Identity:
 def identity_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--identity", "identity_path", type=click.Path(path_type=Path, dir_okay=False),
-        envvar="RELAYBOX_IDENTITY", default=str(DEFAULT_IDENTITY_PATH), show_default=True,
+        envvar="RELAYBOX_IDENTITY", default=DEFAULT_IDENTITY, show_default=True,
         help="The device identity file (env RELAYBOX_IDENTITY).")(fn)
 
 
@@ -62,6 +77,8 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- pair ---------------------------------------------------------------------------------
 async def _pair(server: str, code: str, name: str, path: Path) -> Identity:
+    from relaybox.client import pair
+
     identity = await pair(server, code, name)
     return identity.save(path)
 
@@ -87,6 +104,8 @@ def _writable(directory: Path) -> bool:
 # -- send ---------------------------------------------------------------------------------
 async def _send(identity: Identity, stream: str, body: Any, key: str | None,
                 base_seq: int | None, ack_wait: float) -> dict[str, Any]:
+    from relaybox.client import Client
+
     event_id = uuid7()
     async with Client(identity) as client:
         try:
@@ -101,6 +120,8 @@ async def _send(identity: Identity, stream: str, body: Any, key: str | None,
 
 # -- tail ---------------------------------------------------------------------------------
 def _show(console: Console, item: Event | Gap) -> None:
+    from relaybox.client import Gap
+
     if isinstance(item, Gap):
         console.print(f"[yellow]{item.stream}: events {item.after + 1}..{item.next - 1} "
                       "were removed by retention before this device received them[/]")
@@ -114,6 +135,8 @@ def _show(console: Console, item: Event | Gap) -> None:
 
 async def _tail(identity: Identity, streams: tuple[str, ...], as_json: bool,
                 count: int | None, keep_state: bool) -> None:
+    from relaybox.client import Client, Event
+
     console = Console(highlight=False)
     state = identity.state_path if keep_state else None
     async with Client(identity, state_file=state) as client:
@@ -140,6 +163,8 @@ async def _tail(identity: Identity, streams: tuple[str, ...], as_json: bool,
 
 # -- devices ------------------------------------------------------------------------------
 async def _devices(identity: Identity) -> list[dict[str, Any]]:
+    from relaybox.client import RestClient
+
     async with RestClient(identity) as api:
         return await api.devices()
 
@@ -207,6 +232,7 @@ def register(cli: click.Group) -> None:
         except ValueError as exc:
             raise CliError(f"BODY_JSON is not valid JSON: {exc}") from None
         ident = _load(identity_path)
+        _log_to_stderr(logging.WARNING)
         doc = _run(_send(ident, stream, body, key, base_seq, timeout))
         if as_json:
             emit_json(doc)
@@ -233,6 +259,7 @@ def register(cli: click.Group) -> None:
         if bad:
             raise CliError(f"not a valid stream name: {bad[0]!r}")
         ident = _load(identity_path)
+        _log_to_stderr(logging.INFO)
         _run(_tail(ident, streams, as_json, count, not no_state))
 
     @client_group.command("devices")

@@ -129,11 +129,10 @@ def relay_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def server_urls(settings: Settings) -> list[str]:
-    """Where the running server answers: public_url, the live servers' records, base_url."""
+    """Where a running server answers: the URLs its processes recorded, then base_url."""
     from relaybox.bus import live_servers
 
-    urls = [settings.public_url.rstrip("/")] if settings.public_url else []
-    urls += [str(s["url"]).rstrip("/") for s in live_servers(settings.run_dir) if s.get("url")]
+    urls = [str(s["url"]).rstrip("/") for s in live_servers(settings.run_dir) if s.get("url")]
     urls.append(settings.base_url)
     return list(dict.fromkeys(urls))
 

@@ -17,10 +17,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
-import httpx
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -28,7 +27,9 @@ from rich.table import Table
 from rich.text import Text
 
 from relaybox.cli.common import CliError, emit_json, err, out
-from relaybox.client import Client, ConflictError, Event, Identity, pair
+
+if TYPE_CHECKING:
+    from relaybox.client import Client
 
 DEVICES: Final = ("laptop", "phone")
 SNIPPETS: Final = ("meeting at 3pm, room 2", "https://example.org/recipe", "wifi: relaybox-demo",
@@ -69,6 +70,8 @@ class DemoServer:
                  "--port", str(self.port)],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
+        import httpx
+
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -186,6 +189,8 @@ class Tally:
 
 
 async def _consume(name: str, client: Client, view: View, tally: Tally) -> None:
+    from relaybox.client import Event
+
     got = tally.received.setdefault(name, [])
     async for item in client.events():
         if isinstance(item, Event):
@@ -198,6 +203,8 @@ async def _consume(name: str, client: Client, view: View, tally: Tally) -> None:
 
 async def _publish(name: str, client: Client, view: View, tally: Tally, stream: str,
                    body: Any, **kw: Any) -> int | None:
+    from relaybox.client import ConflictError
+
     try:
         seq = await client.publish(stream, body, **kw)
     except ConflictError as exc:
@@ -226,7 +233,7 @@ async def _phone(client: Client, other: Client, view: View, tally: Tally,
     while not stop.is_set():
         await _publish("phone", client, view, tally, "battery", {"level": level}, key="battery")
         level -= 1
-        if level == 85:
+        if level == 86:
             # Compare-and-set: both devices edit the shopping note from seq 0; one wins.
             seq = await _publish("phone", client, view, tally, "notes",
                                  {"shopping": ["milk"]}, key="shopping", base_seq=0)
@@ -245,6 +252,8 @@ def _all_arrived(tally: Tally) -> bool:
 
 
 async def _exchange(server: str, codes: list[str], duration: float, view: View) -> Tally:
+    from relaybox.client import Client, Identity, pair
+
     tally = Tally()
     idents: list[Identity] = []
     for name, code in zip(DEVICES, codes, strict=True):

@@ -48,6 +48,11 @@ def announce(settings: Settings, events: list[StoredEvent],
         bus.close()
 
 
+def _short(ts: str) -> str:
+    """``2026-11-25T18:24:06.420Z`` → ``2026-11-25 18:24`` (UTC) for tables."""
+    return ts[:16].replace("T", " ")
+
+
 def _doc(d: Any, user_name: str | None) -> dict[str, Any]:
     from relaybox.services.devices import device_json
 
@@ -78,8 +83,8 @@ def register(cli: click.Group) -> None:
         try:
             user_id = find_user(user_ref).id if user_ref is not None else None
             names = {u.id: u.name for u in User.select(User.id, User.name)}
-            docs = [_doc(d, names.get(d.user_id))
-                    for d in list_devices(user_id, True if revoked else None)]
+            found: list[Any] = list_devices(user_id, True if revoked else None)
+            docs = [_doc(d, names.get(d.user_id)) for d in found]
         finally:
             db.close()
         if as_json:
@@ -94,9 +99,9 @@ def register(cli: click.Group) -> None:
             state = "[green]active[/]"
             if d["revoked"]:
                 reason = f": {d['revoked_reason']}" if d["revoked_reason"] else ""
-                state = f"[red]revoked[/] {d['revoked_at']}{reason}"
-            table.add_row(d["device_id"], d["user"] or "?", d["name"], d["created_at"],
-                          d["last_seen_at"] or "never", state)
+                state = f"[red]revoked[/] {_short(d['revoked_at'])}{reason}"
+            table.add_row(d["device_id"], d["user"] or "?", d["name"], _short(d["created_at"]),
+                          _short(d["last_seen_at"]) if d["last_seen_at"] else "never", state)
         print_table(table)
 
     @device.command("revoke")
@@ -105,7 +110,10 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def revoke(device_id: str, reason: str | None, as_json: bool) -> None:
-        """Revoke a device: its tokens stop working and a live session is closed."""
+        """Revoke a device; a live session closes.
+
+        Its tokens stop working at once and running servers close its session.
+        """
         from relaybox.services.devices import require_device, revoke_device
 
         settings = settings_for()
@@ -129,7 +137,10 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def unrevoke(device_id: str, as_json: bool) -> None:
-        """Let a revoked device connect again (its refresh tokens stay revoked)."""
+        """Let a revoked device connect again.
+
+        Its old refresh tokens stay revoked: it signs in afresh.
+        """
         from relaybox.services.devices import require_device, unrevoke_device
 
         settings = settings_for()

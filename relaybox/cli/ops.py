@@ -58,7 +58,11 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def status(as_json: bool) -> None:
-        """Ask the running server how it is (GET /api/v1/status)."""
+        """Ask the running server how it is.
+
+        Asks GET /api/v1/status at the URL the server recorded in the data dir,
+        else at public_url, else at host:port.
+        """
         settings = settings_for()
         url, code, body = ask_status(server_urls(settings))
         if as_json:
@@ -86,7 +90,10 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def admin_token(rotate: bool, as_json: bool) -> None:
-        """Replace the admin token (only its hash is stored, so it cannot be shown again)."""
+        """Make a new admin token; the old one stops.
+
+        Only a hash of the token is stored, so it cannot be shown again.
+        """
         from relaybox.services.identity import rotate_admin_token
 
         if not rotate:
@@ -110,7 +117,11 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def prune(dry_run: bool, as_json: bool) -> None:
-        """Apply the retention policy now (settings retention.days / max_events_per_stream)."""
+        """Apply the retention policy now.
+
+        Settings: retention.days, retention.max_events_per_stream. Expired pairing
+        codes and refresh tokens go too.
+        """
         from relaybox.protocol.encoding import now_ms
         from relaybox.services import retention
 

@@ -51,7 +51,11 @@ def register(cli: click.Group) -> None:
     @relay_errors
     def pair(user_ref: str, ttl: int | None, device_name: str | None, no_qr: bool,
              as_json: bool) -> None:
-        """Make a single-use code that pairs a new device with USER."""
+        """Make a code that pairs a device with USER.
+
+        The code is single use and short lived. Prints the claim command to run on
+        the new device and the same command as a QR code.
+        """
         from relaybox.services.pairing import create_pairing_code
         from relaybox.services.users import find_user
         from relaybox.store.models import Device
@@ -69,7 +73,8 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json({"code": code, "expires_at": format_ts(expires_at), "user": user.name})
             return
-        url = server_urls(settings)[0]
+        # Devices use public_url (the proxy) when set; else where this server listens.
+        url = settings.public_url.rstrip("/") or server_urls(settings)[0]
         line = claim_line(code, url, device_name or f"{user.name}-device{n + 1}")
         left = max(0, round(expires_at / 1000 - time.time()))
         local = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(expires_at / 1000))

@@ -10,7 +10,7 @@ from functools import partial
 
 import click
 
-from relaybox.cli.common import err, open_db, settings_for
+from relaybox.cli.common import CliError, err, open_db, settings_for
 from relaybox.config import Settings
 
 
@@ -25,10 +25,14 @@ def serve(settings: Settings) -> None:
     from relaybox.bus import EmbeddedRedis, live_servers, url_from_socket, write_server_file
     from relaybox.bus import remove_server_file
     from relaybox.cli.init_cmd import initialise, show_init
+    from relaybox.server import metrics, tracing
     from relaybox.services import identity
     from relaybox.store import migrate
 
     log = logging.getLogger("relaybox.server")
+    problem = tracing.check(settings)
+    if problem is not None:
+        raise CliError(problem)
     fresh = settings.sqlite_path is not None and not settings.sqlite_path.exists()
     if fresh or not settings.data_dir.exists():
         res = initialise(settings)
@@ -53,15 +57,20 @@ def serve(settings: Settings) -> None:
         else:
             embedded = EmbeddedRedis(settings.run_dir)
             socket = embedded.start()
+            embedded.start_watchdog()  # restarts it on the same socket if it dies
         settings = dataclasses.replace(settings, redis_url=url_from_socket(socket))
     record = write_server_file(settings.run_dir, {
         "pid": os.getpid(), "host": settings.host, "port": settings.port,
         "redis_socket": embedded.socket if embedded else None,
         "started_at": time.time(), "url": settings.base_url,
     })
+    # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
+    metrics_dir = metrics.prepare_multiprocess(settings.run_dir) if settings.metrics_enabled \
+        else None
     try:
         _run_sanic(settings)
     finally:
+        metrics.cleanup_multiprocess(metrics_dir)
         remove_server_file(record)
         if embedded is not None:
             embedded.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
@@ -28,7 +30,10 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def add(name: str, as_json: bool) -> None:
-        """Create a user (then pair a first device with 'relaybox pair NAME')."""
+        """Create a user.
+
+        Then pair a first device with 'relaybox pair NAME'.
+        """
         from relaybox.services.users import add_user
 
         settings = settings_for()
@@ -57,13 +62,14 @@ def register(cli: click.Group) -> None:
         db = open_db(settings)
         try:
             total = pw.fn.COUNT(Device.id)
-            live = pw.fn.SUM(pw.Case(None, [(Device.id.is_null(False) & Device.revoked_at.is_null(),
-                                              1)], 0))
-            rows = list(User.select(User.id, User.name, User.created_at,
-                                    total.alias("devices"), live.alias("active"))
-                        .join(Device, pw.JOIN.LEFT_OUTER, on=(Device.user == User.id))
-                        .group_by(User.id, User.name, User.created_at)
-                        .order_by(User.created_at).dicts())
+            active = Device.id.is_null(False) & Device.revoked_at.is_null()
+            live = pw.fn.SUM(pw.Case(None, [(active, 1)], 0))
+            query: Any = (User.select(User.id, User.name, User.created_at,
+                                      total.alias("devices"), live.alias("active"))
+                          .join(Device, pw.JOIN.LEFT_OUTER, on=(Device.user == User.id))
+                          .group_by(User.id, User.name, User.created_at)
+                          .order_by(User.created_at))
+            rows: list[dict[str, Any]] = list(query.dicts())
         finally:
             db.close()
         docs = [{"user_id": r["id"], "name": r["name"], "created_at": format_ts(r["created_at"]),
@@ -89,7 +95,10 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
     def remove(name: str, yes: bool, as_json: bool) -> None:
-        """Delete a user with their devices, events and cursors (live sessions close)."""
+        """Delete a user and all their data.
+
+        Their devices, events and cursors go; live sessions are closed.
+        """
         from relaybox.cli.devices import announce
         from relaybox.services.users import find_user, remove_user
 

@@ -264,7 +264,7 @@ class Client:
                 return
             attempt = 0 if self.sessions != before else attempt + 1
             delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max, self._rng)
-            log.info("gateway connection lost (%s); reconnecting in %.2f s", self.last_error, delay)
+            log.info("gateway: %s; retrying in %.1f s", self.last_error, delay)
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
@@ -346,6 +346,8 @@ class Client:
         self._connected.set()
         self.last_error = None
         self._publisher.connected()
+        if self.sessions > 1:
+            log.info("reconnected to %s", self.identity.server)
         if self._first is not None and not self._first.done():
             self._first.set_result(True)
 
@@ -410,7 +412,11 @@ class Client:
                     fut.set_result(None)
             elif kind == "presence":
                 if self.on_presence is not None and isinstance(msg.get("device_id"), str):
-                    self.on_presence(Presence(msg["device_id"], bool(msg.get("online"))))
+                    try:
+                        self.on_presence(Presence(msg["device_id"], bool(msg.get("online"))))
+                    except Exception:
+                        # The application's callback must not cut the connection.
+                        log.exception("the on_presence callback failed")
             elif kind == "error":
                 log.warning("server error %s: %s", msg.get("code"), msg.get("message"))
         except ValueError as exc:

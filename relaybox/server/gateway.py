@@ -35,6 +35,7 @@ log = logging.getLogger("relaybox.gateway")
 
 READ_CHUNK = 512  # events per storage read when a session resumes from storage
 MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
+CLOSE_WRITE_TIMEOUT_S = 2.0  # to write what is queued and the close frame
 _background: set[asyncio.Future[None]] = set()  # wind-downs outliving their handler
 
 
@@ -207,11 +208,20 @@ class Session:
 
     async def _finish(self) -> None:
         code = self.close_code or CloseCode.NORMAL
-        with contextlib.suppress(Exception):
-            if self.outbox:
-                frames, self.outbox = self.outbox, []
-                await asyncio.wait_for(send_frames(self.ws, frames), 2)
-            await asyncio.wait_for(self.ws.close(code, self.close_reason), 2)
+        try:
+            async with asyncio.timeout(CLOSE_WRITE_TIMEOUT_S):
+                if self.outbox:
+                    frames, self.outbox = self.outbox, []
+                    await send_frames(self.ws, frames)
+                await self.ws.close(code, self.close_reason)
+        except TimeoutError:
+            # A peer that reads nothing blocks our writes (and the socket's lock): put the
+            # close frame straight on the transport and drop the connection, so that the
+            # peer still learns our code (§4: 4410) instead of a later 1000 from Sanic.
+            with contextlib.suppress(Exception):
+                self.ws.fail_connection(code, self.close_reason)
+        except Exception as exc:
+            log.debug("session %s: close: %s", self.session_id, exc)  # already gone
 
     async def _flush_cursors(self) -> None:
         # Acks received before the close are durable before the next catch-up starts.
@@ -494,7 +504,9 @@ class Session:
                 self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
                 return
             with contextlib.suppress(Exception):
-                await self.ws.ping()
+                # Bounded: a ping waits behind writes that a peer not reading blocks, and
+                # the deadline above must still be checked.
+                await asyncio.wait_for(self.ws.ping(), interval)
 
 
 def _load_positions(user_id: str, device_id: str) -> tuple[dict[str, tuple[int, int]],

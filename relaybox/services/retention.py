@@ -115,7 +115,8 @@ def _heads(db: pw.Database) -> list[tuple[str, str, int, int]]:
                            StreamHead.floor_seq)
          .where(StreamHead.head_seq > StreamHead.floor_seq)
          .order_by(StreamHead.user_id, StreamHead.stream))
-    return [(u, s, int(h), int(f)) for u, s, h, f in q.tuples()]
+    rows: list[Any] = list(q.tuples())
+    return [(str(u), str(s), int(h), int(f)) for u, s, h, f in rows]
 
 
 def _write_txn(db: pw.Database) -> Any:

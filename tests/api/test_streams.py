@@ -92,7 +92,8 @@ def test_malformed_publish_bodies(api: Api) -> None:
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "after=-1", "after=x",
-                                   "after=99999999999999999999999"])
+                                   "after=99999999999999999999999", "after=",
+                                   "after=1&after=2", "limit=%EF%BC%91"])
 def test_bad_page_parameters_are_422(api: Api, query: str) -> None:
     with api.as_device(api.devices["alice"][0]) as c:
         assert_problem(c.get(f"/streams/notes/events?{query}"), 422)

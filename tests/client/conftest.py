@@ -8,13 +8,13 @@ import itertools
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from relaybox.client import Identity
+from relaybox.client import Client, Identity
 from tests.support import DeviceKey, Server, free_port, seed
 
 _names = itertools.count(1)
@@ -47,22 +47,27 @@ def identity_for(server: Server, dev: DeviceKey, *, port: int | None = None) -> 
 
 # Users are made before the server starts: writing to its SQLite file from the test
 # process while it runs can fail with "database is locked" (see the report).
-_pools: dict[Path, list[list[DeviceKey]]] = {}
+_pools: dict[Path, list[tuple[str, list[DeviceKey]]]] = {}
 DEVICES_PER_USER = 2
 
 
-def start_server(data_dir: Path, users: int) -> Server:
+def start_server(data_dir: Path, users: int, **env: str) -> Server:
     keys = seed(data_dir, {f"u{next(_names)}": DEVICES_PER_USER for _ in range(users)})
-    _pools[data_dir] = list(keys.values())
-    srv = Server(data_dir, free_port(), {})
+    _pools[data_dir] = list(keys.items())
+    srv = Server(data_dir, free_port(), env)
     srv.start()
     return srv
 
 
 def new_devices(server: Server, n: int = 2) -> list[Identity]:
     """``n`` devices of a user no other test uses."""
-    devs = _pools[server.data_dir].pop()
+    _, devs = _pools[server.data_dir].pop()
     return [identity_for(server, d) for d in devs[:n]]
+
+
+def new_user(server: Server) -> str:
+    """The name of a user no other test uses."""
+    return _pools[server.data_dir].pop()[0]
 
 
 def stop_server(srv: Server) -> None:
@@ -83,9 +88,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Server]:
-    """A server for one test (it may be killed and restarted)."""
-    srv = start_server(tmp_path / "data", users=1)
+def own_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server for one test (it may be killed and restarted).
+
+    Environment settings come by indirect parametrization: ``{"RELAYBOX_…": "…"}``.
+    """
+    env = getattr(request, "param", {})
+    srv = start_server(tmp_path / "data", users=1, **env)
     yield srv
     stop_server(srv)
 
@@ -134,8 +143,13 @@ class Proxy:
             self._server.close()
 
 
+def fast_client(identity: Identity) -> Client:
+    """A client that retries quickly, for tests that break connections."""
+    return Client(identity, backoff_initial=0.05, backoff_max=0.3)
+
+
 @pytest.fixture
-async def make_proxy() -> Callable[[int], Proxy]:
+async def make_proxy() -> AsyncIterator[Callable[[int], Proxy]]:
     proxies: list[Proxy] = []
 
     def make(port: int) -> Proxy:
@@ -143,6 +157,6 @@ async def make_proxy() -> Callable[[int], Proxy]:
         proxies.append(p)
         return p
 
-    yield make  # type: ignore[misc]
+    yield make
     for p in proxies:
         await p.close()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from relaybox.client import Client, Event
-from tests.client.conftest import new_devices
+from tests.client.conftest import fast_client, new_devices
 from tests.support import Server
 
 N = 120
 FIRST_BATCH = 40
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.5}
 
 
 async def test_kill_9_and_restart_loses_nothing_and_hands_nothing_twice(
@@ -22,7 +23,7 @@ async def test_kill_9_and_restart_loses_nothing_and_hands_nothing_twice(
     some_consumed = asyncio.Event()
     sem = asyncio.Semaphore(8)
 
-    async with Client(a, **FAST) as pub, Client(b, **FAST) as sub:
+    async with fast_client(a) as pub, fast_client(b) as sub:
         async def publish(i: int) -> None:
             async with sem:
                 seqs[i] = await pub.publish("load", {"i": i})
@@ -58,3 +59,17 @@ async def test_kill_9_and_restart_loses_nothing_and_hands_nothing_twice(
         marker = await pub.publish("load", {"i": "marker"})
         nxt = await asyncio.wait_for(anext(sub.events(["load"])), 10)
         assert isinstance(nxt, Event) and nxt.seq == marker == N + 1
+
+
+@pytest.mark.parametrize("own_server", [{"RELAYBOX_GATEWAY_PUBLISH_RATE_PER_S": "20",
+                                         "RELAYBOX_GATEWAY_PUBLISH_BURST": "2"}],
+                         indirect=True)
+async def test_rate_limited_publishes_are_retried_until_stored(own_server: Server) -> None:
+    a, b = new_devices(own_server)
+    async with Client(a) as pub, Client(b) as sub:
+        seqs = await asyncio.wait_for(
+            asyncio.gather(*(pub.publish("burst", {"i": i}) for i in range(12))), 30)
+        assert sorted(seqs) == list(range(1, 13))
+        it = sub.events(["burst"])
+        got = [await asyncio.wait_for(anext(it), 10) for _ in range(12)]
+    assert sorted(e.body["i"] for e in got if isinstance(e, Event)) == list(range(12))

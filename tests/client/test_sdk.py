@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,8 @@ from relaybox.client import (
 )
 from relaybox.client.positions import StateFile
 from relaybox.protocol.encoding import uuid4, uuid7
-from tests.client.conftest import Proxy, new_devices
+from tests.client.conftest import Proxy, fast_client, new_devices
 from tests.support import Server
-
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.3}
 
 
 async def next_event(it: object, timeout: float = 10) -> Event:
@@ -120,12 +119,12 @@ async def test_same_id_published_again_gets_the_same_seq(server: Server) -> None
 
 
 async def test_unacked_publish_is_resent_after_reconnect_and_stored_once(
-        server: Server, make_proxy: object) -> None:
+        server: Server, make_proxy: Callable[[int], Proxy]) -> None:
     a, b = new_devices(server)
-    proxy: Proxy = make_proxy(server.port)  # type: ignore[operator]
+    proxy = make_proxy(server.port)
     await proxy.start()
     via_proxy = dataclasses.replace(a, server=f"http://127.0.0.1:{proxy.port}")
-    async with Client(b) as sub, Client(via_proxy, **FAST) as pub:
+    async with Client(b) as sub, fast_client(via_proxy) as pub:
         it = sub.events(["clip"])
         proxy.mute_downstream = True  # the server's ack will not reach the publisher
         publish = asyncio.create_task(pub.publish("clip", {"text": "hello"}))
@@ -155,7 +154,7 @@ async def test_second_session_of_a_device_replaces_the_first(server: Server) -> 
 
 
 async def test_revoked_device_stops_with_revoked_error(server: Server) -> None:
-    a, b = new_devices(server)
+    _, b = new_devices(server)
     async with Client(b) as victim:
         it = victim.events(["none"])
         proc = await asyncio.create_subprocess_exec(
@@ -193,7 +192,7 @@ async def test_publish_waits_for_an_unreachable_server(server: Server,
                                                        tmp_path: Path) -> None:
     (a,) = new_devices(server, 1)
     nowhere = dataclasses.replace(a, server="http://127.0.0.1:9")
-    async with Client(nowhere, **FAST) as c:
+    async with fast_client(nowhere) as c:
         assert not c.connected
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):

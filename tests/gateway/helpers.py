@@ -31,6 +31,9 @@ class Client:
 
     @classmethod
     async def connect(cls, server: Server, dev: DeviceKey, **kw: Any) -> Client:
+        # max_queue=None: the client never stops reading by itself (frames a test has not
+        # looked at yet must not hold back pongs or close frames).
+        kw.setdefault("max_queue", None)
         gw = await Gw.connect(server, dev, **kw)
         assert gw.welcome["type"] == "welcome", gw.welcome
         return cls(gw, dev)
@@ -82,9 +85,10 @@ class Client:
         await self.send({"type": "publish", "id": pid, "stream": stream, "body": body, **extra})
         return await self.expect(lambda f: f["type"] in ("ack", "nack") and f.get("id") == pid)
 
-    async def publish_many(self, stream: str, bodies: list[Any]) -> list[Frame]:
+    async def publish_many(self, stream: str, bodies: list[Any],
+                           ids: list[str] | None = None) -> list[Frame]:
         """Pipeline many publishes; return their acks in the order they were sent."""
-        ids = [uuid4() for _ in bodies]
+        ids = ids or [uuid4() for _ in bodies]
         pending = set(ids)
         replies: dict[str, Frame] = {}
 

@@ -84,6 +84,31 @@ async def test_cumulative_ack_is_stored_and_reconnect_resumes_after_it(server: S
     await cb.close()
 
 
+async def test_acks_before_a_close_are_durable_before_the_next_catch_up(
+        server: Server) -> None:
+    (a, b), (x,) = users(server, 2, 1)
+    ca, cx = await connect_synced(server, a), await connect_synced(server, x)
+    cb = await connect_synced(server, b)
+    n = 12
+    await ca.publish_many("notes", list(range(n + 1)))
+    await cb.events(n + 1, "notes", ack=False)
+    for i in range(1, n + 1):
+        # Another user keeps the writer busy, so the ack queues behind a commit.
+        load = asyncio.create_task(cx.publish_many("load", list(range(200))))
+        await asyncio.sleep(0.002)
+        await cb.ack("notes", i)
+        await cb.barrier()  # the server has read the ack
+        await cb.close()
+        cb = await Client.connect(server, b)  # reconnect at once
+        first = await cb.expect_type("event")
+        assert (first["stream"], first["seq"]) == ("notes", i + 1)
+        await load
+        await cb.events(n - i, "notes", ack=False)
+    await ca.close()
+    await cb.close()
+    await cx.close()
+
+
 async def test_ack_above_what_was_sent_is_clamped(server: Server) -> None:
     a, b = users(server, 2)[0]
     ca, cb = await connect_synced(server, a), await connect_synced(server, b)

@@ -274,3 +274,13 @@ async def test_failed_handshakes_past_the_limit_are_refused_4429(strict: Server)
             break
         minute = int(time.time() // 60)
     assert refused == 4429
+
+
+async def test_compression_is_off(server: Server) -> None:
+    import websockets
+
+    ws = await websockets.connect(server.ws_url, compression="deflate")
+    try:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+    finally:
+        await ws.close()

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,11 +213,15 @@ def test_output_that_exists_is_not_overwritten(data_dir: Path, tmp_path: Path) -
     assert taken.read_bytes() == b"precious"
 
 
+def _at(t: float) -> Callable[[], float]:
+    return lambda: t
+
+
 def test_list_marks_unreadable_files_and_prune_keeps_newest_scheduled(data_dir: Path) -> None:
     settings = load_settings(data_dir, env={})
     manual = backup.create_backup(settings).file
-    autos = [backup.create_backup(settings, auto=True, clock=lambda d=d: 1.8e9 + d * 86400
-                                  ).file for d in range(4)]
+    autos = [backup.create_backup(settings, auto=True, clock=_at(1.8e9 + d * 86400)).file
+             for d in range(4)]
     (settings.backups_path / "junk.tar.gz").write_bytes(b"junk")
     listed = run_json(data_dir, "backup", "list")
     problems = {Path(d["file"]).name: d["problem"] for d in listed}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import peewee as pw
@@ -18,12 +18,13 @@ from relaybox.store.models import Event, PairingCode, RefreshToken, StreamHead
 from tests.cli.helpers import collect, run, run_json
 from tests.support import DeviceKey, Gw, Server, seed
 
+World = tuple[pw.Database, Settings, DeviceKey]
 DAY = 86_400_000
 T0 = 1_800_000_000_000  # a fixed "now" in ms: time is injected, never slept
 
 
 @pytest.fixture
-def world(data_dir: Path) -> Iterator[tuple[pw.Database, Settings, DeviceKey]]:
+def world(data_dir: Path) -> Iterator[World]:
     dev = seed(data_dir, {"alice": 1})["alice"][0]
     settings = load_settings(data_dir, env={})
     db = open_database(settings)
@@ -54,7 +55,7 @@ def _floor(dev: DeviceKey, stream: str) -> int:
                               & (StreamHead.stream == stream)).floor_seq)
 
 
-def test_age_removes_the_expired_prefix_and_raises_the_floor(world) -> None:  # type: ignore[no-untyped-def]
+def test_age_removes_the_expired_prefix_and_raises_the_floor(world: World) -> None:
     db, settings, dev = world
     _publish(db, dev, "notes", 4, T0 - 10 * DAY)   # seq 1-4: old
     _publish(db, dev, "notes", 3, T0 - 1 * DAY)    # seq 5-7: recent
@@ -72,7 +73,7 @@ def test_age_removes_the_expired_prefix_and_raises_the_floor(world) -> None:  # 
     assert retention.prune(db, s, T0).events == 0
 
 
-def test_a_late_timestamp_never_lets_a_young_event_go(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_late_timestamp_never_lets_a_young_event_go(world: World) -> None:
     db, settings, dev = world
     _publish(db, dev, "notes", 2, T0 - 10 * DAY)
     _publish(db, dev, "notes", 1, T0)             # seq 3: young
@@ -82,14 +83,14 @@ def test_a_late_timestamp_never_lets_a_young_event_go(world) -> None:  # type: i
     assert _seqs(dev, "notes") == [3, 4] and _floor(dev, "notes") == 2
 
 
-def test_a_fully_expired_stream_is_emptied(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_fully_expired_stream_is_emptied(world: World) -> None:
     db, settings, dev = world
     _publish(db, dev, "notes", 5, T0 - 30 * DAY)
     retention.prune(db, dataclasses.replace(settings, retention_days=7), T0, chunk=2)
     assert _seqs(dev, "notes") == [] and _floor(dev, "notes") == 5
 
 
-def test_max_events_per_stream_keeps_the_newest(world) -> None:  # type: ignore[no-untyped-def]
+def test_max_events_per_stream_keeps_the_newest(world: World) -> None:
     db, settings, dev = world
     _publish(db, dev, "notes", 10, T0)
     s = dataclasses.replace(settings, retention_max_events_per_stream=3)
@@ -101,14 +102,14 @@ def test_max_events_per_stream_keeps_the_newest(world) -> None:  # type: ignore[
     assert _seqs(dev, "notes") == [8, 9, 10] and _floor(dev, "notes") == 7
 
 
-def test_keep_forever_by_default(world) -> None:  # type: ignore[no-untyped-def]
+def test_keep_forever_by_default(world: World) -> None:
     db, settings, dev = world
     _publish(db, dev, "notes", 3, T0 - 3650 * DAY)
     assert retention.prune(db, settings, T0).events == 0
     assert _seqs(dev, "notes") == [1, 2, 3]
 
 
-def test_expired_pairing_codes_and_refresh_tokens_go(world) -> None:  # type: ignore[no-untyped-def]
+def test_expired_pairing_codes_and_refresh_tokens_go(world: World) -> None:
     db, settings, dev = world
     for i, exp in enumerate([T0 - 1, T0 + 60_000]):
         PairingCode.create(code_hash=f"{i:064d}", user=dev.user_id, created_at=T0 - 600_000,
@@ -147,7 +148,8 @@ def test_prune_cli_dry_run_then_prune(data_dir: Path) -> None:
     assert "kept forever" in forever.stdout
 
 
-async def test_a_device_behind_the_floor_gets_a_gap_then_the_rest(make_server) -> None:  # type: ignore[no-untyped-def]
+async def test_a_device_behind_the_floor_gets_a_gap_then_the_rest(
+        make_server: Callable[..., Server]) -> None:
     srv: Server = make_server()
     a, b = seed(srv.data_dir, {"gap": 2})["gap"]
     gw = await Gw.connect(srv, a)

@@ -7,6 +7,7 @@ from typing import Any
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from relaybox.errors import NotFound
 from relaybox.protocol.encoding import format_ts
 from relaybox.server.api import examples as ex
 from relaybox.server.api.docs import doc, path_param, ref
@@ -35,6 +36,13 @@ def _revocation(d: Device) -> dict[str, Any]:
             "revoked_at": full["revoked_at"], "reason": full["revoked_reason"]}
 
 
+async def _device(request: Request, device_id: str) -> Device:
+    device: Device | None = await relay(request).run_sync(devices.get_device, device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id}", code="device_unknown")
+    return device
+
+
 def _user(u: User) -> dict[str, Any]:
     return {"user_id": u.id, "name": u.name, "created_at": format_ts(u.created_at)}
 
@@ -48,9 +56,9 @@ async def revoke(request: Request) -> HTTPResponse:
     await admin_auth(request)
     ctx = relay(request)
     req = parse_body(request, RevokeRequest)
-    device = await ctx.run_sync(devices.require_device, req.device_id)
+    device = await _device(request, req.device_id)
     await ctx.announce(await ctx.run_sync(devices.revoke_device, ctx.db, device, req.reason))
-    return json(_revocation(await ctx.run_sync(devices.require_device, req.device_id)))
+    return json(_revocation(await _device(request, req.device_id)))
 
 
 @bp.post("/unrevoke-device")
@@ -62,9 +70,9 @@ async def unrevoke(request: Request) -> HTTPResponse:
     await admin_auth(request)
     ctx = relay(request)
     req = parse_body(request, UnrevokeRequest)
-    device = await ctx.run_sync(devices.require_device, req.device_id)
+    device = await _device(request, req.device_id)
     await ctx.announce(await ctx.run_sync(devices.unrevoke_device, ctx.db, device))
-    return json(_revocation(await ctx.run_sync(devices.require_device, req.device_id)))
+    return json(_revocation(await _device(request, req.device_id)))
 
 
 @bp.get("/revoked-devices")

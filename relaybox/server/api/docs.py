@@ -87,9 +87,9 @@ def install(app: Sanic) -> None:
         "every response carries X-Request-ID.")
     spec = app.ext.openapi
     spec.raw({"components": {"schemas": component_schemas()}})
-    spec.add_security_scheme("device", "http", bearer_format="JWT",
+    spec.add_security_scheme("device", "http", scheme="bearer", bearer_format="JWT",
                              description="An access token from POST /api/v1/auth/token.")
-    spec.add_security_scheme("admin", "http", bearer_format="opaque",
+    spec.add_security_scheme("admin", "http", scheme="bearer", bearer_format="opaque",
                              description="The admin token printed by 'relaybox init'.")
 
 

@@ -251,11 +251,13 @@ MAX_SEQ = 2**63 - 1  # the largest seq the database can hold
 
 
 def int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    """A whole-number query parameter within [lo, hi]; 422 otherwise."""
-    raw = request.args.get(name)
-    if raw is None:
+    """A whole-number query parameter within [lo, hi]; 422 otherwise (blank or repeated too)."""
+    values = request.get_args(keep_blank_values=True).getlist(name)
+    if not values:
         return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20) or not lo <= int(raw) <= hi:
+    raw = values[0]
+    whole = len(values) == 1 and raw.isascii() and raw.isdigit() and len(raw) <= 20
+    if not whole or not lo <= int(raw) <= hi:
         raise InvalidInput(f"{name} must be a whole number from {lo} to {hi}",
                            code="invalid_parameter")
     return int(raw)

@@ -1,0 +1,101 @@
+"""Two `relaybox serve` processes on one data dir: one relay, whichever process a device uses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.gateway.conftest import MakeServer
+from tests.gateway.helpers import Client, until_close, revoke, users
+from tests.support import Server
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+@pytest.fixture(scope="module")
+def pair(module_servers: MakeServer) -> tuple[Server, Server]:
+    first = module_servers(gateway_publish_rate_per_s=0)
+    # Same data dir: the second process shares the SQLite file and the first one's
+    # embedded Redis (found through <data_dir>/run/server-*.json).
+    second = module_servers(first.data_dir, gateway_publish_rate_per_s=0)
+    return first, second
+
+
+async def connect_synced(server: Server, dev: object) -> Client:
+    c = await Client.connect(server, dev)  # type: ignore[arg-type]
+    await c.drain_catch_up()
+    return c
+
+
+async def test_second_process_uses_the_first_ones_redis(pair: tuple[Server, Server]) -> None:
+    from relaybox.bus import live_servers
+
+    first, second = pair
+    records = live_servers(first.data_dir / "run")
+    assert sorted(r["port"] for r in records) == sorted([first.port, second.port])
+    assert [bool(r["redis_socket"]) for r in records].count(True) == 1
+
+
+async def test_events_cross_processes_both_ways(pair: tuple[Server, Server]) -> None:
+    first, second = pair
+    a, b = users(first, 2)[0]
+    ca, cb = await connect_synced(first, a), await connect_synced(second, b)
+    ack = await ca.publish("notes", "from the first process")
+    ev = await cb.expect_type("event")
+    assert (ev["seq"], ev["id"], ev["body"]) == (ack["seq"], ack["id"],
+                                                 "from the first process")
+    ack = await cb.publish("notes", "from the second process")
+    ev = await ca.expect_type("event")
+    assert (ev["seq"], ev["body"]) == (2, "from the second process") == (ack["seq"],
+                                                                           ev["body"])
+    await ca.close()
+    await cb.close()
+
+
+async def test_concurrent_publishers_on_two_processes_share_one_gap_free_seq(
+        pair: tuple[Server, Server]) -> None:
+    first, second = pair
+    a, b, r1, r2 = users(first, 4)[0]
+    ca, cb = await connect_synced(first, a), await connect_synced(second, b)
+    readers = [await connect_synced(first, r1), await connect_synced(second, r2)]
+    n = 300
+    acks_a, acks_b, got1, got2 = await asyncio.gather(
+        ca.publish_many("shared", [f"a{i}" for i in range(n)]),
+        cb.publish_many("shared", [f"b{i}" for i in range(n)]),
+        readers[0].events(2 * n, "shared"), readers[1].events(2 * n, "shared"))
+    all_seqs = sorted(f["seq"] for f in acks_a + acks_b)
+    assert all_seqs == list(range(1, 2 * n + 1))  # no duplicate, none skipped
+    by_seq = {f["seq"]: f["id"] for f in acks_a + acks_b}
+    for got in (got1, got2):  # both processes deliver the one order
+        assert [e["seq"] for e in got] == list(range(1, 2 * n + 1))
+        assert all(by_seq[e["seq"]] == e["id"] for e in got)
+    for c in (ca, cb, *readers):
+        await c.close()
+
+
+async def test_new_session_on_one_process_replaces_the_one_on_the_other(
+        pair: tuple[Server, Server]) -> None:
+    first, second = pair
+    (dev,) = users(first, 1)[0]
+    old = await connect_synced(first, dev)
+    new = await connect_synced(second, dev)
+    assert await old.closed_code() == 4409
+    await new.barrier()
+    await new.close()
+
+
+async def test_revoke_closes_a_session_on_either_process(pair: tuple[Server, Server]) -> None:
+    first, second = pair
+    keep, gone = users(first, 2)[0]
+    ck = await connect_synced(first, keep)
+    cg = await connect_synced(second, gone)
+    started = time.monotonic()
+    revoke(first, gone)
+    frames, code = await until_close(cg.ws, timeout=5)
+    assert code == 4403 and time.monotonic() - started < 1.0
+    notice = await ck.expect_type("event")
+    assert (notice["body"]["event"], notice["body"]["device_id"]) == ("device_revoked",
+                                                                      gone.device_id)
+    await ck.close()

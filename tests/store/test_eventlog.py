@@ -1,0 +1,237 @@
+"""The group-commit event log on a real database: seq, dedup, compare-and-set, cursors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import peewee as pw
+import pytest
+
+from relaybox.protocol.encoding import uuid4
+from relaybox.store import queries
+from relaybox.store.eventlog import (
+    Accepted,
+    Conflicted,
+    EventLog,
+    Failed,
+    PublishRequest,
+    PublishResult,
+    StoredEvent,
+    append_now,
+)
+from relaybox.store.models import Cursor, Event, StreamHead
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+U1, U2 = "u1-" + "0" * 33, "u2-" + "0" * 33
+D1, D2 = "d1-" + "0" * 33, "d2-" + "0" * 33
+
+
+def req(stream: str = "s", *, user: str = U1, device: str | None = D1, id: str | None = None,
+        body: str = "1", key: str | None = None, base_seq: int | None = None
+        ) -> PublishRequest:
+    return PublishRequest(user, device, id or uuid4(), stream, body, key, base_seq)
+
+
+class Log:
+    """An EventLog on the test database, recording what it hands to fan-out."""
+
+    def __init__(self, db: pw.Database, batch_max: int = 1024) -> None:
+        self.committed: list[StoredEvent] = []
+        self.log = EventLog(db, batch_max=batch_max, read_threads=1,
+                            on_committed=self.committed.extend, clock=lambda: 1_700_000_000_000)
+        self.log.start(asyncio.get_running_loop())
+
+    async def publish(self, *reqs: PublishRequest) -> list[PublishResult]:
+        """Queue all of ``reqs`` at once and wait for their results."""
+        futs = [self.log.publish(r) for r in reqs]
+        return list(await asyncio.gather(*futs))
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the writer busy until the returned function is called (to fill a batch)."""
+        gate = threading.Event()
+        started = threading.Event()
+
+        def blocker() -> None:
+            started.set()
+            gate.wait(10)
+
+        self.log.call(blocker)
+        started.wait(10)
+        return gate.set
+
+    async def barrier(self) -> None:
+        await self.log.call(lambda: None)
+
+    def stop(self) -> None:
+        self.log.stop()
+
+
+@pytest.fixture
+async def log(db: pw.Database) -> AsyncIterator[Log]:
+    lg = Log(db, batch_max=4)
+    yield lg
+    await asyncio.get_running_loop().run_in_executor(None, lg.stop)
+
+
+def rows(user: str = U1, stream: str = "s") -> list[tuple[int, str | None, str, str]]:
+    q = (Event.select(Event.seq, Event.device_id, Event.client_id, Event.body)
+         .where((Event.user_id == user) & (Event.stream == stream)).order_by(Event.seq))
+    return list(q.tuples())
+
+
+def accepted(results: list[PublishResult]) -> list[int]:
+    out = []
+    for r in results:
+        assert isinstance(r, Accepted), r
+        out.append(r.event.seq)
+    return out
+
+
+async def test_group_commit_assigns_gap_free_seqs_across_batches(log: Log) -> None:
+    release = log.hold()
+    reqs = [req("s" if i % 3 else "t", user=U1 if i % 2 else U2) for i in range(22)]
+    futs = [log.log.publish(r) for r in reqs]
+    release()
+    results = list(await asyncio.gather(*futs))
+    assert log.log.stats.batches >= 6  # 22 publishes, at most 4 per commit
+    assert log.log.stats.last_size <= 4
+    expected: dict[tuple[str, str], int] = {}
+    for r, res in zip(reqs, results, strict=True):
+        assert isinstance(res, Accepted) and not res.duplicate
+        k = (r.user_id, r.stream)
+        expected[k] = expected.get(k, 0) + 1
+        assert res.event.seq == expected[k]
+    for (user, stream), n in expected.items():
+        assert [row[0] for row in rows(user, stream)] == list(range(1, n + 1))
+        heads = queries.stream_heads(user)
+        assert heads[stream] == (n, 0)
+    # Fan-out got every new event once, in commit order (seq order per stream).
+    assert sorted((e.user_id, e.stream, e.seq) for e in log.committed) == sorted(
+        (r.user_id, r.stream, res.event.seq) for r, res in zip(reqs, results, strict=True)
+        if isinstance(res, Accepted))
+
+
+async def test_duplicates_within_one_batch_are_stored_once(log: Log) -> None:
+    release = log.hold()
+    same = uuid4()
+    futs = [log.log.publish(req(id=same, body='"first"')),
+            log.log.publish(req(id=same, body='"again"', stream="other")),
+            log.log.publish(req(id=same, device=D2, body='"other device"'))]
+    release()
+    first, again, other_device = await asyncio.gather(*futs)
+    assert isinstance(first, Accepted) and not first.duplicate
+    assert isinstance(again, Accepted) and again.duplicate and again.event == first.event
+    # The id is per device: the same id from another device is another event.
+    assert isinstance(other_device, Accepted) and not other_device.duplicate
+    assert rows() == [(1, D1, same, '"first"'), (2, D2, same, '"other device"')]
+    assert rows(stream="other") == []
+    assert [e.seq for e in log.committed] == [1, 2]
+
+
+async def test_duplicates_across_batches_answer_the_original(log: Log) -> None:
+    pid = uuid4()
+    (first,) = await log.publish(req(id=pid, key="k"))
+    await log.publish(req())
+    (again,) = await log.publish(req("elsewhere", id=pid, body='"changed"', base_seq=0))
+    assert isinstance(first, Accepted) and isinstance(again, Accepted)
+    assert again.duplicate and (again.event.stream, again.event.seq, again.event.key) == (
+        "s", 1, "k")
+    assert [r[0] for r in rows()] == [1, 2] and rows(stream="elsewhere") == []
+    assert len(log.committed) == 2
+
+
+async def test_server_notices_are_never_deduplicated(db: pw.Database) -> None:
+    nid = uuid4()
+    results = append_now(db, [req("sys.devices", device=None, id=nid),
+                              req("sys.devices", device=None, id=nid)])
+    assert accepted(results) == [1, 2]
+
+
+async def test_compare_and_set_with_and_without_key(log: Log) -> None:
+    r = await log.publish(req(key="a"), req(key="a"), req(key="b"), req())
+    assert accepted(r) == [1, 2, 3, 4]
+    res = await log.publish(
+        req(key="a", base_seq=2),  # key a last written at 2: accepted as 5
+        req(key="a", base_seq=4),  # now key a is at 5 (same batch): conflict
+        req(key="b", base_seq=2),  # key b at 3: conflict
+        req(key="new", base_seq=0),  # never written: counts as 0
+        req(base_seq=5),  # no key: the stream head (6 after the accepted ones)
+        req(base_seq=6),
+    )
+    assert isinstance(res[0], Accepted) and res[0].event.seq == 5
+    assert res[1] == Conflicted("s", 5)
+    assert res[2] == Conflicted("s", 3)
+    assert isinstance(res[3], Accepted) and res[3].event.seq == 6
+    assert res[4] == Conflicted("s", 6)
+    assert isinstance(res[5], Accepted) and res[5].event.seq == 7
+    assert [row[0] for row in rows()] == [1, 2, 3, 4, 5, 6, 7]  # conflicts take no seq
+
+
+async def test_a_conflicted_id_is_evaluated_afresh(log: Log) -> None:
+    await log.publish(req())
+    pid = uuid4()
+    (nack,) = await log.publish(req(id=pid, base_seq=0))
+    (ack,) = await log.publish(req(id=pid))
+    assert nack == Conflicted("s", 1)
+    assert isinstance(ack, Accepted) and not ack.duplicate and ack.event.seq == 2
+
+
+async def test_cursor_upserts_keep_the_max(log: Log) -> None:
+    def stored() -> dict[tuple[str, str], int]:
+        q = Cursor.select(Cursor.device_id, Cursor.stream, Cursor.acked_seq).tuples()
+        return {(d, s): n for d, s, n in q}
+
+    release = log.hold()
+    for seq in (3, 9, 5):  # one batch
+        log.log.save_cursor(D1, "s", seq)
+    log.log.save_cursor(D2, "s", 2)
+    release()
+    await log.barrier()
+    assert stored() == {(D1, "s"): 9, (D2, "s"): 2}
+    log.log.save_cursor(D1, "s", 4)  # later batches: lower never wins
+    await log.barrier()
+    log.log.save_cursor(D2, "s", 7)
+    log.log.save_cursor(D1, "t", 1)
+    await log.barrier()
+    assert stored() == {(D1, "s"): 9, (D2, "s"): 7, (D1, "t"): 1}
+    assert queries.cursors(D1) == {"s": 9, "t": 1}
+
+
+async def test_queries_read_events_and_heads(log: Log) -> None:
+    await log.publish(*[req(body=str(i), key="k" if i % 2 else None) for i in range(10)])
+    events = queries.read_events(U1, "s", 3, 4)
+    assert [(e.seq, e.body, e.key) for e in events] == [(4, "3", "k"), (5, "4", None),
+                                                        (6, "5", "k"), (7, "6", None)]
+    assert queries.read_events(U1, "s", 10, 5) == []
+    StreamHead.create(user_id=U1, stream="empty", head_seq=0, floor_seq=0)
+    assert queries.stream_heads(U1) == {"s": (10, 0)}  # streams with nothing are left out
+
+
+async def test_storage_failure_answers_failed_and_loses_no_seq(tmp_path: Any) -> None:
+    from relaybox.store import migrate
+    from relaybox.store.models import database_proxy
+
+    path = tmp_path / "busy.sqlite"
+    quick = pw.SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "busy_timeout": 50},
+                              timeout=0.05)
+    migrate.up(quick)
+    database_proxy.initialize(quick)
+    lg = Log(quick)
+    try:
+        (first,) = await lg.publish(req())
+        other = pw.SqliteDatabase(str(path), timeout=0.05)
+        other.execute_sql("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            (failed,) = await lg.publish(req())
+        finally:
+            other.execute_sql("ROLLBACK")
+            other.close()
+        (after,) = await lg.publish(req())
+        assert isinstance(failed, Failed)
+        assert accepted([first, after]) == [1, 2]
+        assert lg.log.healthy
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, lg.stop)
