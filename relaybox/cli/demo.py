@@ -109,6 +109,8 @@ class DemoServer:
                     self.proc.kill()
                     self.proc.wait()
             rc = self.proc.returncode
+        if self.redis_pid is None:
+            self._find_redis()  # stopped while starting: its Redis may be up all the same
         left = self.redis_pid is not None and _running(self.redis_pid)
         if left and self.redis_pid is not None:
             with contextlib.suppress(OSError):

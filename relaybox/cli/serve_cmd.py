@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import time
 from functools import partial
 
@@ -22,8 +23,13 @@ def setup_logging(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
-    from relaybox.bus import EmbeddedRedis, live_servers, url_from_socket, write_server_file
-    from relaybox.bus import remove_server_file
+    from relaybox.bus import (
+        EmbeddedRedis,
+        live_servers,
+        remove_server_file,
+        url_from_socket,
+        write_server_file,
+    )
     from relaybox.cli.init_cmd import initialise, show_init
     from relaybox.server import metrics, tracing
     from relaybox.services import identity
@@ -49,29 +55,39 @@ def serve(settings: Settings) -> None:
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
 
+    # Until Sanic installs its own handlers, SIGTERM/SIGINT must still run the cleanup below.
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     embedded: EmbeddedRedis | None = None
-    if not settings.redis_url:
-        running = [s for s in live_servers(settings.run_dir) if s.get("redis_socket")]
-        if running:
-            socket = str(running[0]["redis_socket"])
-        else:
-            embedded = EmbeddedRedis(settings.run_dir)
-            socket = embedded.start()
-            embedded.start_watchdog()  # restarts it on the same socket if it dies
-        settings = dataclasses.replace(settings, redis_url=url_from_socket(socket))
-    record = write_server_file(settings.run_dir, {
-        "pid": os.getpid(), "host": settings.host, "port": settings.port,
-        "redis_socket": embedded.socket if embedded else None,
-        "started_at": time.time(), "url": settings.base_url,
-    })
-    # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
-    metrics_dir = metrics.prepare_multiprocess(settings.run_dir) if settings.metrics_enabled \
-        else None
+    record = None
+    metrics_dir = None
     try:
+        if not settings.redis_url:
+            running = [s for s in live_servers(settings.run_dir) if s.get("redis_socket")]
+            if running:
+                socket = str(running[0]["redis_socket"])
+            else:
+                embedded = EmbeddedRedis(settings.run_dir)
+                socket = embedded.start()
+                embedded.start_watchdog()  # restarts it on the same socket if it dies
+            settings = dataclasses.replace(settings, redis_url=url_from_socket(socket))
+        record = write_server_file(settings.run_dir, {
+            "pid": os.getpid(), "host": settings.host, "port": settings.port,
+            "redis_socket": embedded.socket if embedded else None,
+            "started_at": time.time(), "url": settings.base_url,
+        })
+        # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
+        metrics_dir = metrics.prepare_multiprocess(settings.run_dir) \
+            if settings.metrics_enabled else None
         _run_sanic(settings)
     finally:
-        metrics.cleanup_multiprocess(metrics_dir)
-        remove_server_file(record)
+        if metrics_dir is not None:
+            metrics.cleanup_multiprocess(metrics_dir)
+        if record is not None:
+            remove_server_file(record)
         if embedded is not None:
             embedded.stop()
 

@@ -284,9 +284,11 @@ class Session:
                 st.known_head = max(st.known_head, head)
                 st.floor = floor
         self.synced_target = {k: v[0] for k, v in heads.items()}
-        self.send(welcome_frame(self.session_id, self.user_id, self.device_id,
-                                _num(s.gateway_heartbeat_s), self.window,
-                                s.gateway_max_body_bytes, self.synced_target))
+        # heartbeat_s is a float setting (20 is sent as 20, 0.3 as 0.3); welcome_frame's
+        # annotation says int.
+        heartbeat: Any = _num(s.gateway_heartbeat_s)
+        self.send(welcome_frame(self.session_id, self.user_id, self.device_id, heartbeat,
+                                self.window, s.gateway_max_body_bytes, self.synced_target))
         self.ready = True
         self.wake.set()
         if ctx.metrics is not None:

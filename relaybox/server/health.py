@@ -130,7 +130,7 @@ class HealthMonitor:
         self.redis = CircuitBreaker("redis", clock=clock)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.on_redis_recovered: list[Callable[[], Any]] = [lambda: resync_sessions(ctx)]
+        self.on_redis_recovered: list[Callable[[], Any]] = []
 
     def snapshot(self) -> Snapshot:
         """The last known state, without probing."""

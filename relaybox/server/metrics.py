@@ -339,19 +339,23 @@ class Metrics:
         for session in list(hub.by_device.values()):
             lag = 0
             for name, st in list(session.streams.items()):
-                n = st.known_head - st.acked
+                # Sent and not acked, plus not sent yet. (Not known_head - acked: a device
+                # never acks its own events, which are not delivered to it.)
+                inflight = len(st.inflight)
+                n = inflight + max(0, st.known_head - st.done)
                 if n <= 0:
                     continue
                 lag += n
-                nxt = hub.ring_after(session.user_id, name, st.acked, 1)
-                if nxt:
+                first = st.inflight[0] if inflight else st.done + 1
+                nxt = hub.ring_after(session.user_id, name, first - 1, 1)
+                if nxt and nxt[0].seq == first:
                     age = now_ms - nxt[0].ts
                 else:
-                    # Not in the recent ring: time since this cursor last moved (a floor).
+                    # Not in the recent ring: time since this position last moved (a floor).
                     key = (session.device_id, name)
                     prev = self._stuck.get(key)
-                    since = prev[1] if prev is not None and prev[0] == st.acked else now_ms
-                    stuck[key] = (st.acked, since)
+                    since = prev[1] if prev is not None and prev[0] == first else now_ms
+                    stuck[key] = (first, since)
                     age = now_ms - since
                 oldest_ms = max(oldest_ms, age)
             if lag:

@@ -10,6 +10,7 @@ import peewee as pw
 
 from relaybox.errors import InvalidInput, NotFound
 from relaybox.protocol.encoding import dumps, format_ts, now_ms, parse_uuid, uuid7
+from relaybox.store.db import write_transaction
 from relaybox.store.eventlog import Accepted, PublishRequest, StoredEvent, append_now
 from relaybox.store.models import Device, User
 
@@ -70,7 +71,7 @@ def notice(db: pw.Database, user_id: str, kind: str, device: Device,
 
 def add_device(db: pw.Database, user: User, name: str, public_key: bytes,
                clock: Callable[[], int] = now_ms) -> tuple[Device, Change]:
-    with db.atomic():
+    with write_transaction(db):
         device = Device.create(id=uuid7(), user=user, name=name, public_key=public_key,
                                created_at=clock())
     return device, Change(events=[notice(db, user.id, "device_added", device, clock)])
@@ -91,7 +92,7 @@ def revoke_device(db: pw.Database, device: Device, reason: str | None = None,
         return change
     from relaybox.store.models import RefreshToken
 
-    with db.atomic():
+    with write_transaction(db):
         Device.update(revoked_at=clock(), revoked_reason=reason).where(
             Device.id == device.id).execute()
         RefreshToken.update(revoked_at=clock()).where(

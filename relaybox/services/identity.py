@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import peewee as pw
 
 from relaybox.protocol.encoding import uuid7
+from relaybox.store.db import write_transaction
 from relaybox.store.models import Meta
 
-ADMIN_TOKEN_PREFIX = "rbadm_"
+ADMIN_TOKEN_PREFIX = "rbadm_"  # noqa: S105 - a prefix, not a secret
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def initialise(db: pw.Database) -> tuple[ServerSecrets, str | None]:
 
     Returns the secrets and the new admin token (None when one existed already).
     """
-    with db.atomic():
+    with write_transaction(db):
         server_id = _get("server_id")
         if server_id is None:
             server_id = uuid7()

@@ -125,8 +125,9 @@ def _find(key: bytes, text: str, now: int) -> dict[str, Any] | None:
     digest = code_hash(key, text)
     q = (PairingCode.select(PairingCode.code_hash, PairingCode.user, PairingCode.payload,
                             PairingCode.expires_at, PairingCode.used_at,
-                            User.name.alias("user_name"), Device.id.alias("inviter_id"),
-                            Device.name.alias("inviter_name"))
+                            PairingCode.inviter_device_id, User.name.alias("user_name"),
+                            Device.id.alias("inviter_id"), Device.name.alias("inviter_name"),
+                            Device.revoked_at.alias("inviter_revoked_at"))
          .join(User, on=(PairingCode.user == User.id))
          .join(Device, pw.JOIN.LEFT_OUTER, on=(PairingCode.inviter_device_id == Device.id))
          .where(PairingCode.code_hash == digest).dicts())
@@ -134,7 +135,11 @@ def _find(key: bytes, text: str, now: int) -> dict[str, Any] | None:
     stored = row["code_hash"] if row is not None else "0" * 64
     match = hmac.compare_digest(stored, digest)
     live = row is not None and row["used_at"] is None and row["expires_at"] > now
-    return row if match and live else None
+    # A code made by a device that was revoked since dies with it: a stolen device
+    # must not keep a way to add devices to its user.
+    inviter_ok = row is not None and (row["inviter_device_id"] is None or (
+        row["inviter_id"] is not None and row["inviter_revoked_at"] is None))
+    return row if match and live and inviter_ok else None
 
 
 def _unknown() -> NotFound:

@@ -53,11 +53,13 @@ def list_streams(user_id: str, device_id: str) -> list[dict[str, int | str]]:
 
 def read_page(user_id: str, stream: str, after: int, limit: int) -> EventsPage:
     """Events after ``after`` in seq order, with the stream's head and floor (blocking)."""
+    events = queries.read_events(user_id, stream, after, limit)
+    # The head is read after the events, so it is never below the last event returned.
     row = (StreamHead.select(StreamHead.head_seq, StreamHead.floor_seq)
            .where((StreamHead.user_id == user_id) & (StreamHead.stream == stream))
            .tuples().first())
     head, floor = row if row is not None else (0, 0)
-    return EventsPage(queries.read_events(user_id, stream, after, limit), head, floor)
+    return EventsPage(events, head, floor)
 
 
 def parse_publish(obj: dict[str, Any], stream: str, max_body_bytes: int) -> Publish:

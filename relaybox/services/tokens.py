@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,10 +55,6 @@ def audience(server_id: str) -> str:
     return f"relaybox:{server_id}"
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
 # -- signed token requests (http-api.md Signing strings) -----------------------------------
 def check_timestamp(timestamp: int, settings: Settings, clock: Callable[[], int] = now_ms) -> None:
     """Refuse a token request whose timestamp is outside the accepted clock skew."""
@@ -110,11 +105,12 @@ def issue_access_token(device: Device, settings: Settings,
     return token, ttl
 
 
-def _new_refresh(db: pw.Database, device_id: str, family_id: str, settings: Settings,
-                 now: int) -> str:
+def _new_refresh(device_id: str, family_id: str, settings: Settings, now: int) -> str:
+    """A new refresh token of ``family_id``; only its hash is stored."""
     token = REFRESH_PREFIX + secrets.token_urlsafe(32)
-    RefreshToken.create(token_hash=_hash(token), family_id=family_id, device=device_id,
-                        created_at=now, expires_at=now + settings.refresh_token_ttl_s * 1000)
+    RefreshToken.create(token_hash=identity.hash_token(token), family_id=family_id,
+                        device=device_id, created_at=now,
+                        expires_at=now + settings.refresh_token_ttl_s * 1000)
     return token
 
 
@@ -122,7 +118,7 @@ def issue_pair(db: pw.Database, device: Device, settings: Settings,
                clock: Callable[[], int] = now_ms) -> TokenPair:
     """A fresh access token and the first refresh token of a new family (blocking)."""
     with db.atomic():
-        refresh = _new_refresh(db, device.id, uuid7(), settings, clock())
+        refresh = _new_refresh(device.id, uuid7(), settings, clock())
     access, ttl = issue_access_token(device, settings, clock)
     return TokenPair(access, ttl, refresh)
 
@@ -144,7 +140,7 @@ def refresh(db: pw.Database, token: str, settings: Settings,
     """Rotate a refresh token (blocking). A reused token revokes its whole family."""
     now = clock()
     with _write_tx(db):
-        row = RefreshToken.get_or_none(RefreshToken.token_hash == _hash(token))
+        row = RefreshToken.get_or_none(RefreshToken.token_hash == identity.hash_token(token))
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise Unauthorized("unknown, expired or revoked refresh token",
                                code="invalid_refresh_token")
@@ -153,7 +149,7 @@ def refresh(db: pw.Database, token: str, settings: Settings,
                           & RefreshToken.used_at.is_null()).execute())
         device = _standing_device(row.device_id) if claimed == 1 else None  # type: ignore[attr-defined]
         if device is not None:
-            new = _new_refresh(db, device.id, row.family_id, settings, now)
+            new = _new_refresh(device.id, row.family_id, settings, now)
         else:
             # Theft detection (http-api.md auth/refresh): someone presented a used token.
             RefreshToken.update(revoked_at=now).where(

@@ -9,6 +9,7 @@ import peewee as pw
 
 from relaybox.errors import Conflict, InvalidInput, NotFound
 from relaybox.protocol.encoding import now_ms, uuid7
+from relaybox.store.db import write_transaction
 from relaybox.store.models import Cursor, Device, Event, PairingCode, StreamHead, User
 
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -18,7 +19,7 @@ def add_user(db: pw.Database, name: str, clock: Callable[[], int] = now_ms) -> U
     if not USER_NAME_RE.match(name):
         raise InvalidInput("user names are 1-64 letters, digits, '.', '_', '@' or '-', "
                            "starting with a letter or digit", code="invalid_user_name")
-    with db.atomic():
+    with write_transaction(db):
         if User.get_or_none(User.name == name) is not None:
             raise Conflict(f"user {name!r} exists", code="user_exists")
         return User.create(id=uuid7(), name=name, created_at=clock())
@@ -38,7 +39,7 @@ def list_users() -> list[User]:
 
 def remove_user(db: pw.Database, user: User) -> list[str]:
     """Delete a user and everything of theirs; returns the removed device ids."""
-    with db.atomic():
+    with write_transaction(db):
         device_ids = [d.id for d in Device.select(Device.id).where(Device.user == user.id)]
         if device_ids:
             Cursor.delete().where(Cursor.device_id.in_(device_ids)).execute()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
@@ -53,6 +54,18 @@ def open_database(settings: Settings) -> pw.Database:
     db = make_database(settings)
     database_proxy.initialize(db)
     return db
+
+
+def write_transaction(db: pw.Database) -> Any:
+    """A transaction that takes the write lock up front (BEGIN IMMEDIATE on SQLite).
+
+    A deferred SQLite transaction that reads and then writes fails at once with
+    "database is locked" when another process committed in between (WAL snapshot);
+    taking the lock first makes it wait for the busy timeout instead.
+    """
+    if isinstance(db, pw.SqliteDatabase):
+        return db.atomic(lock_type="IMMEDIATE")
+    return db.atomic()
 
 
 def is_postgres(db: pw.Database) -> bool:

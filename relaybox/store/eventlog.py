@@ -16,7 +16,7 @@ import peewee as pw
 
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.frames import event_frame
-from relaybox.store.db import is_postgres
+from relaybox.store.db import is_postgres, write_transaction
 
 log = logging.getLogger("relaybox.store")
 
@@ -232,7 +232,7 @@ class EventLog:
             self.stats.events += len(new_events)
             self.stats.last_size = len(pubs)
             self.stats.last_seconds = elapsed
-        call_results = []
+        call_results: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
         for call, fut in calls:
             try:
                 with self._transaction():
@@ -338,9 +338,9 @@ def append(db: pw.Database, reqs: list[PublishRequest],
         f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
     lock = " FOR UPDATE" if pg else ""
     for chunk_start in range(0, len(pairs), 400):
-        chunk = pairs[chunk_start:chunk_start + 400]
-        where = " OR ".join([f"(user_id = {p} AND stream = {p})"] * len(chunk))
-        flat = [v for pair in chunk for v in pair]
+        pair_chunk = pairs[chunk_start:chunk_start + 400]
+        where = " OR ".join([f"(user_id = {p} AND stream = {p})"] * len(pair_chunk))
+        flat = [v for pair in pair_chunk for v in pair]
         for u, s, h in db.execute_sql(
                 f"SELECT user_id, stream, head_seq FROM stream_head WHERE {where}{lock}",
                 flat).fetchall():
@@ -397,7 +397,6 @@ def append(db: pw.Database, reqs: list[PublishRequest],
 def append_now(db: pw.Database, reqs: list[PublishRequest],
                clock: Callable[[], int] = now_ms) -> list[PublishResult]:
     """Store publishes in a transaction of their own (CLI and jobs; not the hot path)."""
-    ctx = db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
-    with ctx:
+    with write_transaction(db):
         results, _ = append(db, reqs, clock())
     return results

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 from relaybox.store.eventlog import StoredEvent
 from relaybox.store.models import Cursor, Event, StreamHead
 
@@ -19,9 +22,10 @@ def stream_heads(user_id: str) -> dict[str, tuple[int, int]]:
     """{stream: (head_seq, floor_seq)} for a user."""
     q = (StreamHead.select(StreamHead.stream, StreamHead.head_seq, StreamHead.floor_seq)
          .where((StreamHead.user_id == user_id) & (StreamHead.head_seq > 0)).tuples())
-    return {s: (h, f) for s, h, f in q}
+    rows = cast("Iterable[tuple[str, int, int]]", q)
+    return {s: (h, f) for s, h, f in rows}
 
 
 def cursors(device_id: str) -> dict[str, int]:
     q = Cursor.select(Cursor.stream, Cursor.acked_seq).where(Cursor.device_id == device_id)
-    return dict(q.tuples())
+    return dict(cast("Iterable[tuple[str, int]]", q.tuples()))

@@ -148,3 +148,18 @@ async def test_a_claim_is_announced_on_sys_devices(api: Api) -> None:
 def test_admin_pairing_for_an_unknown_user_is_404(api: Api) -> None:
     with api.admin() as admin:
         assert_problem(admin.post("/admin/users/nobody/pairing"), 404, "user_unknown")
+
+
+def test_codes_of_a_revoked_device_die_with_it(api: Api) -> None:
+    dev = api.devices["alice"][2]
+    with api.client(api.token_pair(dev)["access_token"]) as c:
+        code = c.post("/pairing/store").json()["code"]
+    assert httpx.get(f"{api.url}/pairing/lookup/{code}").status_code == 200
+    with api.admin() as admin:
+        assert admin.post("/admin/revoke-device", json={"device_id": dev.device_id}
+                          ).status_code == 200
+        try:
+            assert_problem(httpx.get(f"{api.url}/pairing/lookup/{code}"), 404)
+            assert_problem(_claim(api, code), 404)
+        finally:
+            admin.post("/admin/unrevoke-device", json={"device_id": dev.device_id})

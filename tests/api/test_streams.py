@@ -111,7 +111,7 @@ async def test_streams_list_carries_the_callers_cursor(api: Api) -> None:
             assert _publish(c, "cursor", body=i).status_code == 201
     gw = await Gw.connect(api.server, sub)
     try:
-        seen = []
+        seen: list[int] = []
         while len(seen) < 3:
             ev = await gw.recv_type("event")
             if ev["stream"] == "cursor":

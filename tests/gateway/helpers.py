@@ -64,6 +64,11 @@ class Client:
                 return f
             self.buf.append(f)
 
+    async def reply_to(self, pid: str, timeout: float = 15) -> Frame:
+        """The ack or nack of the publish ``pid``."""
+        return await self.expect(lambda f: f["type"] in ("ack", "nack") and f.get("id") == pid,
+                                 timeout)
+
     async def expect_type(self, *types: str, timeout: float = 15) -> Frame:
         return await self.expect(lambda f: f["type"] in types, timeout)
 
@@ -83,7 +88,7 @@ class Client:
         """Publish and return the ack or nack for it."""
         pid = id or uuid4()
         await self.send({"type": "publish", "id": pid, "stream": stream, "body": body, **extra})
-        return await self.expect(lambda f: f["type"] in ("ack", "nack") and f.get("id") == pid)
+        return await self.reply_to(pid)
 
     async def publish_many(self, stream: str, bodies: list[Any],
                            ids: list[str] | None = None) -> list[Frame]:

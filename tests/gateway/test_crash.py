@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
+from typing import cast
 
 import pytest
 
@@ -41,9 +43,10 @@ async def test_acked_events_survive_kill_9_exactly_once(servers: MakeServer) -> 
     assert 500 <= len(acked) < len(ids)
 
     with database(server):
-        rows = list(Event.select(Event.client_id, Event.seq)
-                    .where((Event.user_id == dev.user_id) & (Event.stream == "crash"))
-                    .order_by(Event.seq).tuples())
+        q = (Event.select(Event.client_id, Event.seq)
+             .where((Event.user_id == dev.user_id) & (Event.stream == "crash"))
+             .order_by(Event.seq).tuples())
+        rows = list(cast("Iterable[tuple[str, int]]", q))
     stored = dict(rows)
     assert len(stored) == len(rows)  # no id twice
     assert [s for _, s in rows] == list(range(1, len(rows) + 1))  # no gap

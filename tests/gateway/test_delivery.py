@@ -146,6 +146,25 @@ async def test_offline_catch_up_of_ten_thousand_events_then_synced(server: Serve
     await cb.close()
 
 
+async def test_catch_up_sends_at_most_a_window_before_acks(server: Server) -> None:
+    a, b = users(server, 2)[0]
+    ca = await connect_synced(server, a)
+    await ca.publish_many("backlog", list(range(100)))
+    cb = await Client.connect(server, b)
+    first = await cb.barrier()
+    assert len(only(first, "event")) == WINDOW and only(first, "synced") == []
+    got = [(e["stream"], e["seq"]) for e in only(first, "event")]
+    for stream, seq in dict(got).items():  # the last seq sent of each stream
+        await cb.ack(stream, seq)
+    rest = await cb.events(100 + 2 - WINDOW)
+    got += [(e["stream"], e["seq"]) for e in rest]
+    assert sorted(got) == [("backlog", i) for i in range(1, 101)] + [("sys.devices", 1),
+                                                                      ("sys.devices", 2)]
+    assert (await cb.expect_type("synced"))["streams"] == {"sys.devices": 2, "backlog": 100}
+    await ca.close()
+    await cb.close()
+
+
 async def test_events_published_during_catch_up_follow_without_gap_or_duplicate(
         server: Server) -> None:
     a, b = users(server, 2)[0]

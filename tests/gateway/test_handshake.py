@@ -281,6 +281,7 @@ async def test_compression_is_off(server: Server) -> None:
 
     ws = await websockets.connect(server.ws_url, compression="deflate")
     try:
+        assert ws.response is not None
         assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
     finally:
         await ws.close()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.gateway.conftest import MakeServer
-from tests.gateway.helpers import Client, until_close, revoke, users
+from tests.gateway.helpers import Client, revoke, until_close, users
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -93,7 +93,7 @@ async def test_revoke_closes_a_session_on_either_process(pair: tuple[Server, Ser
     cg = await connect_synced(second, gone)
     started = time.monotonic()
     revoke(first, gone)
-    frames, code = await until_close(cg.ws, timeout=5)
+    _, code = await until_close(cg.ws, timeout=5)
     assert code == 4403 and time.monotonic() - started < 1.0
     notice = await ck.expect_type("event")
     assert (notice["body"]["event"], notice["body"]["device_id"]) == ("device_revoked",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import pytest
 
@@ -35,7 +36,8 @@ def stored(server: Server, **where: Any) -> list[tuple[str, int, str, str]]:
         q = Event.select(Event.stream, Event.seq, Event.client_id, Event.body)
         for k, v in where.items():
             q = q.where(getattr(Event, k) == v)
-        return list(q.order_by(Event.stream, Event.seq).tuples())
+        rows = q.order_by(Event.stream, Event.seq).tuples()
+        return list(cast("Iterable[tuple[str, int, str, str]]", rows))
 
 
 async def test_ack_only_after_commit_with_seq_and_ts(server: Server) -> None:
@@ -157,7 +159,7 @@ async def test_conflicts_inside_one_commit_batch(server: Server) -> None:
     for pid in ids:
         await c.send({"type": "publish", "id": pid, "stream": "cas", "body": 0, "key": "k",
                       "base_seq": 0})
-    replies = [await c.expect(lambda f, p=pid: f.get("id") == p) for pid in ids]
+    replies = [await c.reply_to(pid) for pid in ids]
     assert [r["type"] for r in replies] == ["ack", "nack", "nack", "nack"]
     assert {r["head_seq"] for r in replies[1:]} == {1}
     await c.close()
@@ -212,19 +214,17 @@ async def test_body_size_boundary(server: Server) -> None:
         pid = uuid4()
         await c.send(json.dumps({"type": "publish", "id": pid, "stream": "big", "body": body},
                                 ensure_ascii=False))
-        ack = await c.expect(lambda f, p=pid: f.get("id") == p)
-        assert ack["type"] == "ack"
+        assert (await c.reply_to(pid))["type"] == "ack"
         pid = uuid4()
         await c.send(json.dumps({"type": "publish", "id": pid, "stream": "big",
                                  "body": body + "x"}, ensure_ascii=False))
-        nack = await c.expect(lambda f, p=pid: f.get("id") == p)
+        nack = await c.reply_to(pid)
         assert (nack["type"], nack["code"]) == ("nack", "too_large")
     # Compact encoding: spaces the client added do not count.
     pid = uuid4()
-    spaced = '{"type": "publish", "id": "%s", "stream": "big", "body": [ %s ]}' % (
-        pid, ", ".join(["1"] * ((limit - 1) // 2)))
-    await c.send(spaced)
-    assert (await c.expect(lambda f: f.get("id") == pid))["type"] == "ack"
+    ones = ", ".join(["1"] * ((limit - 1) // 2))
+    await c.send(f'{{"type": "publish", "id": "{pid}", "stream": "big", "body": [ {ones} ]}}')
+    assert (await c.reply_to(pid))["type"] == "ack"
     await c.close()
 
 

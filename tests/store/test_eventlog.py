@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, cast
 
 import peewee as pw
 import pytest
@@ -79,7 +79,7 @@ async def log(db: pw.Database) -> AsyncIterator[Log]:
 def rows(user: str = U1, stream: str = "s") -> list[tuple[int, str | None, str, str]]:
     q = (Event.select(Event.seq, Event.device_id, Event.client_id, Event.body)
          .where((Event.user_id == user) & (Event.stream == stream)).order_by(Event.seq))
-    return list(q.tuples())
+    return list(cast("Iterable[tuple[int, str | None, str, str]]", q.tuples()))
 
 
 def accepted(results: list[PublishResult]) -> list[int]:
@@ -182,7 +182,7 @@ async def test_a_conflicted_id_is_evaluated_afresh(log: Log) -> None:
 async def test_cursor_upserts_keep_the_max(log: Log) -> None:
     def stored() -> dict[tuple[str, str], int]:
         q = Cursor.select(Cursor.device_id, Cursor.stream, Cursor.acked_seq).tuples()
-        return {(d, s): n for d, s, n in q}
+        return {(d, s): n for d, s, n in cast("Iterable[tuple[str, str, int]]", q)}
 
     release = log.hold()
     for seq in (3, 9, 5):  # one batch
