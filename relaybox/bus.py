@@ -73,7 +73,7 @@ class EmbeddedRedis:
             server.shutdown(save=False, now=True, force=True)
         if pid:
             for _ in range(50):
-                if not _alive(pid):
+                if not _running(pid):
                     break
                 time.sleep(0.05)
             else:

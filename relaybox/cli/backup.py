@@ -142,7 +142,7 @@ def register(cli: click.Group) -> None:
         replaced atomically, then pending migrations are applied.
         """
         from relaybox.bus import live_servers
-        from relaybox.services.backup import restore_backup
+        from relaybox.services.restore import restore_backup
 
         settings = settings_for(check_writable=True)
 

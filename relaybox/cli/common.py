@@ -142,14 +142,3 @@ def print_table(table: Any) -> None:
     # Console.print caps width at the console's own (80 when piped), so use a wider one.
     (out if out.is_terminal else Console(width=200)).print(table)
 
-
-def write_transaction(db: pw.Database) -> Any:
-    """A write transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE).
-
-    A deferred transaction that reads first cannot upgrade to a writer once a running
-    server has committed after its snapshot (WAL: SQLITE_BUSY at once, no busy wait).
-    Services' own ``atomic()`` blocks nest inside this one as savepoints.
-    """
-    from relaybox.store.db import is_postgres
-
-    return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")

@@ -15,9 +15,9 @@ from relaybox.cli.common import (
     print_table,
     relay_errors,
     settings_for,
-    write_transaction,
 )
 from relaybox.config import Settings
+from relaybox.store.db import write_transaction
 from relaybox.store.eventlog import StoredEvent
 
 

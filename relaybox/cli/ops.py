@@ -17,8 +17,8 @@ from relaybox.cli.common import (
     relay_errors,
     server_urls,
     settings_for,
-    write_transaction,
 )
+from relaybox.store.db import write_transaction
 
 
 def _duration(seconds: float) -> str:

@@ -15,9 +15,9 @@ from relaybox.cli.common import (
     relay_errors,
     server_urls,
     settings_for,
-    write_transaction,
 )
 from relaybox.protocol.encoding import format_ts
+from relaybox.store.db import write_transaction
 
 
 def claim_line(code: str, url: str, name: str) -> str:

@@ -15,9 +15,9 @@ from relaybox.cli.common import (
     print_table,
     relay_errors,
     settings_for,
-    write_transaction,
 )
 from relaybox.protocol.encoding import format_ts
+from relaybox.store.db import write_transaction
 
 
 def register(cli: click.Group) -> None:

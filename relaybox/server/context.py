@@ -30,6 +30,7 @@ class ServerContext:
     node_id: str
     started_at: float = field(default_factory=time.time)
     metrics: Any = None
+    scheduler: Any = None
     _local_failures: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     # -- handshake failure limit (protocol.md §2), shared through Redis ------------------

@@ -126,11 +126,13 @@ class HealthMonitor:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.interval_s = interval_s
-        self.database = CircuitBreaker("database", clock=clock)
-        self.redis = CircuitBreaker("redis", clock=clock)
+        # Probes are cheap: retry at least every 2 s so a recovery is seen quickly.
+        self.database = CircuitBreaker("database", max_s=2.0, clock=clock)
+        self.redis = CircuitBreaker("redis", max_s=2.0, clock=clock)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.on_redis_recovered: list[Callable[[], Any]] = []
+        self.on_redis_recovered: list[Callable[[], Any]] = [lambda: resync_sessions(ctx)]
+        self._sub: Any = None  # the bus's pub/sub object last seen subscribed
 
     def snapshot(self) -> Snapshot:
         """The last known state, without probing."""
@@ -174,17 +176,42 @@ class HealthMonitor:
         if bus is None or not br.allow():
             return
         ok = await bus.ping()
-        self._record(br, ok, "" if ok else "does not answer")
+        recovered = self._record(br, ok, "" if ok else "does not answer")
+        if ok and self._subscription_renewed() and not recovered:
+            # The outage was shorter than our probing, but the subscription was lost: what
+            # other processes relayed meanwhile never arrived here.
+            log.info("redis subscription renewed; sessions re-read their streams")
+            self._redis_recovered()
 
-    def _record(self, br: CircuitBreaker, ok: bool, error: str) -> None:
+    def _subscription_renewed(self) -> bool:
+        """True once each time the bus re-subscribed since the last look.
+
+        Reads the bus's current pub/sub object: Bus makes a new one for every
+        (re)subscription, so a different one means the subscription was lost and renewed.
+        """
+        sub = getattr(self.ctx.bus, "_pubsub", None)
+        if sub is None or sub is self._sub or not getattr(sub, "subscribed", False):
+            return False
+        first = self._sub is None
+        self._sub = sub
+        return not first
+
+    def _record(self, br: CircuitBreaker, ok: bool, error: str) -> bool:
+        """Update the breaker; True when this was a recovery."""
         if ok:
             if br.success():
                 log.warning("%s is back", br.name)
                 if br is self.redis:
-                    for cb in self.on_redis_recovered:
-                        _spawn(cb())
+                    self._sub = getattr(self.ctx.bus, "_pubsub", None)
+                    self._redis_recovered()
+                return True
         elif br.failure(error):
             log.error("%s is down: %s", br.name, error)
+        return False
+
+    def _redis_recovered(self) -> None:
+        for cb in self.on_redis_recovered:
+            _spawn(cb())
 
     # -- background probing ----------------------------------------------------------------
     def start(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from relaybox import __version__
-from relaybox.config import CONFIG_FILE, ConfigError, Settings, load_settings
+from relaybox.config import CONFIG_FILE, Settings
 from relaybox.errors import RelayError
 from relaybox.services import pgdump
 
@@ -87,7 +86,7 @@ def create_backup(settings: Settings, output: Path | None = None, *, auto: bool 
     dest = output if output is not None else default_name(settings.backups_path, now, auto=auto)
     if dest.exists():
         raise BackupError(f"{dest} exists; choose another file")
-    _make_private_dir(dest.parent)
+    make_private_dir(dest.parent)
     with tempfile.TemporaryDirectory(prefix=".relaybox-backup-", dir=dest.parent) as tmp:
         work = Path(tmp)
         if settings.sqlite_path is not None:
@@ -170,7 +169,7 @@ def _write_archive(dest: Path, manifest: dict[str, Any], files: list[Path], now:
             os.fsync(raw.fileno())
         os.chmod(partial, 0o600)
         os.replace(partial, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -350,138 +349,15 @@ def _name_order(path: Path) -> tuple[str, int]:
     return (base, int(n)) if n.isdigit() and base.endswith("Z") else (stem, 0)
 
 
-# -- restore -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Restored:
-    file: Path
-    server_id: str
-    counts: dict[str, int]
-    migrations_applied: list[str]
-    database: str
-    config: str  # "restored", "kept" or "none"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"file": str(self.file), "server_id": self.server_id, "counts": self.counts,
-                "migrations_applied": self.migrations_applied, "database": self.database,
-                "config": self.config}
-
-
-def restore_backup(settings: Settings, path: Path,
-                   is_serving: Callable[[], bool] = lambda: False) -> Restored:
-    """Verify, then replace the database atomically, then apply pending migrations.
-
-    Nothing in the data dir changes unless the archive passed every check. The caller
-    refuses while a server uses the data dir; ``is_serving`` is asked again just before
-    the swap.
-    """
-    from relaybox.store import migrate
-
-    data_dir = settings.data_dir
-    created = not data_dir.exists()
-    _make_private_dir(data_dir)
-    try:
-        checked = verify_backup(path, work_dir=data_dir, keep_db=True)
-    except BaseException:
-        if created:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        raise
-    assert checked.db_path is not None
-    work = checked.db_path.parent
-    try:
-        target, config_state = _target_settings(settings, checked)
-        known = {p.stem for p in migrate.MIGRATIONS_DIR.glob("[0-9]*.py")}
-        mig = checked.manifest.get("migration")
-        if mig and mig not in known:
-            raise BackupError(f"{path} comes from a newer relaybox (migration {mig!r} is "
-                              "unknown here); upgrade relaybox first")
-        kind = checked.manifest["database"]
-        if kind == "sqlite" and target.sqlite_path is None:
-            raise BackupError("this is a SQLite backup but database_url points to PostgreSQL")
-        if kind == "postgresql" and target.sqlite_path is not None:
-            raise BackupError("this is a PostgreSQL backup; set database_url first")
-        if is_serving():
-            raise BackupError(f"a server is running on {data_dir}; stop it first")
-        if target.sqlite_path is not None:
-            _swap_sqlite(checked.db_path, target.sqlite_path)
-        else:
-            pgdump.restore(target.database_url, checked.db_path)
-        if config_state == "restored" and checked.config_text is not None:
-            _write_private(target.config_file, checked.config_text)
-        applied, server_id = _after_restore(target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return Restored(path, server_id, checked.counts, applied, kind, config_state)
-
-
-def _target_settings(settings: Settings, checked: Verified) -> tuple[Settings, str]:
-    """The settings to restore with: the data dir's own config, else the archived one."""
-    if settings.config_file.exists():
-        return settings, "kept"
-    if checked.config_text is None:
-        return settings, "none"
-    assert checked.db_path is not None
-    probe = checked.db_path.parent / "config"
-    probe.mkdir()
-    (probe / CONFIG_FILE).write_text(checked.config_text, encoding="utf-8")
-    try:
-        archived = load_settings(probe)
-    except ConfigError as exc:
-        raise BackupError(f"the archived relaybox.toml is not valid: {exc.problems[0]}"
-                          ) from None
-    return dataclasses.replace(archived, data_dir=settings.data_dir), "restored"
-
-
-def _swap_sqlite(new_db: Path, target: Path) -> None:
-    """Replace ``target`` by ``new_db`` so that a crash leaves either the old or the new one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.restore")
-    shutil.move(str(new_db), staged)  # same file system as the target: os.replace is atomic
-    os.chmod(staged, 0o600)
-    with open(staged, "rb") as fh:
-        os.fsync(fh.fileno())
-    if target.exists():
-        # Fold the old WAL into the old file first: deleting a non-empty WAL would lose
-        # data if we crashed before the swap; an old WAL next to the new file would corrupt it.
-        with contextlib.suppress(sqlite3.Error):
-            conn = sqlite3.connect(str(target), timeout=15)
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()
-    for suffix in ("-wal", "-shm", "-journal"):
-        target.with_name(target.name + suffix).unlink(missing_ok=True)
-    os.replace(staged, target)
-    _fsync_dir(target.parent)
-
-
-def _after_restore(settings: Settings) -> tuple[list[str], str]:
-    from relaybox.services import identity
-    from relaybox.store import migrate
-    from relaybox.store.db import open_database
-
-    db = open_database(settings)
-    try:
-        db.connect(reuse_if_open=True)
-        applied = migrate.up(db)
-        if settings.sqlite_path is not None:
-            ok = db.execute_sql("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise BackupError(f"the restored database fails its check: {ok}")
-        server_id = identity.load_secrets().server_id
-    finally:
-        db.close()
-    return applied, server_id
-
-
 # -- small file helpers ----------------------------------------------------------------------
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     if not path.exists():
         path.mkdir(parents=True, mode=0o700)
     elif not path.is_dir():
         raise BackupError(f"{path} exists and is not a folder")
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -491,7 +367,7 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -11,7 +11,7 @@ from typing import Any
 import peewee as pw
 
 from relaybox.config import Settings
-from relaybox.store.db import is_postgres
+from relaybox.store.db import write_transaction
 from relaybox.store.models import Event, PairingCode, RefreshToken, StreamHead, User
 
 log = logging.getLogger("relaybox.retention")
@@ -119,12 +119,6 @@ def _heads(db: pw.Database) -> list[tuple[str, str, int, int]]:
     return [(str(u), str(s), int(h), int(f)) for u, s, h, f in rows]
 
 
-def _write_txn(db: pw.Database) -> Any:
-    # SQLite: take the write lock up front, like the event log does, so the transaction
-    # never has to upgrade a read lock (which can fail with SQLITE_BUSY mid-way).
-    return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
-
-
 def _drop_events(db: pw.Database, user_id: str, stream: str, floor: int, cut: int,
                  chunk: int, pause_s: float, should_stop: Callable[[], bool]
                  ) -> tuple[int, int]:
@@ -134,7 +128,7 @@ def _drop_events(db: pw.Database, user_id: str, stream: str, floor: int, cut: in
     while upto < cut:
         # Seqs are dense above the floor, so a seq window holds at most ``chunk`` rows.
         upto = min(cut, upto + chunk)
-        with _write_txn(db):
+        with write_transaction(db):
             removed += (Event.delete()
                         .where((Event.user_id == user_id) & (Event.stream == stream)
                                & (Event.seq <= upto)).execute())
@@ -154,7 +148,7 @@ def _drop_rows(db: pw.Database, model: Any, pk: Any, cond: Any, dry_run: bool, c
         return int(model.select().where(cond).count())
     total = 0
     while True:
-        with _write_txn(db):
+        with write_transaction(db):
             batch = model.select(pk).where(cond).limit(chunk)
             n = int(model.delete().where(pk.in_(batch)).execute())
         total += n

@@ -21,9 +21,11 @@ from tests.support import DeviceKey, Gw, Server, free_port
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def start_server(data_dir: Path, *, args: list[str] | None = None, **env: Any) -> Server:
+def start_server(data_dir: Path, *, args: list[str] | None = None,
+                 extra_env: dict[str, str] | None = None, **env: Any) -> Server:
     """``relaybox serve`` on a free port; ``env`` keys are RELAYBOX_* names without prefix."""
-    srv = Server(data_dir, free_port(), {f"RELAYBOX_{k.upper()}": str(v) for k, v in env.items()},
+    variables = {f"RELAYBOX_{k.upper()}": str(v) for k, v in env.items()}
+    srv = Server(data_dir, free_port(), {**variables, **(extra_env or {})},
                  extra_args=args or [])
     srv.start()
     return srv

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from relaybox.config import load_settings
-from relaybox.services import backup
+from relaybox.services import backup, restore
 from relaybox.services.backup import BackupError
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import PublishRequest, append_now
@@ -59,7 +59,7 @@ def test_round_trip_onto_a_fresh_data_dir(data_dir: Path, tmp_path: Path) -> Non
     assert made.counts["event"] == 7  # 5 published + 2 device_added notices
     assert made.manifest["migration"] == "001_initial"
     target = load_settings(tmp_path / "fresh", env={})
-    done = backup.restore_backup(target, made.file)
+    done = restore.restore_backup(target, made.file)
     assert done.server_id == made.manifest["server_id"] and done.config == "restored"
     assert _history(tmp_path / "fresh") == _history(data_dir)
     assert (tmp_path / "fresh" / "relaybox.toml").read_text() == settings.config_file.read_text()
@@ -75,7 +75,7 @@ def test_restore_replaces_a_database_and_drops_its_stale_wal(data_dir: Path,
     seed(other, {"zed": 1})
     (other / "relaybox.toml").write_text("port = 9999\n")
     (other / "relaybox.db-shm").write_bytes(b"stale")
-    done = backup.restore_backup(load_settings(other, env={}), made.file)
+    done = restore.restore_backup(load_settings(other, env={}), made.file)
     assert done.config == "kept" and (other / "relaybox.toml").read_text() == "port = 9999\n"
     assert not (other / "relaybox.db-shm").exists()
     assert _history(other) == _history(data_dir)
@@ -194,6 +194,7 @@ def test_restore_refuses_a_backup_from_a_newer_relaybox(data_dir: Path, tmp_path
     _rewrite(good, newer, {"manifest.json": json.dumps(m).encode(), "relaybox.db": db})
     backup.verify_backup(newer)  # a sound archive …
     assert_error(run(tmp_path / "t", "restore", str(newer), "--yes"), "newer relaybox")
+    assert not (tmp_path / "t").exists()  # refused: the new data dir is not left behind
 
 
 def test_restore_needs_yes(data_dir: Path, tmp_path: Path) -> None:

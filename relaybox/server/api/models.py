@@ -32,11 +32,11 @@ NO_NUL_RE = r"^[^\x00]*$"
 M = TypeVar("M", bound=BaseModel)
 
 
-def _uuid(description: str) -> Any:
+def _uuid(description: str | None = None) -> Any:
     return Field(pattern=UUID_RE, description=description, json_schema_extra={"format": "uuid"})
 
 
-def _ts(description: str) -> Any:
+def _ts(description: str | None = None) -> Any:
     return Field(description=description, json_schema_extra={"format": "date-time"})
 
 
@@ -81,7 +81,7 @@ class ClaimRequest(In):
 
 
 class PublishBody(In):
-    """Documentation only: a publish is checked by the gateway's own parser."""
+    """An event to publish, checked with the gateway's rules (protocol.md §3 Publish)."""
 
     id: str = Field(pattern=PUBLISH_ID_RE, description="Client id (UUIDv4 or UUIDv7).")
     body: Any = Field(description="Any JSON value (compact UTF-8 ≤ max_body_bytes).")
@@ -111,27 +111,27 @@ class TokenPairOut(Out):
 
 
 class VerifyOut(Out):
-    user_id: str = _uuid("")
-    device_id: str = _uuid("")
+    user_id: str = _uuid()
+    device_id: str = _uuid()
     expires_at: str = _ts("When the presented token expires.")
 
 
 class DeviceOut(Out):
-    device_id: str = _uuid("")
+    device_id: str = _uuid()
     name: str
-    created_at: str = _ts("")
-    last_seen_at: str | None = _ts("")
+    created_at: str = _ts()
+    last_seen_at: str | None = _ts()
     online: bool = Field(description="Connected to this server process now.")
     revoked: bool
 
 
 class PairingCodeOut(Out):
     code: str = Field(pattern=CODE_OUT_RE)
-    expires_at: str = _ts("")
+    expires_at: str = _ts()
 
 
 class InviterOut(Out):
-    device_id: str = _uuid("")
+    device_id: str = _uuid()
     name: str
 
 
@@ -139,14 +139,14 @@ class LookupOut(Out):
     user_name: str
     inviter: InviterOut | None
     payload: str | None
-    expires_at: str = _ts("")
-    server_id: str = _uuid("")
+    expires_at: str = _ts()
+    server_id: str = _uuid()
 
 
 class ClaimOut(Out):
-    device_id: str = _uuid("")
-    user_id: str = _uuid("")
-    server_id: str = _uuid("")
+    device_id: str = _uuid()
+    user_id: str = _uuid()
+    server_id: str = _uuid()
 
 
 class StreamOut(Out):
@@ -160,11 +160,11 @@ class EventOut(Out):
     type: Literal["event"]
     stream: str
     seq: int
-    id: str = _uuid("")
+    id: str = _uuid()
     from_: str | None = Field(alias="from", pattern=UUID_RE,
                               json_schema_extra={"format": "uuid"})
     key: str | None
-    ts: str = _ts("")
+    ts: str = _ts()
     body: Any
 
 
@@ -175,28 +175,28 @@ class EventsPageOut(Out):
 
 
 class PublishOut(Out):
-    id: str = _uuid("")
+    id: str = _uuid()
     stream: str
     seq: int
-    ts: str = _ts("")
+    ts: str = _ts()
 
 
 class RevocationOut(Out):
-    device_id: str = _uuid("")
-    user_id: str = _uuid("")
+    device_id: str = _uuid()
+    user_id: str = _uuid()
     name: str
-    revoked_at: str | None = _ts("")
+    revoked_at: str | None = _ts()
     reason: str | None
 
 
 class UserOut(Out):
-    user_id: str = _uuid("")
+    user_id: str = _uuid()
     name: str
-    created_at: str = _ts("")
+    created_at: str = _ts()
 
 
 class Problem(Out):
-    """RFC 9457 problem details; some errors add fields (e.g. ``head_seq`` on a conflict)."""
+    """RFC 9457 problem details. Some errors add fields: head_seq on a conflict, errors on 422."""
 
     type: str
     title: str
@@ -209,7 +209,7 @@ class Problem(Out):
 class StatusOut(Out):
     status: Literal["ok", "unavailable"]
     version: str
-    server_id: str = _uuid("")
+    server_id: str = _uuid()
     uptime_s: float
     database: Literal["ok", "down"]
     redis: Literal["ok", "down"]
