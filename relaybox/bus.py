@@ -254,11 +254,11 @@ class Bus:
     # -- counters, nonces, locks ----------------------------------------------
     async def incr_window(self, key: str, window_s: int) -> int:
         """Increment a counter that expires ``window_s`` after its first hit."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, window_s, nx=True)
-        count, _ = await pipe.execute()
-        return int(count)
+        # EXPIRE … NX needs Redis 7; the embedded server is 6.2, so set it on the first hit.
+        count = int(await self.redis.incr(key))
+        if count == 1:
+            await self.redis.expire(key, window_s)
+        return count
 
     async def get_int(self, key: str) -> int:
         value = await self.redis.get(key)

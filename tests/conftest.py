@@ -10,6 +10,11 @@ import pytest
 from tests.support import Server, free_port
 
 
+def _env_name(key: str) -> str:
+    name = key.upper()
+    return name if name.startswith("RELAYBOX_") else "RELAYBOX_" + name
+
+
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[object]:
     """Factory: ``make_server(**env)`` starts a real server on a free port."""
@@ -18,7 +23,7 @@ def make_server(tmp_path: Path) -> Iterator[object]:
     def make(data_dir: Path | None = None, *, start: bool = True, args: list[str] | None = None,
              **env: str) -> Server:
         d = data_dir or tmp_path / f"data{len(servers)}"
-        srv = Server(d, free_port(), {k.upper(): str(v) for k, v in env.items()},
+        srv = Server(d, free_port(), {_env_name(k): str(v) for k, v in env.items()},
                      extra_args=args or [])
         servers.append(srv)
         if start:

@@ -66,6 +66,7 @@ def migrate(migrator, database, fake=False, **kwargs):
 
         class Meta:
             table_name = "stream_head"
+            legacy_table_names = False
             primary_key = pw.CompositeKey("user_id", "stream")
 
     @migrator.create_model
@@ -90,6 +91,7 @@ def migrate(migrator, database, fake=False, **kwargs):
 
         class Meta:
             table_name = "pairing_code"
+            legacy_table_names = False
 
     @migrator.create_model
     class RefreshToken(pw.Model):
@@ -103,6 +105,7 @@ def migrate(migrator, database, fake=False, **kwargs):
 
         class Meta:
             table_name = "refresh_token"
+            legacy_table_names = False
 
 
 def rollback(migrator, database, fake=False, **kwargs):

@@ -31,7 +31,7 @@ def welcome_frame(
     session_id: str,
     user_id: str,
     device_id: str,
-    heartbeat_s: int,
+    heartbeat_s: int | float,
     window: int,
     max_body_bytes: int,
     streams: Mapping[str, int],

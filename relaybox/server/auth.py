@@ -23,7 +23,7 @@ def relay(request: Request) -> ServerContext:
 
 def client_address(request: Request) -> str:
     """The caller's address, through trusted proxies only (settings: proxies_count)."""
-    return request.remote_addr or request.ip or "unknown"
+    return request.client_ip or "unknown"
 
 
 def bearer(request: Request) -> str | None:

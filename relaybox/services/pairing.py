@@ -17,7 +17,7 @@ from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.handshake import parse_public_key
 from relaybox.services.devices import Change, add_device
 from relaybox.services.users import find_user
-from relaybox.store.db import is_postgres
+from relaybox.store.db import write_transaction
 from relaybox.store.models import Device, Meta, PairingCode, User
 
 # Crockford base32 (no I, L, O, U); http-api.md: 8 characters shown as XXXX-XXXX.
@@ -104,7 +104,7 @@ def create_pairing_code(
     key = _pairing_key()
     now = clock()
     expires_at = now + ttl_s * 1000
-    with db.atomic():
+    with write_transaction(db):
         PairingCode.delete().where(PairingCode.expires_at < now - _KEEP_EXPIRED_MS).execute()
         while True:
             raw = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
@@ -171,9 +171,8 @@ def claim_code(db: pw.Database, text: str, public_key: str, name: str,
         key_bytes = None
     secret = _pairing_key()
     now = clock()
-    tx = db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
     try:
-        with tx:
+        with write_transaction(db):
             row = _find(secret, text, now)
             if row is None:
                 raise _unknown()

@@ -15,7 +15,7 @@ from relaybox.errors import Unauthorized
 from relaybox.protocol.encoding import b64url_decode, now_ms, parse_uuid, uuid7
 from relaybox.protocol.handshake import token_signing_bytes, verify_signature
 from relaybox.services import identity
-from relaybox.store.db import is_postgres
+from relaybox.store.db import write_transaction
 from relaybox.store.models import Device, RefreshToken
 
 # The one algorithm an access token may carry (http-api.md: "pinned to one algorithm").
@@ -117,15 +117,10 @@ def _new_refresh(device_id: str, family_id: str, settings: Settings, now: int) -
 def issue_pair(db: pw.Database, device: Device, settings: Settings,
                clock: Callable[[], int] = now_ms) -> TokenPair:
     """A fresh access token and the first refresh token of a new family (blocking)."""
-    with db.atomic():
+    with write_transaction(db):
         refresh = _new_refresh(device.id, uuid7(), settings, clock())
     access, ttl = issue_access_token(device, settings, clock)
     return TokenPair(access, ttl, refresh)
-
-
-def _write_tx(db: pw.Database) -> Any:
-    # SQLite: take the write lock first so that two refreshes of one token serialise.
-    return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
 
 
 def _standing_device(device_id: str) -> Device:
@@ -139,7 +134,8 @@ def refresh(db: pw.Database, token: str, settings: Settings,
             clock: Callable[[], int] = now_ms) -> TokenPair:
     """Rotate a refresh token (blocking). A reused token revokes its whole family."""
     now = clock()
-    with _write_tx(db):
+    # The write lock first, so that two refreshes of one token serialise.
+    with write_transaction(db):
         row = RefreshToken.get_or_none(RefreshToken.token_hash == identity.hash_token(token))
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise Unauthorized("unknown, expired or revoked refresh token",

@@ -39,7 +39,6 @@ def make_database(settings: Settings) -> pw.Database:
         password=unquote(parts.password) if parts.password else None,
         host=parts.hostname or None,
         port=parts.port or None,
-        autorollback=True,
     )
 
 

@@ -144,10 +144,13 @@ class Client:
         return await self.gw.closed_code(timeout)
 
 
-async def raw(server: Server) -> Any:
-    """A bare WebSocket to the gateway (no handshake)."""
+async def raw(server: Server, source: str = "127.0.0.1") -> Any:
+    """A bare WebSocket to the gateway (no handshake), from the loopback address ``source``.
+
+    Limits count per client address: 127.0.0.2, 127.0.0.3 … are separate clients.
+    """
     return await websockets.connect(server.ws_url, max_size=None, compression=None,
-                                    open_timeout=10)
+                                    open_timeout=10, local_addr=(source, 0))
 
 
 async def recv_json(ws: Any, timeout: float = 10) -> Frame:
@@ -180,10 +183,10 @@ def hello(device_id: str, nonce: str | None = None, protocol: int = 1) -> Frame:
             "nonce": nonce or random_nonce()}
 
 
-async def handshake_with(server: Server, device_id: str, sign: Callable[[bytes], bytes]
-                         ) -> tuple[Any, Frame, Frame]:
+async def handshake_with(server: Server, device_id: str, sign: Callable[[bytes], bytes],
+                         source: str = "127.0.0.1") -> tuple[Any, Frame, Frame]:
     """hello → challenge → auth signed by ``sign``; returns (ws, challenge, answer)."""
-    ws = await raw(server)
+    ws = await raw(server, source)
     nonce = random_nonce()
     await ws.send(json.dumps(hello(device_id, nonce)))
     ch = await recv_json(ws)
@@ -242,10 +245,7 @@ def users(server: Server, *counts: int) -> list[list[DeviceKey]]:
     out = []
     with database(server) as db:
         for n in counts:
-            # BEGIN IMMEDIATE: add_user reads before it writes, and a deferred transaction
-            # fails with "database is locked" when the server commits in between.
-            with db.atomic(lock_type="IMMEDIATE"):
-                user = add_user(db, f"u{uuid4()[:12]}")
+            user = add_user(db, f"u{uuid4()[:12]}")
             keys = []
             for i in range(n):
                 sk = nacl.signing.SigningKey.generate()

@@ -257,23 +257,34 @@ async def test_handshake_timeout_without_auth(strict: Server) -> None:
     assert await close_code(ws) == 4408
 
 
-async def test_failed_handshakes_past_the_limit_are_refused_4429(strict: Server) -> None:
-    (dev,) = users(strict, 1)[0]
+@pytest.mark.parametrize(("failure", "source"), [("auth_failed", "127.0.0.2"),
+                                                 ("revoked", "127.0.0.3")])
+async def test_failed_handshakes_past_the_limit_are_refused_4429(
+        strict: Server, failure: str, source: str) -> None:
+    (dev, revoked) = users(strict, 2)[0]
+    revoke(strict, revoked)
     other = nacl.signing.SigningKey.generate()
+    target, key, code = ((dev, other, 4401) if failure == "auth_failed"
+                         else (revoked, revoked.key, 4403))
     minute = int(time.time() // 60)
     for _ in range(2):  # the limit counts per minute; redo if a minute boundary passed
         for _ in range(3):
-            ws, _, err = await handshake_with(strict, dev.device_id,
-                                              lambda m: other.sign(m).signature)
-            assert err["code"] == "auth_failed"
-            assert await close_code(ws) == 4401
-        # Even a correct handshake from this address is refused now.
-        ws = await raw(strict)
+            ws, _, err = await handshake_with(strict, target.device_id,
+                                              lambda m: key.sign(m).signature, source)
+            assert err["code"] == failure
+            assert await close_code(ws) == code
+        # Now even a correct handshake from this address is refused.
+        ws = await raw(strict, source)
         refused = await close_code(ws)
         if int(time.time() // 60) == minute:
             break
         minute = int(time.time() // 60)
     assert refused == 4429
+    # The count is per address: another client is not affected.
+    ws, _, welcome = await handshake_with(strict, dev.device_id,
+                                          lambda m: dev.key.sign(m).signature, "127.0.0.9")
+    assert welcome["type"] == "welcome"
+    await ws.close()
 
 
 async def test_compression_is_off(server: Server) -> None:

@@ -23,12 +23,13 @@ from tests.observability.helpers import (
 )
 from tests.support import DeviceKey, Gw, Server, seed
 
-TOKEN = "metrics-secret-7b1d"  # noqa: S105 - a test credential
+TOKEN = "metrics-secret-7b1d"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, list[DeviceKey]]]]:
+def env(tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[tuple[Server, dict[str, list[DeviceKey]]]]:
     data = tmp_path_factory.mktemp("metrics") / "data"
     devices = seed(data, {"alice": 4, "bob": 1})
     srv = start_server(data, metrics_token=TOKEN, gateway_publish_rate_per_s=5,
