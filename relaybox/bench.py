@@ -60,8 +60,8 @@ class BenchServer:
                "RELAYBOX_GATEWAY_PUBLISH_RATE_PER_S": "0", "RELAYBOX_LOG_LEVEL": "warning",
                "RELAYBOX_METRICS_ENABLED": "false",
                "RELAYBOX_GATEWAY_HANDSHAKE_FAILURES_PER_MIN": "1000000", **self.env}
-        self.log = open(self.data_dir.parent / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.log = open(self.data_dir.parent / "server.log", "wb")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "relaybox", "serve", "--port", str(self.port)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -264,7 +264,7 @@ def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
 
     async def run() -> dict[str, Any]:
         t0 = time.monotonic()
-        ws, welcome = await connect(url, b)
+        ws, _ = await connect(url, b)
         got = 0
         last = 0
         async for raw in ws:
@@ -320,7 +320,7 @@ def handshakes(url: str, devs: list[Device], rounds: int, procs: int = 1) -> dic
 
 
 def _idle_holder(url: str, devs: list[Device], ready: Any, release: Any) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def run() -> None:
@@ -334,8 +334,7 @@ def _idle_holder(url: str, devs: list[Device], ready: Any, release: Any) -> None
 
         await asyncio.gather(*(one(d) for d in devs))
         ready.set()
-        while not release.is_set():
-            await asyncio.sleep(0.1)
+        await asyncio.get_running_loop().run_in_executor(None, release.wait)
         for ws in conns:
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -382,7 +381,8 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
             env: dict[str, str] | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="relaybox-bench-"))
     want = only or {"throughput", "latency", "catchup", "handshakes", "idle"}
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     server = BenchServer(tmp / "data", env=env or {})
     try:
         n_idle = sessions if "idle" in want else 0
@@ -422,11 +422,10 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
 def seed_devices_more(data_dir: Path, n: int) -> list[Device]:
     """``n`` more devices, spread over users of 50 devices (after ``seed_devices``)."""
     from relaybox.config import load_settings
+    from relaybox.protocol.encoding import uuid7
     from relaybox.store.db import open_database
     from relaybox.store.models import Device as DeviceRow
     from relaybox.store.models import User
-
-    from relaybox.protocol.encoding import uuid7
 
     settings = load_settings(data_dir, env={})
     db = open_database(settings)

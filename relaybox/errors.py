@@ -59,8 +59,9 @@ class RateLimited(RelayError):
     code = "rate_limited"
     title = "Too Many Requests"
 
-    def __init__(self, detail: str = "", *, retry_after_s: float = 1.0, **extra: object) -> None:
-        super().__init__(detail, **extra)
+    def __init__(self, detail: str = "", *, retry_after_s: float = 1.0,
+                 code: str | None = None, **extra: object) -> None:
+        super().__init__(detail, code=code, **extra)
         self.retry_after_s = retry_after_s
 
 

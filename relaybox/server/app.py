@@ -35,8 +35,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     cfg = app.config
     cfg.WEBSOCKET_MAX_SIZE = settings.gateway_max_frame_bytes
     # Liveness is ours (protocol.md §4): Sanic's own keepalive would close with 1011.
-    cfg.WEBSOCKET_PING_INTERVAL = None
-    cfg.WEBSOCKET_PING_TIMEOUT = None
+    cfg.WEBSOCKET_PING_INTERVAL = None  # type: ignore[assignment]
+    cfg.WEBSOCKET_PING_TIMEOUT = None  # type: ignore[assignment]
     cfg.PROXIES_COUNT = settings.proxies_count
     cfg.REQUEST_MAX_SIZE = max(1_000_000, settings.gateway_max_body_bytes * 2 + 65536)
     cfg.GRACEFUL_SHUTDOWN_TIMEOUT = 5.0

@@ -25,10 +25,15 @@ class Change:
     controls: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _uid(device: Device) -> str:
+    """The owning user's id without loading the user row."""
+    return str(device.user_id)  # type: ignore[attr-defined]
+
+
 def device_json(d: Device, online: bool = False) -> dict[str, Any]:
     return {
         "device_id": d.id,
-        "user_id": d.user_id,
+        "user_id": _uid(d),
         "name": d.name,
         "created_at": format_ts(d.created_at),
         "last_seen_at": format_ts(d.last_seen_at) if d.last_seen_at else None,
@@ -81,7 +86,7 @@ def rename_device(db: pw.Database, device: Device, name: str,
                   clock: Callable[[], int] = now_ms) -> Change:
     device.name = name
     device.save()
-    return Change(events=[notice(db, device.user_id, "device_renamed", device, clock)])
+    return Change(events=[notice(db, _uid(device), "device_renamed", device, clock)])
 
 
 def revoke_device(db: pw.Database, device: Device, reason: str | None = None,
@@ -100,7 +105,7 @@ def revoke_device(db: pw.Database, device: Device, reason: str | None = None,
     device = Device.get_by_id(device.id)
     # The notice is stored before the session is cut, so the device sees it on catch-up
     # only if it is ever unrevoked; its other devices see it live.
-    change.events.append(notice(db, device.user_id, "device_revoked", device, clock))
+    change.events.append(notice(db, _uid(device), "device_revoked", device, clock))
     return change
 
 
@@ -110,7 +115,7 @@ def unrevoke_device(db: pw.Database, device: Device,
         return Change()
     Device.update(revoked_at=None, revoked_reason=None).where(Device.id == device.id).execute()
     device = Device.get_by_id(device.id)
-    return Change(events=[notice(db, device.user_id, "device_unrevoked", device, clock)])
+    return Change(events=[notice(db, _uid(device), "device_unrevoked", device, clock)])
 
 
 def list_devices(user_id: str | None = None, revoked: bool | None = None) -> list[Device]:
