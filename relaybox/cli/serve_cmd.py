@@ -31,7 +31,7 @@ def serve(settings: Settings) -> None:
         write_server_file,
     )
     from relaybox.cli.init_cmd import initialise, show_init
-    from relaybox.server import metrics, tracing
+    from relaybox.server import prom, tracing
     from relaybox.services import identity
     from relaybox.store import migrate
 
@@ -80,12 +80,12 @@ def serve(settings: Settings) -> None:
             "started_at": time.time(), "url": settings.base_url,
         })
         # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
-        metrics_dir = metrics.prepare_multiprocess(settings.run_dir) \
+        metrics_dir = prom.prepare_multiprocess(settings.run_dir) \
             if settings.metrics_enabled else None
         _run_sanic(settings)
     finally:
         if metrics_dir is not None:
-            metrics.cleanup_multiprocess(metrics_dir)
+            prom.cleanup_multiprocess(metrics_dir)
         if record is not None:
             remove_server_file(record)
         if embedded is not None:

@@ -31,6 +31,7 @@ class ServerContext:
     started_at: float = field(default_factory=time.time)
     metrics: Any = None
     scheduler: Any = None
+    health: Any = None
     _local_failures: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     # -- handshake failure limit (protocol.md §2), shared through Redis ------------------
@@ -41,7 +42,8 @@ class ServerContext:
         limit = self.settings.gateway_handshake_failures_per_min
         if self.bus is not None and self.bus.healthy:
             try:
-                return await self.bus.get_int(self._failure_key(address)) >= limit
+                count = await asyncio.wait_for(self.bus.get_int(self._failure_key(address)), 1)
+                return count >= limit
             except Exception:  # noqa: S110 - fall back to the local count below
                 pass
         minute, count = self._local_failures.get(address, (0, 0))
@@ -53,9 +55,9 @@ class ServerContext:
         self._local_failures[address] = (minute, count + 1 if prev_minute == minute else 1)
         if len(self._local_failures) > 10000:
             self._local_failures.clear()
-        if self.bus is not None:
+        if self.bus is not None and self.bus.healthy:
             try:
-                await self.bus.incr_window(self._failure_key(address), 60)
+                await asyncio.wait_for(self.bus.incr_window(self._failure_key(address), 60), 1)
             except Exception as exc:
                 log.debug("handshake failure not counted in redis: %s", exc)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from relaybox.protocol.codes import CloseCode
-from relaybox.protocol.encoding import format_ts, random_nonce, uuid7
+from relaybox.protocol.encoding import random_nonce, uuid7
 from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.frames import (
     ack_frame,
@@ -24,9 +24,11 @@ from relaybox.protocol.frames import (
 )
 from relaybox.protocol.handshake import Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
+from relaybox.server import logs
+from relaybox.server.wsio import FrameReader, send_frames
 from relaybox.services import devices as device_service
 from relaybox.store import queries
-from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, StoredEvent
+from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult, StoredEvent
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
@@ -36,7 +38,7 @@ log = logging.getLogger("relaybox.gateway")
 READ_CHUNK = 512  # events per storage read when a session resumes from storage
 MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
 CLOSE_WRITE_TIMEOUT_S = 2.0  # to write what is queued and the close frame
-_background: set[asyncio.Future[None]] = set()  # wind-downs outliving their handler
+_background: set[asyncio.Future[Any]] = set()  # wind-downs outliving their handler
 
 
 class Closing(Exception):
@@ -105,7 +107,10 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.pending_publishes = 0
-        self.publish_slot = asyncio.Event()
+        self.reader: FrameReader | None = None
+        self._early: list[str | bytes] = []  # messages that arrived before READY
+        self._early_event = asyncio.Event()
+        self._peer_closed = asyncio.Event()
         self.bucket = TokenBucket(s.gateway_publish_rate_per_s, s.gateway_publish_burst)
         self.last_rx = time.monotonic()
         self.paused = False
@@ -149,6 +154,7 @@ class Session:
     # -- main -----------------------------------------------------------------------------
     async def run(self) -> None:
         self._main = asyncio.current_task()
+        logs.bind_session(self.session_id, "")
         ws = self.ws
         # Any frame (pongs included) is proof of life (protocol.md §4).
         original = ws.data_received
@@ -163,7 +169,11 @@ class Session:
                 await self._handshake()
                 self._tasks.append(asyncio.create_task(self._pump()))
                 self._tasks.append(asyncio.create_task(self._heartbeat()))
-                await self._receive_loop()
+                early, self._early = self._early, []
+                for data in early:
+                    self._handle(data)
+                # Messages are handled by the reader's callback from here on.
+                await self._peer_closed.wait()
             except Closing as exc:
                 if self.close_code is None:
                     self.close_code, self.close_reason = exc.code, exc.reason
@@ -234,15 +244,22 @@ class Session:
         ctx = self.ctx
         s = ctx.settings
         if await ctx.handshake_limited(self.address):
+            if ctx.metrics is not None:
+                ctx.metrics.handshake("rate_limited")
             raise Closing(CloseCode.RATE_LIMITED, "rate_limited")
         hs = Handshake(ctx.server_id, self.session_id, random_nonce())
         try:
             async with asyncio.timeout(s.gateway_handshake_timeout_s):
                 hs.receive(self._parse(await self.ws.recv()))
+                self.reader = FrameReader(self.ws, self._on_message, self._peer_closed.set,
+                                          self._touch)
+                self.reader.install()
                 await send_frames(self.ws, [hs.challenge()])
-                hs.receive(self._parse(await self.ws.recv()))
+                hs.receive(self._parse(await self._next_early()))
                 device = await ctx.eventlog.read(device_service.get_device, hs.device_id)
         except TimeoutError:
+            if ctx.metrics is not None:
+                ctx.metrics.handshake("timeout")
             raise Closing(CloseCode.HANDSHAKE_TIMEOUT, "handshake_timeout") from None
         if device is None or not hs.verify(bytes(device.public_key)):
             await ctx.handshake_failed(self.address)
@@ -259,15 +276,19 @@ class Session:
         hs.authenticated()
         self.device_id = device.id
         self.user_id = device.user_id
+        logs.bind_session(self.session_id, self.device_id)
 
         old = ctx.hub.register(self)
         self.registered = True
         if old is not None:
             old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
             await old.finished.wait()
-        if ctx.bus is not None:
-            await ctx.bus.publish_control("session", device_id=self.device_id,
-                                          session_id=self.session_id)
+        if ctx.bus is not None and ctx.bus.healthy:
+            # Not awaited: a hanging Redis must not hold up the handshake.
+            task = asyncio.ensure_future(ctx.bus.publish_control(
+                "session", device_id=self.device_id, session_id=self.session_id))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
         # Acks of this device's earlier session may still wait in the writer's queue; they
         # must be durable before this catch-up starts (protocol.md §3 Delivery), so the
         # positions are read after a writer round trip (which also records last_seen).
@@ -301,67 +322,92 @@ class Session:
         return parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
 
     # -- receiving (READY) ----------------------------------------------------------------
-    async def _receive_loop(self) -> None:
-        ws = self.ws
-        max_body = self.ctx.settings.gateway_max_body_bytes
-        while True:
-            data = await ws.recv()
-            if data is None:
-                return
+    def _touch(self) -> None:
+        self.last_rx = time.monotonic()
+
+    def _on_message(self, data: str | bytes) -> None:
+        """Every complete message from the reader (on the loop, synchronously)."""
+        if self.ready:
+            self._handle(data)
+        else:
+            self._early.append(data)
+            self._early_event.set()
+
+    async def _next_early(self) -> str | bytes:
+        while not self._early:
+            if self._peer_closed.is_set():
+                raise Closing(CloseCode.NORMAL, "")
+            self._early_event.clear()
+            waiter = asyncio.ensure_future(self._early_event.wait())
+            closed = asyncio.ensure_future(self._peer_closed.wait())
             try:
-                msg = parse_message(data, max_body_bytes=max_body)
-            except PublishRefused as exc:
-                self.send(nack_frame(exc.id, exc.code, message=exc.message))
-                self._count_nack(exc.code)
-                continue
-            except ProtocolError as exc:
-                if exc.fatal:
-                    raise
-                self.send(error_frame(exc.code, exc.message))
-                continue
-            if isinstance(msg, Publish):
-                await self._publish(msg)
-            elif isinstance(msg, Ack):
-                self._ack(msg)
-            elif isinstance(msg, Ping):
-                self.send(pong_frame(msg.ref))
-            elif isinstance(msg, Hello | Auth):
-                raise ProtocolError("bad_request", "handshake message after the handshake")
+                await asyncio.wait([waiter, closed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                closed.cancel()
+        return self._early.pop(0)
+
+    def _handle(self, data: str | bytes) -> None:
+        if self.close_code is not None:
+            return
+        try:
+            msg = parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
+        except PublishRefused as exc:
+            self.send(nack_frame(exc.id, exc.code, message=exc.message))
+            self._count_nack(exc.code)
+            return
+        except ProtocolError as exc:
+            if exc.fatal:
+                self._fail(exc)
             else:
-                self.send(error_frame("unknown_type", f"unknown message type {msg.type!r}"))
+                self.send(error_frame(exc.code, exc.message))
+            return
+        if isinstance(msg, Publish):
+            self._publish(msg)
+        elif isinstance(msg, Ack):
+            self._ack(msg)
+        elif isinstance(msg, Ping):
+            self.send(pong_frame(msg.ref))
+        elif isinstance(msg, Hello | Auth):
+            self._fail(ProtocolError("bad_request", "handshake message after the handshake"))
+        else:
+            self.send(error_frame("unknown_type", f"unknown message type {msg.type!r}"))
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """A fatal protocol violation: say why, then close with its code."""
+        if self.close_code is None:
+            self.send(error_frame(exc.code, exc.message))
+            self.close_soon(exc.close_code or CloseCode.BAD_REQUEST, exc.code)
 
     def _count_nack(self, code: str) -> None:
         if self.ctx.metrics is not None:
             self.ctx.metrics.nacked(code)
 
-    async def _publish(self, msg: Publish) -> None:
+    def _publish(self, msg: Publish) -> None:
         wait = self.bucket.take()
         if wait > 0:
             self.send(nack_frame(msg.id, "rate_limited", retry_after_ms=max(1, int(wait * 1000))))
             self._count_nack("rate_limited")
             return
-        while self.pending_publishes >= MAX_PENDING_PUBLISHES:
+        self.pending_publishes += 1
+        if self.pending_publishes >= MAX_PENDING_PUBLISHES and self.reader is not None:
             # Stop reading until commits catch up; the heartbeat deadline is suspended.
             self.paused = True
-            self.publish_slot.clear()
-            await self.publish_slot.wait()
-        self.paused = False
-        self.pending_publishes += 1
+            self.reader.pause()
         req = PublishRequest(self.user_id, self.device_id, msg.id, msg.stream, msg.body,
                              msg.key, msg.base_seq)
-        fut = self.ctx.eventlog.publish(req)
-        fut.add_done_callback(lambda f: self._published(msg.id, f))
+        client_id = msg.id
+        self.ctx.eventlog.publish_cb(req, lambda res: self._published(client_id, res))
 
-    def _published(self, client_id: str, fut: asyncio.Future[Any]) -> None:
+    def _published(self, client_id: str, res: PublishResult) -> None:
         self.pending_publishes -= 1
-        if not self.publish_slot.is_set():
-            self.publish_slot.set()
-        res = fut.result()
+        if self.paused and self.pending_publishes <= MAX_PENDING_PUBLISHES // 2:
+            self.paused = False
+            if self.reader is not None:
+                self.reader.resume()
         if isinstance(res, Accepted):
             ev = res.event
-            self.send(ack_frame(client_id, ev.stream, ev.seq, format_ts(ev.ts)))
-            if res.duplicate:
-                return
+            self.send(ack_frame(client_id, ev.stream, ev.seq, ev.ts_text))
         elif isinstance(res, Conflicted):
             self.send(nack_frame(client_id, "conflict", stream=res.stream,
                                  head_seq=res.head_seq))
@@ -496,19 +542,36 @@ class Session:
 
     # -- liveness (protocol.md §4) --------------------------------------------------------
     async def _heartbeat(self) -> None:
+        """Ping every heartbeat_s; close with 4410 when nothing at all arrived within
+        heartbeat_s after a ping (protocol.md §4), unless we paused reading ourselves."""
         interval = self.ctx.settings.gateway_heartbeat_s
+        tick = interval / 4
+        next_ping = time.monotonic() + interval
+        ping_sent_at: float | None = None
+        pinging: asyncio.Future[Any] | None = None
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(tick)
             now = time.monotonic()
             if self.paused:
                 self.last_rx = now
-            elif now - self.last_rx > 2 * interval:
-                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
-                return
-            with contextlib.suppress(Exception):
-                # Bounded: a ping waits behind writes that a peer not reading blocks, and
-                # the deadline above must still be checked.
-                await asyncio.wait_for(self.ws.ping(), interval)
+            if ping_sent_at is not None:
+                if self.last_rx >= ping_sent_at:
+                    ping_sent_at = None
+                elif now - ping_sent_at > interval:
+                    self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
+                    return
+            if now >= next_ping:
+                next_ping = now + interval
+                if ping_sent_at is None:
+                    ping_sent_at = now
+                # The ping may wait behind writes that a peer not reading blocks: it runs
+                # on its own so that the deadline above is still checked.
+                if pinging is None or pinging.done():
+                    pinging = asyncio.ensure_future(self._ping())
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.ping()
 
 
 def _load_positions(user_id: str, device_id: str) -> tuple[dict[str, tuple[int, int]],
@@ -528,21 +591,3 @@ def _num(value: float) -> int | float:
 def _is_closed_error(exc: BaseException) -> bool:
     name = type(exc).__name__
     return "Closed" in name or isinstance(exc, ConnectionError)
-
-
-async def send_frames(ws: Any, frames: list[str]) -> None:
-    """Write several text frames with one socket write (Sanic's ws under its own lock)."""
-    if len(frames) == 1 or not hasattr(ws, "ws_proto"):
-        for f in frames:
-            await ws.send(f)
-        return
-    from websockets.protocol import State
-
-    async with ws.conn_mutex:
-        proto = ws.ws_proto
-        if proto.state is not State.OPEN:
-            raise ConnectionError("websocket is closed")
-        for f in frames:
-            proto.send_text(f.encode())
-        chunks = proto.data_to_send()
-        await ws.io_proto.send(b"".join(chunks))

@@ -57,12 +57,14 @@ class Hub:
 
     def __init__(self, node_id: str, bus: Bus | None) -> None:
         self.node_id = node_id
+        self._node_prefix = node_id.encode() + b" "
         self.bus = bus
         self.by_device: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
         self.rings: dict[tuple[str, str], Ring] = {}
         self._pending_bus: list[StoredEvent] = []
         self._bus_flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics: Any = None
 
     # -- sessions ----------------------------------------------------------------
@@ -73,16 +75,29 @@ class Hub:
             self._drop(old)
         self.by_device[session.device_id] = session
         peers = self.by_user.setdefault(session.user_id, set())
-        for peer in peers:
-            peer.send(presence_frame(session.device_id, True))
+        self._presence(session.user_id, session.device_id, True)
         peers.add(session)
         return old
 
     def unregister(self, session: Session) -> None:
         if self.by_device.get(session.device_id) is session:
             self._drop(session)
-            for peer in self.by_user.get(session.user_id, ()):
-                peer.send(presence_frame(session.device_id, False))
+            self._presence(session.user_id, session.device_id, False)
+
+    def _presence(self, user_id: str, device_id: str, online: bool) -> None:
+        """Tell the user's other live sessions, here and on other processes (§3)."""
+        self._presence_local(user_id, device_id, online)
+        if self.bus is not None:
+            task = asyncio.get_running_loop().create_task(self.bus.publish_control(
+                "presence", user_id=user_id, device_id=device_id, online=online))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _presence_local(self, user_id: str, device_id: str, online: bool) -> None:
+        frame = presence_frame(device_id, online)
+        for peer in self.by_user.get(user_id, ()):
+            if peer.device_id != device_id:
+                peer.send(frame)
 
     def _drop(self, session: Session) -> None:
         if self.by_device.get(session.device_id) is session:
@@ -110,7 +125,9 @@ class Hub:
             self._pending_bus.extend(events)
             if not self._bus_flush_scheduled:
                 self._bus_flush_scheduled = True
-                asyncio.get_running_loop().create_task(self._flush_bus())
+                task = asyncio.get_running_loop().create_task(self._flush_bus())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _flush_bus(self) -> None:
         await asyncio.sleep(0)
@@ -142,9 +159,10 @@ class Hub:
     async def on_bus(self, channel: str, data: bytes) -> None:
         try:
             if channel == EVENTS_CHANNEL:
-                node, events = decode_events(data)
-                if node != self.node_id:
-                    self.fanout(events)
+                if data.startswith(self._node_prefix):
+                    return  # our own batch, already relayed here
+                _, events = decode_events(data)
+                self.fanout(events)
             elif channel == CONTROL_CHANNEL:
                 await self.on_control(decode_control(data))
         except Exception:
@@ -162,6 +180,10 @@ class Hub:
             session = self.by_device.get(device_id)
             if session is not None and session.session_id != msg.get("session_id"):
                 session.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
+        elif kind == "presence" and msg.get("node") != self.node_id:
+            user_id = msg.get("user_id")
+            if isinstance(user_id, str) and isinstance(device_id, str):
+                self._presence_local(user_id, device_id, bool(msg.get("online")))
         elif kind == "user_removed":
             for did in msg.get("device_ids") or ():
                 session = self.by_device.get(did)

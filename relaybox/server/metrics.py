@@ -18,10 +18,7 @@ import bisect
 import contextlib
 import hmac
 import logging
-import os
-import shutil
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +27,11 @@ from sanic import HTTPResponse, Request, Sanic
 from relaybox import __version__
 from relaybox.config import Settings
 from relaybox.protocol.codes import CLOSE_REASONS, CloseCode
-from relaybox.server import health, logs
+from relaybox.server import health, logs, metrics_state, prom
 from relaybox.server.errors import problem
 
 log = logging.getLogger("relaybox.gateway")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0)
 COMMIT_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -43,52 +39,14 @@ HTTP_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0)
 HANDSHAKE_RESULTS = ("ok", "auth_failed", "revoked", "rate_limited", "timeout")
 NACK_CODES = ("invalid", "too_large", "forbidden", "rate_limited", "unavailable", "conflict")
 RATE_LIMITS = ("http", "gateway_publish", "handshake")
-TASKS = ("retention", "backup")  # relaybox/jobs/scheduler.py
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Label "task", not "job": Prometheus adds its own "job" label to every series it scrapes.
+TASKS = ("retention", "backup")  # relaybox/jobs/scheduler.py
 SAMPLE_EVERY_S = 1.0
 BACKUP_SCAN_EVERY_S = 30.0
 
 _now = time.time
 _bisect = bisect.bisect_left
-
-
-# -- multiprocess set-up (called by `relaybox serve` before the server starts) -------------
-def prepare_multiprocess(run_dir: Path, pid: int | None = None) -> Path:
-    """A fresh ``<run_dir>/metrics-<pid>`` for this serve process; stale ones are removed."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for old in run_dir.glob("metrics-*"):
-        with contextlib.suppress(ValueError):
-            if not _pid_alive(int(old.name.partition("-")[2])):
-                shutil.rmtree(old, ignore_errors=True)
-    path = run_dir / f"metrics-{pid or os.getpid()}"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir()
-    # Worker processes inherit the environment: this is how they find the folder.
-    os.environ[MULTIPROC_ENV] = str(path)
-    return path
-
-
-def cleanup_multiprocess(path: Path | None) -> None:
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
-        if os.environ.get(MULTIPROC_ENV) == str(path):
-            del os.environ[MULTIPROC_ENV]
-
-
-def multiprocess_dir() -> Path | None:
-    """The shared folder when this process writes multiprocess values, else None."""
-    from prometheus_client import values
-
-    path = os.environ.get(MULTIPROC_ENV)
-    return Path(path) if path and values.ValueClass is not values.MutexValue else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 class Metrics:
@@ -105,8 +63,8 @@ class Metrics:
         self._lat_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._lat_sum_ms = 0.0
         self._published_seen = 0
-        self._jobs_seen: dict[tuple[str, str], int] = {}
-        self._stuck: dict[tuple[str, str], tuple[int, float]] = {}
+        self._lag = metrics_state.LagReader()
+        self._task_counts = metrics_state.CountDeltas()
         self._backup_ts = 0.0
         self._backup_scanned_at = 0.0
         self._http_count: dict[tuple[str, str, int], Any] = {}
@@ -119,37 +77,33 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.ctx = ctx
-        self.mp_dir = multiprocess_dir()
+        self.mp_dir = prom.multiprocess_dir()
         self.registry = CollectorRegistry()
         reg = None if self.mp_dir else self.registry
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
-            return Counter(name, doc, labels, registry=reg)
-
         def gauge(name: str, doc: str, mode: str) -> Any:
+            # mode: how the values of several worker processes combine.
             return Gauge(name, doc, registry=reg, multiprocess_mode=mode)  # type: ignore[arg-type]
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...],
-                      labels: tuple[str, ...] = ()) -> Any:
-            return Histogram(name, doc, labels, registry=reg, buckets=buckets)
+        def family(name: str, doc: str, label: str, known: tuple[str, ...]) -> prom.Family:
+            return prom.Family(Counter(name, doc, (label,), registry=reg), known)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, registry=reg, buckets=buckets)
 
         self.sessions = gauge("relaybox_gateway_sessions", "Live gateway sessions.", "livesum")
-        hs = counter("relaybox_gateway_handshakes_total", "Gateway handshakes by result.",
-                     ("result",))
-        self._hs = {r: hs.labels(r) for r in HANDSHAKE_RESULTS}
-        self._hs_family = hs
-        closed = counter("relaybox_gateway_sessions_closed_total",
-                         "Gateway sessions ended, by close code.", ("code",))
-        self._closed = {int(c): closed.labels(str(int(c))) for c in CloseCode}
-        self._closed_family = closed
-        self.published = counter("relaybox_events_published_total",
-                                 "Events stored (repeats of a stored id not counted).")
-        self.delivered_total = counter("relaybox_events_delivered_total",
-                                       "Events sent live to a session.")
-        nacked = counter("relaybox_events_nacked_total", "Publishes refused, by code.",
-                         ("code",))
-        self._nacked = {c: nacked.labels(c) for c in NACK_CODES}
-        self._nacked_family = nacked
+        self.handshakes = family("relaybox_gateway_handshakes_total",
+                                 "Gateway handshakes by result.", "result", HANDSHAKE_RESULTS)
+        self.closed = family("relaybox_gateway_sessions_closed_total",
+                             "Gateway sessions ended, by close code.", "code",
+                             tuple(str(int(c)) for c in CloseCode))
+        self.published = Counter("relaybox_events_published_total",
+                                 "Events stored (repeats of a stored id not counted).",
+                                 registry=reg)
+        self.delivered_total = Counter("relaybox_events_delivered_total",
+                                       "Events sent live to a session.", registry=reg)
+        self.nacks = family("relaybox_events_nacked_total", "Publishes refused, by code.",
+                            "code", NACK_CODES)
         self.batch_size = histogram("relaybox_commit_batch_events",
                                     "Publishes per commit (group commit).", BATCH_BUCKETS)
         self.commit_seconds = histogram("relaybox_commit_duration_seconds",
@@ -166,32 +120,29 @@ class Metrics:
                                 "livemax")
         self.behind = gauge("relaybox_delivery_sessions_behind",
                             "Connected devices with at least one unacked event.", "livesum")
-        self.http_requests = counter("relaybox_http_requests_total",
+        self.http_requests = Counter("relaybox_http_requests_total",
                                      "HTTP requests by route template, method and status.",
-                                     ("route", "method", "status"))
-        self.http_seconds = histogram("relaybox_http_request_duration_seconds",
+                                     ("route", "method", "status"), registry=reg)
+        self.http_seconds = Histogram("relaybox_http_request_duration_seconds",
                                       "HTTP request latency by route template and method.",
-                                      HTTP_BUCKETS, ("route", "method"))
-        rl = counter("relaybox_rate_limited_total", "Requests refused by a rate limit.",
-                     ("limit",))
-        self._rl = {name: rl.labels(name) for name in RATE_LIMITS}
-        # Label "task", not "job": Prometheus attaches its own "job" label to every series.
-        self.job_runs = counter("relaybox_scheduler_runs_total", "Scheduled task runs.",
-                                ("task",))
-        self.job_failures = counter("relaybox_scheduler_failures_total",
-                                    "Scheduled task failures.", ("task",))
-        self.job_skipped = counter("relaybox_scheduler_skipped_total",
-                                   "Scheduled tasks skipped (another process ran them).",
-                                   ("task",))
-        for family in (self.job_runs, self.job_failures, self.job_skipped):
-            for task in TASKS:
-                family.labels(task)
+                                      ("route", "method"), registry=reg, buckets=HTTP_BUCKETS)
+        self.limited = family("relaybox_rate_limited_total",
+                              "Requests refused by a rate limit.", "limit", RATE_LIMITS)
+        self.tasks = {
+            "job_runs": family("relaybox_scheduler_runs_total", "Scheduled task runs.",
+                               "task", TASKS),
+            "job_failures": family("relaybox_scheduler_failures_total",
+                                   "Scheduled task failures.", "task", TASKS),
+            "job_skipped": family("relaybox_scheduler_skipped_total",
+                                  "Scheduled tasks skipped (another process ran them).",
+                                  "task", TASKS),
+        }
         self.backup_ts = gauge("relaybox_backup_last_success_timestamp_seconds",
                                "Unix time of the newest backup (0 = none).", "max")
         self.backup_enabled = gauge("relaybox_backup_enabled",
                                     "1 when the daily backup is scheduled.", "livemax")
-        self.started = gauge("relaybox_start_time_seconds",
-                             "Unix time this server started.", "min")
+        self.started = gauge("relaybox_start_time_seconds", "Unix time this server started.",
+                             "min")
         self.memory = gauge("relaybox_memory_resident_bytes",
                             "Resident memory of the server processes (sum).", "livesum")
         self.started.set(_now())
@@ -206,12 +157,9 @@ class Metrics:
 
     # -- hooks (protocol events) -----------------------------------------------------------
     def handshake(self, result: str) -> None:
-        child = self._hs.get(result)
-        if child is None:
-            child = self._hs[result] = self._hs_family.labels(result)
-        child.inc()
+        self.handshakes(result).inc()
         if result == "rate_limited":
-            self._rl["handshake"].inc()
+            self.limited("handshake").inc()
         if result != "ok":
             log.info("handshake refused: %s", result)
 
@@ -221,21 +169,15 @@ class Metrics:
 
     def session_closed(self, code: int | None) -> None:
         # None: the client ended the session; the server answered with 1000 (normal).
-        key = int(code) if code is not None else int(CloseCode.NORMAL)
-        child = self._closed.get(key)
-        if child is None:
-            child = self._closed[key] = self._closed_family.labels(str(key))
-        child.inc()
+        key = str(int(code) if code is not None else int(CloseCode.NORMAL))
+        self.closed(key).inc()
         self._set_sessions()
-        log.info("session closed: %s %s", key, CLOSE_REASONS.get(key, ""))
+        log.info("session closed: %s %s", key, CLOSE_REASONS.get(int(key), ""))
 
     def nacked(self, code: str) -> None:
-        child = self._nacked.get(code)
-        if child is None:
-            child = self._nacked[code] = self._nacked_family.labels(code)
-        child.inc()
+        self.nacks(code).inc()
         if code == "rate_limited":
-            self._rl["gateway_publish"].inc()
+            self.limited("gateway_publish").inc()
 
     def delivered(self, event: Any) -> None:
         # Hot path (once per event and receiver): plain arithmetic only.
@@ -258,9 +200,8 @@ class Metrics:
 
     def rate_limited(self, limit: str) -> None:
         """A request refused by the named limit (one of RATE_LIMITS)."""
-        child = self._rl.get(limit)
-        if child is not None:
-            child.inc()
+        if limit in RATE_LIMITS:
+            self.limited(limit).inc()
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in METHODS:
@@ -275,7 +216,7 @@ class Metrics:
             hist = self._http_dur[(route, method)] = self.http_seconds.labels(route, method)
         hist.observe(seconds)
         if status == 429:
-            self._rl["http"].inc()
+            self.limited("http").inc()
 
     def _set_sessions(self) -> None:
         if self.ctx is not None:
@@ -289,84 +230,32 @@ class Metrics:
             self.delivered_total.inc(n)
             counts, self._lat_counts = self._lat_counts, [0] * len(self._lat_counts)
             total, self._lat_sum_ms = self._lat_sum_ms / 1000.0, 0.0
-            _histogram_add(self.latency, counts, total)
+            prom.histogram_add(self.latency, LATENCY_BUCKETS, counts, total)
 
     async def sample(self, now: float | None = None) -> None:
-        """Flush, then read the state that is not event driven (lag, jobs, memory, backups)."""
+        """Flush, then read the state that is not event driven (lag, tasks, memory, backups)."""
         now = _now() if now is None else now
         self.flush()
-        self.memory.set(_resident_bytes())
+        self.memory.set(metrics_state.resident_bytes())
         ctx = self.ctx
         if ctx is None:
             return
-        self._sample_lag(ctx, now)
+        lag = self._lag.read(ctx.hub, now)
+        self.unacked.set(lag.total)
+        self.unacked_max.set(lag.most)
+        self.behind.set(lag.behind)
+        self.oldest_age.set(lag.oldest_s)
         sched = getattr(ctx, "scheduler", None)
         if sched is not None:
-            for attr, family in (("job_runs", self.job_runs), ("job_failures", self.job_failures),
-                                 ("job_skipped", self.job_skipped)):
-                self._sample_jobs(attr, getattr(sched, attr, None), family)
-            last = getattr(sched, "last_backup_at", None)
-            if isinstance(last, int | float) and last > self._backup_ts:
-                self._backup_ts = float(last)
+            for count, task, increase in self._task_counts.read(sched):
+                self.tasks[count](task).inc(increase)
+            self._backup_ts = max(self._backup_ts, metrics_state.last_backup_at(sched))
         if now - self._backup_scanned_at >= BACKUP_SCAN_EVERY_S:
             self._backup_scanned_at = now
             newest = await asyncio.get_running_loop().run_in_executor(
-                None, _newest_backup, self.settings.backups_path)
+                None, metrics_state.newest_backup, self.settings.backups_path)
             self._backup_ts = max(self._backup_ts, newest)
         self.backup_ts.set(self._backup_ts)
-
-    def _sample_jobs(self, attr: str, counts: Any, family: Any) -> None:
-        # The scheduler (relaybox/jobs/scheduler.py) keeps plain counts; add what is new.
-        if not isinstance(counts, Mapping):
-            return
-        for job, n in counts.items():
-            if not isinstance(n, int):
-                continue
-            child = family.labels(str(job))
-            key = (attr, str(job))
-            seen = self._jobs_seen.get(key, 0)
-            if n > seen:
-                child.inc(n - seen)
-            self._jobs_seen[key] = n
-
-    def _sample_lag(self, ctx: Any, now: float) -> None:
-        """Unacked events per connected device, summarised without per-device labels."""
-        now_ms = now * 1000.0
-        hub = ctx.hub
-        total = most = behind = 0
-        oldest_ms = 0.0
-        stuck: dict[tuple[str, str], tuple[int, float]] = {}
-        for session in list(hub.by_device.values()):
-            lag = 0
-            for name, st in list(session.streams.items()):
-                # Sent and not acked, plus not sent yet. (Not known_head - acked: a device
-                # never acks its own events, which are not delivered to it.)
-                inflight = len(st.inflight)
-                n = inflight + max(0, st.known_head - st.done)
-                if n <= 0:
-                    continue
-                lag += n
-                first = st.inflight[0] if inflight else st.done + 1
-                nxt = hub.ring_after(session.user_id, name, first - 1, 1)
-                if nxt and nxt[0].seq == first:
-                    age = now_ms - nxt[0].ts
-                else:
-                    # Not in the recent ring: time since this position last moved (a floor).
-                    key = (session.device_id, name)
-                    prev = self._stuck.get(key)
-                    since = prev[1] if prev is not None and prev[0] == first else now_ms
-                    stuck[key] = (first, since)
-                    age = now_ms - since
-                oldest_ms = max(oldest_ms, age)
-            if lag:
-                behind += 1
-                total += lag
-                most = max(most, lag)
-        self._stuck = stuck
-        self.unacked.set(total)
-        self.unacked_max.set(most)
-        self.behind.set(behind)
-        self.oldest_age.set(oldest_ms / 1000.0)
 
     async def run_sampler(self) -> None:
         while True:
@@ -392,10 +281,7 @@ class Metrics:
 
     def mark_dead(self) -> None:
         if self.mp_dir is not None:
-            from prometheus_client import multiprocess
-
-            with contextlib.suppress(Exception):
-                multiprocess.mark_process_dead(os.getpid(), str(self.mp_dir))
+            prom.mark_process_dead(self.mp_dir)
 
 
 class _LiveCollector:
@@ -428,41 +314,6 @@ class _LiveCollector:
 
 def _monitor(ctx: Any) -> health.HealthMonitor | None:
     return getattr(ctx, "health", None) if ctx is not None else None
-
-
-def _histogram_add(hist: Any, counts: list[int], total: float) -> None:
-    """Add pre-bucketed observations to a prometheus_client Histogram."""
-    buckets = getattr(hist, "_buckets", None)
-    sum_value = getattr(hist, "_sum", None)
-    if buckets is not None and sum_value is not None and len(buckets) == len(counts):
-        for value, n in zip(buckets, counts, strict=True):
-            if n:
-                value.inc(n)
-        sum_value.inc(total)
-        return
-    # Fallback should the library's internals change: one observe per event.
-    bounds = [*LATENCY_BUCKETS, LATENCY_BUCKETS[-1] * 2]
-    for bound, n in zip(bounds, counts, strict=True):
-        for _ in range(n):
-            hist.observe(bound)
-
-
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _newest_backup(directory: Path) -> float:
-    try:
-        return max((p.stat().st_mtime for p in directory.glob("relaybox-*.tar.gz")),
-                   default=0.0)
-    except OSError:
-        return 0.0
 
 
 # -- the app side ---------------------------------------------------------------------------------

@@ -211,16 +211,37 @@ def publish_span(stream: str, client_id: str, device_id: str | None = None
 def _wrap_eventlog(state: _State, eventlog: Any) -> None:
     """A span for every publish (gateway or HTTP), with its batch's commit and fan-out."""
     publish = eventlog.publish
+    publish_cb = getattr(eventlog, "publish_cb", None)  # the gateway's future-less path
     committed = eventlog.on_committed
     on_batch = eventlog.on_batch
+    inside = False  # one span per publish even if one entry point calls the other
 
     def traced_publish(req: Any) -> Any:
+        nonlocal inside
         span = publish_span(req.stream, req.client_id, req.device_id)
-        fut = publish(req)
+        inside = True
+        try:
+            fut = publish(req)
+        finally:
+            inside = False
         # Added before the caller's own callback: the span ends as the ack is sent.
         fut.add_done_callback(lambda f: span.finish(
             None if f.cancelled() or f.exception() is not None else f.result()))
         return fut
+
+    def traced_publish_cb(req: Any, callback: Any) -> None:
+        if inside:
+            publish_cb(req, callback)  # type: ignore[misc]
+            return
+        span = publish_span(req.stream, req.client_id, req.device_id)
+
+        def done(result: Any) -> None:
+            try:
+                callback(result)  # the ack or nack is queued first
+            finally:
+                span.finish(result)
+
+        publish_cb(req, done)  # type: ignore[misc]
 
     def traced_committed(events: list[Any]) -> None:
         start = time.time_ns()
@@ -241,6 +262,8 @@ def _wrap_eventlog(state: _State, eventlog: Any) -> None:
                                     fan_start, fan_end, size))
 
     eventlog.publish = traced_publish
+    if publish_cb is not None:
+        eventlog.publish_cb = traced_publish_cb
     eventlog.on_committed = traced_committed
     eventlog.on_batch = traced_batch
 

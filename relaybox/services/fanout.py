@@ -11,13 +11,14 @@ from relaybox.store.eventlog import StoredEvent
 
 
 def encode_events(node_id: str, events: list[StoredEvent]) -> bytes:
-    return orjson.dumps({"node": node_id, "events": [
-        [e.user_id, e.stream, e.seq, e.id, e.device_id, e.key, e.ts, e.body] for e in events]})
+    """``<node id> <JSON rows>``: a process skips its own batches without decoding them."""
+    return node_id.encode() + b" " + orjson.dumps(
+        [[e.user_id, e.stream, e.seq, e.id, e.device_id, e.key, e.ts, e.body] for e in events])
 
 
 def decode_events(data: bytes) -> tuple[str, list[StoredEvent]]:
-    doc = orjson.loads(data)
-    return str(doc["node"]), [StoredEvent(*row) for row in doc["events"]]
+    node, _, rows = data.partition(b" ")
+    return node.decode("ascii", "replace"), [StoredEvent(*row) for row in orjson.loads(rows)]
 
 
 def decode_control(data: bytes) -> dict[str, Any]:

@@ -33,20 +33,28 @@ class StoredEvent:
     key: str | None
     ts: int
     body: str
+    _ts_text: str | None = field(default=None, repr=False)
     _frame: str | None = field(default=None, repr=False)
+
+    @property
+    def ts_text(self) -> str:
+        """``ts`` as RFC 3339 (shared by every event of a commit batch)."""
+        if self._ts_text is None:
+            self._ts_text = format_ts(self.ts)
+        return self._ts_text
 
     @property
     def frame(self) -> str:
         if self._frame is None:
             self._frame = event_frame(self.stream, self.seq, self.id, self.device_id, self.key,
-                                      format_ts(self.ts), self.body)
+                                      self.ts_text, self.body)
         return self._frame
 
     def as_json(self) -> dict[str, Any]:
         import orjson
 
         return {"type": "event", "stream": self.stream, "seq": self.seq, "id": self.id,
-                "from": self.device_id, "key": self.key, "ts": format_ts(self.ts),
+                "from": self.device_id, "key": self.key, "ts": self.ts_text,
                 "body": orjson.loads(self.body) if self.body else None}
 
 
@@ -151,8 +159,18 @@ class EventLog:
     def publish(self, req: PublishRequest) -> asyncio.Future[PublishResult]:
         assert self._loop is not None
         fut: asyncio.Future[PublishResult] = self._loop.create_future()
-        self._q.put((req, fut))
+
+        def resolve(res: PublishResult) -> None:
+            if not fut.done():
+                fut.set_result(res)
+
+        self._q.put((req, resolve))
         return fut
+
+    def publish_cb(self, req: PublishRequest, callback: Callable[[PublishResult], None]) -> None:
+        """Like ``publish`` without a future: ``callback(result)`` runs on the loop after
+        the commit (the gateway's hot path)."""
+        self._q.put((req, callback))
 
     def save_cursor(self, device_id: str, stream: str, seq: int) -> None:
         """Record an ack; committed with the next batch (cursors are batched)."""
@@ -189,7 +207,7 @@ class EventLog:
             self.db.close()
 
     def _process(self, items: list[Any]) -> None:
-        pubs: list[tuple[PublishRequest, asyncio.Future[PublishResult]]] = []
+        pubs: list[tuple[PublishRequest, Callable[[PublishResult], None]]] = []
         calls: list[tuple[_Call, asyncio.Future[Any]]] = []
         cursors: dict[tuple[str, str], int] = {}
         for it in items:
@@ -243,14 +261,15 @@ class EventLog:
         assert self._loop is not None
         if self._loop.is_closed():
             return
-        pub_futs = [p[1] for p in pubs]
+        pub_callbacks = [p[1] for p in pubs]
         try:
-            self._loop.call_soon_threadsafe(self._deliver, pub_futs, results, new_events,
+            self._loop.call_soon_threadsafe(self._deliver, pub_callbacks, results, new_events,
                                             call_results, len(pubs), elapsed)
         except RuntimeError:  # loop closed during shutdown
             pass
 
-    def _deliver(self, futs: list[asyncio.Future[PublishResult]], results: list[PublishResult],
+    def _deliver(self, callbacks: list[Callable[[PublishResult], None]],
+                 results: list[PublishResult],
                  new_events: list[StoredEvent], call_results: list[tuple[Any, Any, Any]],
                  size: int, elapsed: float) -> None:
         # Fan-out first so that the ack never reaches the publisher before relay started.
@@ -261,9 +280,11 @@ class EventLog:
                 log.exception("fan-out failed")
         if size and self.on_batch is not None:
             self.on_batch(size, elapsed)
-        for fut, res in zip(futs, results, strict=True):
-            if not fut.done():
-                fut.set_result(res)
+        for callback, res in zip(callbacks, results, strict=True):
+            try:
+                callback(res)
+            except Exception:
+                log.exception("publish callback failed")
         for fut, value, exc in call_results:
             if fut.done():
                 continue
@@ -315,6 +336,7 @@ def append(db: pw.Database, reqs: list[PublishRequest],
         return [], []
     pg = is_postgres(db)
     p = "%s" if pg else "?"
+    ts_text = format_ts(ts)  # formatted once per batch
     results: list[PublishResult | None] = [None] * len(reqs)
 
     # Deduplicate by (device, id): one query per batch (protocol.md §3 Publish).
@@ -376,7 +398,8 @@ def append(db: pw.Database, reqs: list[PublishRequest],
         heads[hk] = seq
         if r.key is not None:
             key_heads[(r.user_id, r.stream, r.key)] = seq
-        ev = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts, r.body)
+        ev = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts, r.body,
+                         ts_text)
         rows.append((r.user_id, r.stream, seq, r.device_id, r.client_id, r.key, r.body, ts))
         new_events.append(ev)
         results[i] = Accepted(ev, duplicate=False)

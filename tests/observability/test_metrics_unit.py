@@ -13,9 +13,10 @@ import pytest
 
 from relaybox.config import Settings, load_settings
 from relaybox.jobs.scheduler import JobScheduler
-from relaybox.server import metrics as metrics_mod
+from relaybox.server import prom
 from relaybox.server.hub import Hub
-from relaybox.server.metrics import MULTIPROC_ENV, Metrics
+from relaybox.server.metrics import Metrics
+from relaybox.server.prom import MULTIPROC_ENV
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import StoredEvent
 from tests.observability.helpers import parse, value
@@ -131,12 +132,12 @@ def test_prepare_multiprocess_clears_folders_of_dead_servers(
     for d in (stale, live):
         d.mkdir(parents=True)
         (d / "counter_1.db").write_bytes(b"")
-    mine = metrics_mod.prepare_multiprocess(run)
+    mine = prom.prepare_multiprocess(run)
     assert mine == run / f"metrics-{os.getpid()}" and mine.is_dir()
     assert os.environ[MULTIPROC_ENV] == str(mine)
     assert not stale.exists()
     assert live.exists()  # another running server's folder is left alone
-    metrics_mod.cleanup_multiprocess(mine)
+    prom.cleanup_multiprocess(mine)
     assert not mine.exists()
     assert MULTIPROC_ENV not in os.environ
 

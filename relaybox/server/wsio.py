@@ -1,0 +1,112 @@
+"""WebSocket I/O on Sanic's connection without a task per message: frames in, batches out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from websockets.frames import Opcode
+from websockets.protocol import State
+
+log = logging.getLogger("relaybox.gateway")
+_background: set[asyncio.Future[Any]] = set()
+
+
+class FrameReader:
+    """Feeds every complete message straight to ``on_message`` from ``data_received``.
+
+    Sanic's own receive path hands each message over through a queue, a task and
+    ``asyncio.wait`` (a large share of the gateway's CPU, docs/performance.md). Once
+    installed, this reader parses the socket's bytes with the connection's websockets
+    protocol object and calls back synchronously. Text arrives as ``str``; binary data
+    or text that is not UTF-8 arrives as ``bytes`` (the protocol core refuses both).
+    """
+
+    def __init__(self, ws: Any, on_message: Callable[[str | bytes], None],
+                 on_close: Callable[[], None], on_activity: Callable[[], None]) -> None:
+        self.ws = ws
+        self.on_message = on_message
+        self.on_close = on_close
+        self.on_activity = on_activity
+        self._parts: list[bytes] = []
+        self._text = True
+        self.paused = False
+
+    def install(self) -> None:
+        self.ws.data_received = self._data_received
+
+    def pause(self) -> None:
+        """Stop reading the socket (back-pressure on a publisher)."""
+        transport = getattr(self.ws.io_proto, "transport", None)
+        if transport is not None and not self.paused:
+            self.paused = True
+            transport.pause_reading()
+
+    def resume(self) -> None:
+        transport = getattr(self.ws.io_proto, "transport", None)
+        if transport is not None and self.paused:
+            self.paused = False
+            transport.resume_reading()
+
+    def _data_received(self, data: bytes) -> None:
+        self.on_activity()
+        proto = self.ws.ws_proto
+        proto.receive_data(data)
+        out = proto.data_to_send()  # pongs to pings, the answer to a close frame, EOF
+        events = proto.events_received()
+        if out:
+            fut = asyncio.ensure_future(self.ws.send_data(out))
+            _background.add(fut)
+            fut.add_done_callback(_done)
+        for frame in events:
+            op = frame.opcode
+            if op is Opcode.TEXT or op is Opcode.BINARY:
+                if frame.fin:
+                    self._deliver(op is Opcode.TEXT, frame.data)
+                else:
+                    self._text = op is Opcode.TEXT
+                    self._parts = [frame.data]
+            elif op is Opcode.CONT:
+                self._parts.append(frame.data)
+                if frame.fin:
+                    data_ = b"".join(self._parts)
+                    self._parts = []
+                    self._deliver(self._text, data_)
+            elif op is Opcode.CLOSE:
+                self.on_close()
+            # PING is answered by the protocol object (in ``out``); PONG only proves life.
+        if proto.state is State.CLOSED:
+            self.on_close()
+
+    def _deliver(self, text: bool, data: bytes) -> None:
+        if text:
+            try:
+                self.on_message(data.decode("utf-8"))
+                return
+            except UnicodeDecodeError:
+                pass
+        self.on_message(bytes(data))
+
+
+def _done(fut: asyncio.Future[Any]) -> None:
+    _background.discard(fut)
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("websocket write failed: %s", fut.exception())
+
+
+async def send_frames(ws: Any, frames: list[str]) -> None:
+    """Write several text frames with one socket write (under Sanic's connection lock)."""
+    if len(frames) == 1 or not hasattr(ws, "ws_proto"):
+        for f in frames:
+            await ws.send(f)
+        return
+    async with ws.conn_mutex:
+        proto = ws.ws_proto
+        if proto.state is not State.OPEN:
+            raise ConnectionError("websocket is closed")
+        for f in frames:
+            proto.send_text(f.encode())
+        chunks = proto.data_to_send()
+        await ws.io_proto.send(b"".join(chunks))
