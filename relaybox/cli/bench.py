@@ -18,6 +18,8 @@ def register(cli: click.Group) -> None:
                   show_default=True, help="Events replayed in the catch-up run.")
     @click.option("--sessions", type=click.IntRange(min=10), default=5000, show_default=True,
                   help="Idle sessions for the memory run.")
+    @click.option("--handshakes", "handshake_rounds", type=click.IntRange(min=10),
+                  default=3000, show_default=True, help="Handshakes in the handshake run.")
     @click.option("--only", multiple=True,
                   type=click.Choice(["throughput", "latency", "catchup", "handshakes", "idle"]),
                   help="Run only these parts (repeatable).")
@@ -25,12 +27,14 @@ def register(cli: click.Group) -> None:
                   default=Path("bench-results.json"), show_default=True,
                   help="Where to write the JSON results.")
     @click.option("--json", "as_json", is_flag=True, help="Print the JSON results on stdout.")
-    def bench(events: int, catchup_events: int, sessions: int, only: tuple[str, ...],
+    def bench(events: int, catchup_events: int, sessions: int, handshake_rounds: int,
+              only: tuple[str, ...],
               output: Path, as_json: bool) -> None:
         """Measure relay throughput, latency, catch-up, handshakes and memory (loopback)."""
         from relaybox import bench as b
 
         results = b.run_all(events=events, sessions=sessions, catchup_events=catchup_events,
+                            handshake_rounds=handshake_rounds,
                             only=set(only) or None, log=lambda m: err.print(f"[dim]{m}[/]"))
         output.write_text(b.to_json(results))
         if as_json:

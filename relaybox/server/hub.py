@@ -96,7 +96,8 @@ class Hub:
     def _presence_local(self, user_id: str, device_id: str, online: bool) -> None:
         frame = presence_frame(device_id, online)
         for peer in self.by_user.get(user_id, ()):
-            if peer.device_id != device_id:
+            # A session still in its handshake gets `welcome` first, never a presence.
+            if peer.device_id != device_id and peer.ready:
                 peer.send(frame)
 
     def _drop(self, session: Session) -> None:
