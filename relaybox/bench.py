@@ -189,6 +189,13 @@ def _publisher(url: str, dev: Device, n: int, rate: float, inflight: int, body_s
 def _receiver(url: str, dev: Device, n: int, ready: Any, out: Any) -> None:
     async def run() -> None:
         ws, welcome = await connect(url, dev)
+        # An online receiver: catch up (acking) until `synced`, then measure live events.
+        async for raw in ws:
+            msg = orjson.loads(raw)
+            if msg["type"] == "event":
+                await ws.send(f'{{"type":"ack","stream":"{msg["stream"]}","seq":{msg["seq"]}}}')
+            elif msg["type"] == "synced":
+                break
         ready.set()
         got = 0
         last_seq = int(welcome["streams"].get("bench", 0))  # only events published from now
@@ -411,7 +418,10 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
             results["catchup"] = catchup(url, a, d, catchup_events)
         if "handshakes" in want:
             log("handshakes …")
-            results["handshakes"] = handshakes(url, extra[:200], handshake_rounds, procs=1)
+            cpu0 = server.cpu_seconds()
+            r = handshakes(url, extra[:200], handshake_rounds, procs=1)
+            r["server_cpu_ms_per_handshake"] = (server.cpu_seconds() - cpu0) / r["handshakes"] * 1e3
+            results["handshakes"] = r
         if "idle" in want:
             log(f"idle sessions: {n_idle} …")
             results["idle"] = idle_rss(server, url, extra[:n_idle])

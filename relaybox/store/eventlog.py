@@ -221,12 +221,16 @@ class EventLog:
                 pubs.append(it)
         results: list[PublishResult] = []
         new_events: list[StoredEvent] = []
+        call_results: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
         started = time.perf_counter()
         for attempt in range(3):
             try:
+                # One transaction (one fsync) for everything queued: publishes, cursors and
+                # calls, each call in a savepoint of its own so that it fails alone.
                 with self._transaction():
                     results, new_events = self._write_publishes([p[0] for p in pubs])
                     self._write_cursors(cursors)
+                    call_results = [self._run_call(call, fut) for call, fut in calls]
                 self.healthy = True
                 break
             except (pw.IntegrityError, pw.OperationalError, pw.InterfaceError) as exc:
@@ -236,12 +240,14 @@ class EventLog:
                 self._reset_connection()
                 results = [Failed(str(exc))] * len(pubs)
                 new_events = []
+                call_results = [(fut, None, exc) for _, fut in calls]
                 self.healthy = False
             except Exception as exc:
                 log.exception("commit failed: %s", exc)
                 self._reset_connection()
                 results = [Failed(str(exc))] * len(pubs)
                 new_events = []
+                call_results = [(fut, None, exc) for _, fut in calls]
                 self.healthy = False
                 break
         elapsed = time.perf_counter() - started
@@ -250,14 +256,6 @@ class EventLog:
             self.stats.events += len(new_events)
             self.stats.last_size = len(pubs)
             self.stats.last_seconds = elapsed
-        call_results: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
-        for call, fut in calls:
-            try:
-                with self._transaction():
-                    call_results.append((fut, call.fn(), None))
-            except Exception as exc:
-                self._reset_connection()
-                call_results.append((fut, None, exc))
         assert self._loop is not None
         if self._loop.is_closed():
             return
@@ -292,6 +290,16 @@ class EventLog:
                 fut.set_exception(exc)
             else:
                 fut.set_result(value)
+
+    def _run_call(self, call: _Call, fut: asyncio.Future[Any]
+                  ) -> tuple[asyncio.Future[Any], Any, Exception | None]:
+        try:
+            with self.db.atomic():  # a savepoint inside the batch's transaction
+                return fut, call.fn(), None
+        except (pw.OperationalError, pw.InterfaceError):
+            raise  # the connection itself failed: the whole batch is retried
+        except Exception as exc:
+            return fut, None, exc
 
     def _transaction(self) -> Any:
         if self._pg:
