@@ -26,6 +26,8 @@ EVENTS_CHANNEL = "relaybox:events"
 CONTROL_CHANNEL = "relaybox:control"
 
 Handler = Callable[[str, bytes], Awaitable[None] | None]
+# What a failed Redis call raises; callers outside this module catch these.
+BUS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
 class EmbeddedRedis:

