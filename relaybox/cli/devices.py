@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -44,6 +45,24 @@ def announce(settings: Settings, events: list[StoredEvent],
         return False
     finally:
         bus.close()
+
+
+def _change_device(device_id: str, change_fn: Callable[[Any, Any], Any]) -> dict[str, Any]:
+    """Apply a revoke/unrevoke in one transaction, tell running servers, describe the result."""
+    from relaybox.services.devices import require_device
+
+    settings = settings_for()
+    db = open_db(settings)
+    try:
+        d = require_device(device_id)
+        with write_transaction(db):
+            change = change_fn(db, d)
+        d = require_device(d.id)
+        doc = _doc(d, d.user.name)
+    finally:
+        db.close()
+    doc["server_notified"] = announce(settings, change.events, change.controls)
+    return doc
 
 
 def _short(ts: str) -> str:
@@ -112,19 +131,9 @@ def register(cli: click.Group) -> None:
 
         Its tokens stop working at once and running servers close its session.
         """
-        from relaybox.services.devices import require_device, revoke_device
+        from relaybox.services.devices import revoke_device
 
-        settings = settings_for()
-        db = open_db(settings)
-        try:
-            d = require_device(device_id)
-            with write_transaction(db):
-                change = revoke_device(db, d, reason)
-            d = require_device(d.id)
-            doc = _doc(d, d.user.name)
-        finally:
-            db.close()
-        doc["server_notified"] = announce(settings, change.events, change.controls)
+        doc = _change_device(device_id, lambda db, d: revoke_device(db, d, reason))
         if as_json:
             emit_json(doc)
             return
@@ -139,19 +148,9 @@ def register(cli: click.Group) -> None:
 
         Its old refresh tokens stay revoked: it signs in afresh.
         """
-        from relaybox.services.devices import require_device, unrevoke_device
+        from relaybox.services.devices import unrevoke_device
 
-        settings = settings_for()
-        db = open_db(settings)
-        try:
-            d = require_device(device_id)
-            with write_transaction(db):
-                change = unrevoke_device(db, d)
-            d = require_device(d.id)
-            doc = _doc(d, d.user.name)
-        finally:
-            db.close()
-        doc["server_notified"] = announce(settings, change.events, change.controls)
+        doc = _change_device(device_id, unrevoke_device)
         if as_json:
             emit_json(doc)
             return
