@@ -54,6 +54,10 @@ async def test_client_that_stops_reading_under_load_is_closed_4410(server: Serve
     await watch.expect(lambda f: f["type"] == "presence" and not f["online"]
                        and f["device_id"] == stuck_dev.device_id)
     stuck.ws.transport.resume_reading()
-    assert await stuck.closed_code(timeout=30) == 4410
+    code = await stuck.closed_code(timeout=30)
+    # The server writes the 4410 close frame behind ~15 MB the peer has not read; on a
+    # loaded machine it may have to drop the connection before the peer reaches it (1006
+    # at the client). Either way the server must have ended the session with 4410.
+    assert code == 4410 or (code == 1006 and "session closed: 4410" in server.log()), code
     for c in (watch, pub):
         await c.close()
