@@ -16,6 +16,7 @@ import peewee as pw
 
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.frames import event_frame
+from relaybox.store.checkpoint import WalCheckpointer
 from relaybox.store.db import is_postgres, write_transaction
 
 log = logging.getLogger("relaybox.store")
@@ -140,10 +141,17 @@ class EventLog:
         self._pg = is_postgres(db)
         self._p = "%s" if self._pg else "?"
         self.healthy = True
+        # SQLite files: checkpoints run beside the writer, never inside one of its commits.
+        self.checkpointer: WalCheckpointer | None = None
+        if isinstance(db, pw.SqliteDatabase) and db.database not in ("", ":memory:") \
+                and not str(db.database).startswith("file::memory:"):
+            self.checkpointer = WalCheckpointer(db.database)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="relaybox-writer", daemon=True)
         self._thread.start()
 
@@ -153,6 +161,8 @@ class EventLog:
             self._q.put(_STOP)
             self._thread.join(timeout=30)
             self._thread = None
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.readers.shutdown(wait=True)
 
     # -- API (event loop side) -------------------------------------------------
@@ -225,6 +235,7 @@ class EventLog:
         started = time.perf_counter()
         for attempt in range(3):
             try:
+                self._ensure_connection()
                 # One transaction (one fsync) for everything queued: publishes, cursors and
                 # calls, each call in a savepoint of its own so that it fails alone.
                 with self._transaction():
@@ -232,6 +243,8 @@ class EventLog:
                     self._write_cursors(cursors)
                     call_results = [self._run_call(call, fut) for call, fut in calls]
                 self.healthy = True
+                if self.checkpointer is not None:
+                    self.checkpointer.committed()
                 break
             except (pw.IntegrityError, pw.OperationalError, pw.InterfaceError) as exc:
                 # A concurrent writer in another process (same id twice) or a lock
@@ -307,6 +320,15 @@ class EventLog:
         # BEGIN IMMEDIATE: take the write lock before reading heads, so that another
         # process writing the same file can never hand out the same seq.
         return self.db.atomic(lock_type="IMMEDIATE")
+
+    def _ensure_connection(self) -> None:
+        if not self.db.is_closed():
+            return
+        self.db.connect()
+        if self.checkpointer is not None:
+            # The checkpointer thread copies pages into the database file; this
+            # connection only appends to the WAL.
+            self.db.execute_sql("PRAGMA wal_autocheckpoint=0")
 
     def _reset_connection(self) -> None:
         try:

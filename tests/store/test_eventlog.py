@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import peewee as pw
@@ -235,3 +236,49 @@ async def test_storage_failure_answers_failed_and_loses_no_seq(tmp_path: Any) ->
         assert lg.log.healthy
     finally:
         await asyncio.get_running_loop().run_in_executor(None, lg.stop)
+
+
+async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(
+        tmp_path: Path) -> None:
+    """The writer never checkpoints; the checkpointer copies the WAL back so SQLite can
+    restart it, so writing the same amount twice does not make the WAL twice as long."""
+    import os
+
+    from relaybox.store import migrate
+    from relaybox.store.db import make_sqlite
+    from relaybox.store.models import database_proxy
+
+    db = make_sqlite(tmp_path / "wal.sqlite")
+    migrate.up(db)
+    database_proxy.initialize(db)
+    lg = Log(db)
+    ckpt = lg.log.checkpointer
+    assert ckpt is not None
+    wal = db.database + "-wal"
+    loop = asyncio.get_running_loop()
+    body = '"' + "x" * 3000 + '"'
+
+    async def burst() -> None:
+        # 1,500 pages and more: SQLite's own autocheckpoint (1,000 pages) would fire.
+        for _ in range(30):
+            await lg.publish(*[req("big", body=body) for _ in range(50)])
+
+    async def caught_up() -> tuple[int, int, int]:
+        result = await loop.run_in_executor(None, ckpt.wait_caught_up)
+        assert result is not None, "no checkpoint after the last commit"
+        return result
+
+    try:
+        await burst()
+        busy, frames, copied = await caught_up()
+        assert frames > 1000 and copied == frames and busy == 0
+        first_frames, first_size = frames, os.path.getsize(wal)
+        await burst()
+        busy, frames, copied = await caught_up()
+        # The WAL restarted from its beginning: the second burst reused the file
+        # (without checkpoints it would hold both bursts).
+        assert 1000 < frames < 1.5 * first_frames and copied == frames
+        assert os.path.getsize(wal) < 1.5 * first_size
+        assert len(rows(stream="big")) == 3000
+    finally:
+        await loop.run_in_executor(None, lg.stop)

@@ -1,0 +1,99 @@
+"""WAL checkpoints off the writer thread (SQLite only).
+
+SQLite normally checkpoints the WAL inside whichever commit pushes it past 1,000 pages,
+so every few hundred events one publish waits several milliseconds for pages to be
+copied into the database file. relaybox turns that off on the writer's connection and
+runs passive checkpoints here instead, on a connection of its own: a passive checkpoint
+never blocks the writer, and SQLite restarts the WAL from its beginning on the next
+commit once everything in it has been copied, so the WAL stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+log = logging.getLogger("relaybox.store")
+
+#: How often the checkpointer looks for committed pages to copy (seconds).
+CHECKPOINT_INTERVAL_S = 0.2
+#: After a WAL restart, the file is truncated back to this size (bytes).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+class WalCheckpointer:
+    """A daemon thread running ``PRAGMA wal_checkpoint(PASSIVE)`` after new commits."""
+
+    def __init__(self, path: str | Path, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+        self.path = str(path)
+        self.interval_s = interval_s
+        self.checkpoints = 0
+        self.requested = 0  # commits announced by the writer
+        self.served = 0  # the value of ``requested`` when the last checkpoint began
+        self.last: tuple[int, int, int] = (0, 0, 0)
+        self._ran = threading.Condition()
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="relaybox-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Tell the checkpointer that the writer committed (cheap; the writer thread)."""
+        self.requested += 1
+        if not self._dirty.is_set():
+            self._dirty.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """One passive checkpoint: (busy, frames in the WAL, frames copied)."""
+        seen = self.requested
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        with self._ran:
+            self.checkpoints += 1
+            self.served = seen
+            self.last = (int(busy), int(frames), int(copied))
+            self._ran.notify_all()
+        return self.last
+
+    def wait_caught_up(self, timeout_s: float = 10.0) -> tuple[int, int, int] | None:
+        """Wait until a checkpoint ran after the latest commit; its result, or None."""
+        with self._ran:
+            target = self.requested
+            if not self._ran.wait_for(lambda: self.served >= target, timeout_s):
+                return None
+            return self.last
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=15, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            while not self._stop.is_set():
+                self._dirty.wait()
+                if self._stop.is_set():
+                    break
+                self._dirty.clear()
+                try:
+                    self.checkpoint(conn)
+                except sqlite3.Error as exc:  # e.g. the file is being restored
+                    log.warning("WAL checkpoint failed: %s", exc)
+                # Batch the next checkpoint with whatever commits arrive meanwhile.
+                self._stop.wait(self.interval_s)
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpointer stopped: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
