@@ -25,7 +25,7 @@ from relaybox.protocol.frames import (
 from relaybox.protocol.handshake import Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server import logs
-from relaybox.server.wsio import FrameReader, send_frames
+from relaybox.server.wsio import FrameReader, send_frames, write_frames_now
 from relaybox.services import devices as device_service
 from relaybox.store import queries
 from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult, StoredEvent
@@ -129,7 +129,21 @@ class Session:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._sender_idle.clear()
-            asyncio.get_running_loop().create_task(self._flush())
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        """End of the loop turn: write the outbox directly, or hand it to ``_flush``."""
+        frames, self.outbox = self.outbox, []
+        try:
+            if frames and not write_frames_now(self.ws, frames):
+                self.outbox[:0] = frames
+                asyncio.get_running_loop().create_task(self._flush())
+                return
+        except Exception:
+            self.outbox.clear()
+            self.close_soon(CloseCode.NORMAL, "")
+        self._flush_scheduled = False
+        self._sender_idle.set()
 
     async def _flush(self) -> None:
         try:

@@ -96,6 +96,27 @@ def _done(fut: asyncio.Future[Any]) -> None:
         log.debug("websocket write failed: %s", fut.exception())
 
 
+def write_frames_now(ws: Any, frames: list[str]) -> bool:
+    """Write text frames at once when nothing stands in the way (no task, one write).
+
+    Returns False, having written nothing, when another writer holds the connection or
+    the transport asked to pause writing; the caller then uses ``send_frames``.
+    """
+    io_proto = getattr(ws, "io_proto", None)
+    proto = getattr(ws, "ws_proto", None)
+    if io_proto is None or proto is None or ws.conn_mutex.locked():
+        return False
+    transport = io_proto.transport
+    if transport is None or transport.is_closing() or not io_proto._can_write.is_set():
+        return False
+    if proto.state is not State.OPEN:
+        raise ConnectionError("websocket is closed")
+    for f in frames:
+        proto.send_text(f.encode())
+    transport.write(b"".join(proto.data_to_send()))
+    return True
+
+
 async def send_frames(ws: Any, frames: list[str]) -> None:
     """Write several text frames with one socket write (under Sanic's connection lock)."""
     if len(frames) == 1 or not hasattr(ws, "ws_proto"):
