@@ -188,6 +188,8 @@ class Bus:
         self._sub_task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self.healthy = True
+        #: Called on the loop each time the subscription is (re)established.
+        self.on_subscribed: Callable[[], None] | None = None
 
     # -- health --------------------------------------------------------------
     async def ping(self) -> bool:
@@ -230,6 +232,8 @@ class Bus:
                 await pubsub.subscribe(*channels)
                 delay = 0.05
                 self.healthy = True
+                if self.on_subscribed is not None:
+                    self.on_subscribed()
                 while True:
                     msg = await pubsub.get_message(timeout=None)
                     if msg is None or msg.get("type") != "message":
@@ -252,6 +256,11 @@ class Bus:
                     await pubsub.aclose()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def subscribers(self, channel: str) -> int:
+        """How many connections (server processes) are subscribed to ``channel``."""
+        counts = await self.redis.pubsub_numsub(channel)
+        return int(counts[0][1]) if counts else 0
 
     # -- counters, nonces, locks ----------------------------------------------
     async def incr_window(self, key: str, window_s: int) -> int:

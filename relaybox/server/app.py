@@ -68,7 +68,11 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         if ctx.metrics is not None:
             eventlog.on_batch = ctx.metrics.batch
         if bus is not None:
+            bus.on_subscribed = hub.peers.resubscribed
             bus.start_listening(hub.on_bus)
+            # Before the first connection: every other server process now publishes.
+            await hub.peers.join()
+            hub.peers.start_rechecks()
         await scheduler.start(ctx)
 
     @app.before_server_stop
@@ -80,6 +84,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     async def stop(app: Sanic) -> None:
         ctx: ServerContext = app.ctx.relay
         await scheduler.stop(ctx)
+        await ctx.hub.peers.stop()
         await asyncio.get_running_loop().run_in_executor(None, ctx.eventlog.stop)
         if ctx.bus is not None:
             await ctx.bus.close()

@@ -297,7 +297,7 @@ class Session:
         if old is not None:
             old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
             await old.finished.wait()
-        if ctx.bus is not None and ctx.bus.healthy:
+        if ctx.bus is not None and ctx.bus.healthy and ctx.hub.peers.present:
             # Not awaited: a hanging Redis must not hold up the handshake.
             task = asyncio.ensure_future(ctx.bus.publish_control(
                 "session", device_id=self.device_id, session_id=self.session_id))

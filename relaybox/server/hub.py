@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, Bus
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
+from relaybox.server.peers import Peers
 from relaybox.services.fanout import decode_control, decode_events, encode_events
 from relaybox.store.eventlog import StoredEvent
 
@@ -59,6 +60,7 @@ class Hub:
         self.node_id = node_id
         self._node_prefix = node_id.encode() + b" "
         self.bus = bus
+        self.peers = Peers(bus, node_id)
         self.by_device: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
         self.rings: dict[tuple[str, str], Ring] = {}
@@ -87,7 +89,7 @@ class Hub:
     def _presence(self, user_id: str, device_id: str, online: bool) -> None:
         """Tell the user's other live sessions, here and on other processes (§3)."""
         self._presence_local(user_id, device_id, online)
-        if self.bus is not None:
+        if self.bus is not None and self.peers.present:
             task = asyncio.get_running_loop().create_task(self.bus.publish_control(
                 "presence", user_id=user_id, device_id=device_id, online=online))
             self._tasks.add(task)
@@ -122,7 +124,7 @@ class Hub:
     def committed(self, events: list[StoredEvent]) -> None:
         """Called on the loop right after a local commit: relay here and to other nodes."""
         self.fanout(events)
-        if self.bus is not None:
+        if self.bus is not None and self.peers.present:
             self._pending_bus.extend(events)
             if not self._bus_flush_scheduled:
                 self._bus_flush_scheduled = True
@@ -172,7 +174,9 @@ class Hub:
     async def on_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
         device_id = msg.get("device_id")
-        if kind == "revoke" and isinstance(device_id, str):
+        if kind in ("node_up", "node_here"):
+            await self.peers.on_control(msg)
+        elif kind == "revoke" and isinstance(device_id, str):
             session = self.by_device.get(device_id)
             if session is not None:
                 session.send(error_frame("revoked", "this device was revoked"))
