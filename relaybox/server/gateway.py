@@ -26,7 +26,6 @@ from relaybox.protocol.handshake import Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server import logs
 from relaybox.server.wsio import FrameReader, send_frames, write_frames_now
-from relaybox.services import devices as device_service
 from relaybox.store import queries
 from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult, StoredEvent
 
@@ -250,8 +249,7 @@ class Session:
     async def _flush_cursors(self) -> None:
         # Acks received before the close are durable before the next catch-up starts.
         with contextlib.suppress(Exception):
-            did = self.device_id
-            await self.ctx.eventlog.call(lambda: device_service.touch(did))
+            await self.ctx.eventlog.touch(self.device_id)
 
     # -- handshake (protocol.md §2) --------------------------------------------------
     async def _handshake(self) -> None:
@@ -270,12 +268,12 @@ class Session:
                 self.reader.install()
                 await send_frames(self.ws, [hs.challenge()])
                 hs.receive(self._parse(await self._next_early()))
-                device = await ctx.eventlog.read(device_service.get_device, hs.device_id)
+                device = await ctx.eventlog.read(queries.device_key, hs.device_id)
         except TimeoutError:
             if ctx.metrics is not None:
                 ctx.metrics.handshake("timeout")
             raise Closing(CloseCode.HANDSHAKE_TIMEOUT, "handshake_timeout") from None
-        if device is None or not hs.verify(bytes(device.public_key)):
+        if device is None or not hs.verify(device.public_key):
             await ctx.handshake_failed(self.address)
             if ctx.metrics is not None:
                 ctx.metrics.handshake("auth_failed")
@@ -305,9 +303,8 @@ class Session:
             task.add_done_callback(_background.discard)
         # Acks of this device's earlier session may still wait in the writer's queue; they
         # must be durable before this catch-up starts (protocol.md §3 Delivery), so the
-        # positions are read after a writer round trip (which also records last_seen).
-        await ctx.eventlog.call(lambda: device_service.touch(device.id))
-        heads, cursors = await ctx.eventlog.read(_load_positions, self.user_id, self.device_id)
+        # writer reads the positions in the batch that also records last_seen.
+        heads, cursors = await ctx.eventlog.touch(self.device_id, self.user_id)
         for stream, (head, floor) in heads.items():
             acked = min(cursors.get(stream, 0), head)
             st = self.streams.get(stream)
@@ -586,11 +583,6 @@ class Session:
     async def _ping(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.ping()
-
-
-def _load_positions(user_id: str, device_id: str) -> tuple[dict[str, tuple[int, int]],
-                                                           dict[str, int]]:
-    return queries.stream_heads(user_id), queries.cursors(device_id)
 
 
 def _floor_of(user_id: str, stream: str) -> int:

@@ -104,6 +104,17 @@ class _Call:
 
 
 @dataclass(slots=True)
+class _Touch:
+    device_id: str
+    user_id: str | None  # set: read the user's positions after the batch's cursors
+    fut: asyncio.Future[Any]
+
+
+#: {stream: (head_seq, floor_seq)} of a user and {stream: acked_seq} of a device.
+Positions = tuple[dict[str, tuple[int, int]], dict[str, int]]
+
+
+@dataclass(slots=True)
 class BatchStats:
     batches: int = 0
     events: int = 0
@@ -186,6 +197,18 @@ class EventLog:
         """Record an ack; committed with the next batch (cursors are batched)."""
         self._q.put(_Cursor(device_id, stream, seq))
 
+    def touch(self, device_id: str, user_id: str | None = None) -> asyncio.Future[Any]:
+        """Record that ``device_id`` was seen now, in the next batch.
+
+        The future resolves after that batch committed, so everything queued before (an
+        earlier session's acks) is durable by then. With ``user_id``, it resolves to the
+        user's stream heads and the device's cursors as of that commit (``Positions``).
+        """
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._q.put(_Touch(device_id, user_id, fut))
+        return fut
+
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run ``fn`` in the writer thread after everything queued before it is committed."""
         assert self._loop is not None
@@ -220,11 +243,14 @@ class EventLog:
         pubs: list[tuple[PublishRequest, Callable[[PublishResult], None]]] = []
         calls: list[tuple[_Call, asyncio.Future[Any]]] = []
         cursors: dict[tuple[str, str], int] = {}
+        touches: list[_Touch] = []
         for it in items:
             if isinstance(it, _Cursor):
                 k = (it.device_id, it.stream)
                 if it.seq > cursors.get(k, -1):
                     cursors[k] = it.seq
+            elif isinstance(it, _Touch):
+                touches.append(it)
             elif isinstance(it[0], _Call):
                 calls.append(it)
             else:
@@ -241,7 +267,8 @@ class EventLog:
                 with self._transaction():
                     results, new_events = self._write_publishes([p[0] for p in pubs])
                     self._write_cursors(cursors)
-                    call_results = [self._run_call(call, fut) for call, fut in calls]
+                    call_results = self._write_touches(touches)
+                    call_results += [self._run_call(call, fut) for call, fut in calls]
                 self.healthy = True
                 if self.checkpointer is not None:
                     self.checkpointer.committed()
@@ -254,6 +281,7 @@ class EventLog:
                 results = [Failed(str(exc))] * len(pubs)
                 new_events = []
                 call_results = [(fut, None, exc) for _, fut in calls]
+                call_results += [(t.fut, None, exc) for t in touches]
                 self.healthy = False
             except Exception as exc:
                 log.exception("commit failed: %s", exc)
@@ -261,6 +289,7 @@ class EventLog:
                 results = [Failed(str(exc))] * len(pubs)
                 new_events = []
                 call_results = [(fut, None, exc) for _, fut in calls]
+                call_results += [(t.fut, None, exc) for t in touches]
                 self.healthy = False
                 break
         elapsed = time.perf_counter() - started
@@ -341,6 +370,18 @@ class EventLog:
         self, reqs: list[PublishRequest]
     ) -> tuple[list[PublishResult], list[StoredEvent]]:
         return append(self.db, reqs, self.clock())
+
+    def _write_touches(self, touches: list[_Touch]
+                       ) -> list[tuple[asyncio.Future[Any], Any, Exception | None]]:
+        if not touches:
+            return []
+        p = self._p
+        now = self.clock()
+        self.db.cursor().executemany(
+            f"UPDATE device SET last_seen_at = {p} WHERE id = {p}",
+            [(now, d) for d in {t.device_id for t in touches}])
+        return [(t.fut, positions(self.db, t.user_id, t.device_id) if t.user_id else None,
+                 None) for t in touches]
 
     def _write_cursors(self, cursors: dict[tuple[str, str], int]) -> None:
         if not cursors:
@@ -445,6 +486,18 @@ def append(db: pw.Database, reqs: list[PublishRequest],
             f"UPDATE stream_head SET head_seq = {p} WHERE user_id = {p} AND stream = {p}",
             [(heads[k], k[0], k[1]) for k in touched])
     return [r for r in results if r is not None], new_events
+
+
+def positions(db: pw.Database, user_id: str, device_id: str) -> Positions:
+    """A user's stream heads (streams with events) and a device's cursors."""
+    p = "%s" if is_postgres(db) else "?"
+    heads = {s: (h, f) for s, h, f in db.execute_sql(
+        f"SELECT stream, head_seq, floor_seq FROM stream_head WHERE user_id = {p} "
+        "AND head_seq > 0", (user_id,)).fetchall()}
+    cursors = dict(db.execute_sql(
+        f'SELECT stream, acked_seq FROM "cursor" WHERE device_id = {p}', (device_id,)
+    ).fetchall())
+    return heads, cursors
 
 
 def append_now(db: pw.Database, reqs: list[PublishRequest],

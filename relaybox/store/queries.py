@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import NamedTuple, cast
 
 from relaybox.store.eventlog import StoredEvent
-from relaybox.store.models import Cursor, Event, StreamHead
+from relaybox.store.models import Cursor, Event, StreamHead, database_proxy
+
+
+class DeviceKey(NamedTuple):
+    """What the gateway handshake needs of a device."""
+
+    id: str
+    user_id: str
+    public_key: bytes
+    revoked_at: int | None
+
+
+def device_key(device_id: str) -> DeviceKey | None:
+    """One indexed lookup by primary key (the handshake's hot path: no query building)."""
+    db = database_proxy.obj
+    p = db.param
+    row = db.execute_sql(
+        f"SELECT id, user_id, public_key, revoked_at FROM device WHERE id = {p}",
+        (device_id,)).fetchone()
+    return DeviceKey(row[0], row[1], bytes(row[2]), row[3]) if row else None
 
 
 def read_events(user_id: str, stream: str, after: int, limit: int) -> list[StoredEvent]:
