@@ -45,7 +45,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     cfg.OAS_UI_DEFAULT = "swagger"
     cfg.OAS_URL_PREFIX = "/docs"
     cfg.OAS_UI_REDOC = False
-    cfg.TOUCHUP = False
+    cfg.TOUCHUP = True
     app.ctx.settings = settings
     # sanic-ext: the OpenAPI document at /docs/openapi.json and Swagger UI at /docs.
     Extend(app, config={"cors": False, "http_auto_trace": False})

@@ -24,20 +24,32 @@ async def test_acked_events_survive_kill_9_exactly_once(servers: MakeServer) -> 
     c = await Client.connect(server, dev)
     ids = [uuid4() for _ in range(3000)]
     acked: dict[str, int] = {}
+    # At most 200 publishes in flight: the kill lands mid-stream however fast the server
+    # commits (never after the whole stream was acked).
+    in_flight = asyncio.Semaphore(200)
 
     async def send_all() -> None:
         with contextlib.suppress(Exception):  # the server dies under it
             for i, pid in enumerate(ids):
+                await asyncio.wait_for(in_flight.acquire(), 10)
                 await c.send({"type": "publish", "id": pid, "stream": "crash", "body": i})
 
     async def read_acks() -> None:
         with contextlib.suppress(Exception):
-            while True:
-                f = json.loads(await asyncio.wait_for(c.ws.recv(), 10))
-                if f["type"] == "ack":
-                    acked[f["id"]] = f["seq"]
-                    if len(acked) == 500:
-                        server.kill()  # kill -9 in the middle of the stream
+            try:
+                await read()
+            finally:
+                for _ in range(200):  # let the sender run into the closed connection
+                    in_flight.release()
+
+    async def read() -> None:
+        while True:
+            f = json.loads(await asyncio.wait_for(c.ws.recv(), 10))
+            if f["type"] == "ack":
+                acked[f["id"]] = f["seq"]
+                in_flight.release()
+                if len(acked) == 500:
+                    server.kill()  # kill -9 in the middle of the stream
 
     await asyncio.gather(send_all(), read_acks())
     assert 500 <= len(acked) < len(ids)
