@@ -108,7 +108,7 @@ class Session:
         self.pending_publishes = 0
         self.reader: FrameReader | None = None
         self._early: list[str | bytes] = []  # messages that arrived before READY
-        self._early_event = asyncio.Event()
+        self._early_waiter: asyncio.Future[None] | None = None
         self._peer_closed = asyncio.Event()
         self.bucket = TokenBucket(s.gateway_publish_rate_per_s, s.gateway_publish_burst)
         self.last_rx = time.monotonic()
@@ -263,7 +263,7 @@ class Session:
         try:
             async with asyncio.timeout(s.gateway_handshake_timeout_s):
                 hs.receive(self._parse(await self.ws.recv()))
-                self.reader = FrameReader(self.ws, self._on_message, self._peer_closed.set,
+                self.reader = FrameReader(self.ws, self._on_message, self._on_peer_closed,
                                           self._touch)
                 self.reader.install()
                 await send_frames(self.ws, [hs.challenge()])
@@ -342,20 +342,27 @@ class Session:
             self._handle(data)
         else:
             self._early.append(data)
-            self._early_event.set()
+            self._wake_early()
+
+    def _on_peer_closed(self) -> None:
+        self._peer_closed.set()
+        self._wake_early()
+
+    def _wake_early(self) -> None:
+        waiter = self._early_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _next_early(self) -> str | bytes:
+        """The next message that arrived before READY (the handshake's `auth`)."""
         while not self._early:
             if self._peer_closed.is_set():
                 raise Closing(CloseCode.NORMAL, "")
-            self._early_event.clear()
-            waiter = asyncio.ensure_future(self._early_event.wait())
-            closed = asyncio.ensure_future(self._peer_closed.wait())
+            self._early_waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait([waiter, closed], return_when=asyncio.FIRST_COMPLETED)
+                await self._early_waiter
             finally:
-                waiter.cancel()
-                closed.cancel()
+                self._early_waiter = None
         return self._early.pop(0)
 
     def _handle(self, data: str | bytes) -> None:

@@ -156,10 +156,15 @@ def configure(settings: Settings, stream: Any = None) -> None:
 
 
 def _attach_framework(handler: logging.Handler) -> None:
+    level = logging.getLogger("relaybox").level
     for name in FRAMEWORK_LOGGERS:
         lg = logging.getLogger(name)
         lg.handlers[:] = [handler]
         lg.propagate = False
+        # The framework's loggers follow log_level too; the websockets library's
+        # per-connection lines ("connection closed") stay at warning and above: relaybox
+        # logs each session's end itself, with its close code.
+        lg.setLevel(max(level, logging.WARNING) if name == "sanic.websockets" else level)
 
 
 def _reattach_framework() -> None:

@@ -119,6 +119,8 @@ def write_frames_now(ws: Any, frames: list[str]) -> bool:
 
 async def send_frames(ws: Any, frames: list[str]) -> None:
     """Write several text frames with one socket write (under Sanic's connection lock)."""
+    if write_frames_now(ws, frames):
+        return
     if len(frames) == 1 or not hasattr(ws, "ws_proto"):
         for f in frames:
             await ws.send(f)
