@@ -27,6 +27,7 @@ import nacl.signing
 import orjson
 import websockets
 
+from relaybox.benchclient import LeanConnection
 from relaybox.protocol.encoding import b64url_encode, random_nonce
 from relaybox.protocol.handshake import gateway_signing_bytes
 
@@ -293,6 +294,8 @@ def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
 
 
 def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) -> None:
+    keys = {d.device_id: nacl.signing.SigningKey(d.key) for d in devs}
+
     async def run() -> None:
         sem = asyncio.Semaphore(conc)
         count = 0
@@ -300,9 +303,21 @@ def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) 
         async def one(dev: Device) -> None:
             nonlocal count
             async with sem:
-                ws, _ = await connect(url, dev)
+                conn = await LeanConnection.connect(url)
+                nonce = random_nonce()
+                conn.send(orjson.dumps({"type": "hello", "protocol": 1,
+                                        "device_id": dev.device_id, "nonce": nonce}).decode())
+                ch = orjson.loads(await conn.recv())
+                msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id,
+                                            nonce, ch["nonce"])
+                sig = keys[dev.device_id].sign(msg).signature
+                conn.send(orjson.dumps({"type": "auth", "signature": b64url_encode(sig)}
+                                       ).decode())
+                welcome = orjson.loads(await conn.recv())
+                if welcome.get("type") != "welcome":
+                    raise RuntimeError(f"handshake failed: {welcome}")
                 count += 1
-                await ws.close()
+                await conn.close()
 
         t0 = time.monotonic()
         await asyncio.gather(*(one(devs[i % len(devs)]) for i in range(rounds)))
