@@ -87,3 +87,27 @@ def limiter_for(app_ctx: Any, redis_url: str | None) -> RateLimiter:
     if limiter is None:
         limiter = app_ctx.ratelimiter = RateLimiter(redis_url)
     return limiter
+
+
+class TokenBucket:
+    """The per-device publish rate of a gateway session (protocol.md §3 Publish)."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+
+    def take(self) -> float:
+        """0 when allowed, else seconds until a token is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
