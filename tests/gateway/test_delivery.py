@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from typing import Any
 
 import pytest
 
+from relaybox.protocol.encoding import b64url_encode, random_nonce
+from relaybox.protocol.handshake import gateway_signing_bytes
 from relaybox.store.models import Device, Event, StreamHead
 from tests.gateway.conftest import MakeServer
-from tests.gateway.helpers import Client, Frame, announce, database, users
+from tests.gateway.helpers import (
+    Client,
+    Frame,
+    announce,
+    database,
+    hello,
+    raw,
+    recv_json,
+    users,
+)
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -305,3 +318,33 @@ async def test_ping_is_answered_with_pong_and_the_same_ref(server: Server, ref: 
     await c.send({"type": "ping", "ref": ref})
     assert await c.expect_type("pong") == {"type": "pong", "ref": ref}
     await c.close()
+
+
+async def test_a_session_still_in_its_handshake_gets_welcome_before_any_presence(
+        server: Server) -> None:
+    """protocol.md §2: `welcome` is the first frame after `auth`. A presence change that
+    happens while the session is registered but still reading its positions (here: the
+    writer is held up by a lock on the database) is not sent to it."""
+    a, b = users(server, 2)[0]
+    ca = await connect_synced(server, a)
+    lock = sqlite3.connect(server.data_dir / "relaybox.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the server's writer now waits for this lock
+        ws = await raw(server)
+        nonce = random_nonce()
+        await ws.send(json.dumps(hello(b.device_id, nonce)))
+        ch = await recv_json(ws)
+        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], b.device_id, nonce,
+                                    ch["nonce"])
+        await ws.send(json.dumps({"type": "auth",
+                                  "signature": b64url_encode(b.key.sign(msg).signature)}))
+        # b is registered (a hears it come online) but has no welcome yet.
+        assert await ca.expect_type("presence") == {"type": "presence",
+                                                   "device_id": b.device_id, "online": True}
+        await ca.close()  # a goes offline while b is between auth and welcome
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    first = await recv_json(ws)
+    assert first["type"] == "welcome", first
+    await ws.close()
