@@ -259,11 +259,9 @@ class Session(Delivery):
             old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
             await old.finished.wait()
         if ctx.bus is not None and ctx.bus.healthy and ctx.hub.peers.present:
-            # Not awaited: a hanging Redis must not hold up the handshake.
-            task = asyncio.ensure_future(ctx.bus.publish_control(
-                "session", device_id=self.device_id, session_id=self.session_id))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            # A session of this device on another process is closed with 4409 and, like
+            # a local one, wound down (acks stored) before this catch-up reads positions.
+            await ctx.hub.replaced_elsewhere(self)
         # Acks of this device's earlier session may still wait in the writer's queue; they
         # must be durable before this catch-up starts (protocol.md §3 Delivery), so the
         # writer reads the positions in the batch that also records last_seen.

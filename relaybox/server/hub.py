@@ -60,7 +60,11 @@ class Hub:
         self.node_id = node_id
         self._node_prefix = node_id.encode() + b" "
         self.bus = bus
-        self.peers = Peers(bus, node_id)
+        self.peers = Peers(bus, node_id, lambda: list(self.by_device))
+        # Devices with a live session on another process (from presence, session and
+        # node_here notices), and handshakes waiting for such a session to wind down.
+        self.remote: dict[str, str] = {}
+        self._handovers: dict[str, asyncio.Future[None]] = {}
         self.by_device: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
         self.rings: dict[tuple[str, str], Ring] = {}
@@ -174,19 +178,38 @@ class Hub:
     async def on_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind")
         device_id = msg.get("device_id")
+        node = msg.get("node")
         if kind in ("node_up", "node_here"):
+            if kind == "node_here" and msg.get("to") == self.node_id and isinstance(node, str):
+                for did in msg.get("devices") or ():
+                    self.remote[did] = node
             await self.peers.on_control(msg)
+        elif kind == "session_done" and msg.get("to") == self.node_id:
+            waiter = self._handovers.get(str(msg.get("session_id")))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         elif kind == "revoke" and isinstance(device_id, str):
             session = self.by_device.get(device_id)
             if session is not None:
                 session.send(error_frame("revoked", "this device was revoked"))
                 session.close_soon(CloseCode.REVOKED, "revoked")
-        elif kind == "session" and isinstance(device_id, str) and msg.get("node") != self.node_id:
+        elif kind == "session" and isinstance(device_id, str) and node != self.node_id:
+            if isinstance(node, str):
+                self.remote[device_id] = node
             session = self.by_device.get(device_id)
             if session is not None and session.session_id != msg.get("session_id"):
                 session.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
-        elif kind == "presence" and msg.get("node") != self.node_id:
+                if msg.get("wait_for") == self.node_id:
+                    self._spawn(self._hand_over(session, node, msg.get("session_id")))
+            elif msg.get("wait_for") == self.node_id:
+                self._spawn(self._hand_over(None, node, msg.get("session_id")))
+        elif kind == "presence" and node != self.node_id:
             user_id = msg.get("user_id")
+            if isinstance(device_id, str) and isinstance(node, str):
+                if msg.get("online"):
+                    self.remote[device_id] = node
+                elif self.remote.get(device_id) == node:
+                    del self.remote[device_id]
             if isinstance(user_id, str) and isinstance(device_id, str):
                 self._presence_local(user_id, device_id, bool(msg.get("online")))
         elif kind == "user_removed":
@@ -194,6 +217,42 @@ class Hub:
                 session = self.by_device.get(did)
                 if session is not None:
                     session.close_soon(CloseCode.REVOKED, "revoked")
+
+    # -- a device moving between processes (protocol.md §3 Delivery) ------------------------
+    async def replaced_elsewhere(self, session: Session, timeout_s: float = 3.0) -> None:
+        """Announce ``session`` to the other processes; if one of them held this device,
+        wait until its session there is wound down (its acks durable) before returning."""
+        if self.bus is None or not self.peers.present:
+            return
+        holder = self.remote.get(session.device_id)
+        waiter: asyncio.Future[None] | None = None
+        if holder is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._handovers[session.session_id] = waiter
+        try:
+            # Bounded: a hanging Redis or a dead process must not hold up the handshake.
+            async with asyncio.timeout(timeout_s):
+                sent = await self.bus.publish_control(
+                    "session", device_id=session.device_id, session_id=session.session_id,
+                    wait_for=holder)
+                if waiter is not None and sent:
+                    await waiter
+        except TimeoutError:
+            log.warning("session %s: no hand-over from the process that held the device; "
+                        "its last acks may be replayed", session.session_id)
+        finally:
+            self._handovers.pop(session.session_id, None)
+
+    async def _hand_over(self, session: Session | None, node: Any, session_id: Any) -> None:
+        if session is not None:
+            await session.finished.wait()
+        if self.bus is not None:
+            await self.bus.publish_control("session_done", to=node, session_id=session_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def revoke_local(self, device_id: str) -> None:
         await self.on_control({"kind": "revoke", "device_id": device_id})

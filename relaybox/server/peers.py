@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from relaybox.bus import CONTROL_CHANNEL, Bus
@@ -34,9 +35,11 @@ RECHECK_INTERVAL_S = 10.0
 
 
 class Peers:
-    def __init__(self, bus: Bus | None, node_id: str) -> None:
+    def __init__(self, bus: Bus | None, node_id: str,
+                 local_devices: Callable[[], list[str]] = list) -> None:
         self.bus = bus
         self.node_id = node_id
+        self.local_devices = local_devices  # devices with a live session here
         self.present = bus is not None  # until proven alone
         self._generation = 0
         self._answers: set[str] = set()
@@ -97,7 +100,10 @@ class Peers:
             self._generation += 1
             self.present = True  # before answering: see the module docstring
             if self.bus is not None:
-                await self.bus.publish_control("node_here", to=node)
+                # The answer lists this process's live devices: a session of one of them
+                # opened on the newcomer replaces ours only after ours is wound down.
+                await self.bus.publish_control("node_here", to=node,
+                                               devices=self.local_devices())
         elif kind == "node_here" and msg.get("to") == self.node_id and isinstance(node, str):
             self._generation += 1
             self.present = True

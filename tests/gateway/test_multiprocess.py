@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import pytest
@@ -99,3 +100,34 @@ async def test_revoke_closes_a_session_on_either_process(pair: tuple[Server, Ser
     assert (notice["body"]["event"], notice["body"]["device_id"]) == ("device_revoked",
                                                                       gone.device_id)
     await ck.close()
+
+
+async def test_a_device_moving_to_the_other_process_resumes_after_its_last_ack(
+        pair: tuple[Server, Server]) -> None:
+    """protocol.md §3 Delivery: acks of the replaced session are stored before the new
+    session's catch-up starts, also when the two sessions live in different processes."""
+    first, second = pair
+    pub, dev = users(first, 2)[0]
+    cp = await connect_synced(first, pub)
+    old = await connect_synced(first, dev)
+    await cp.publish_many("moves", list(range(50)))
+    got = await old.events(50, "moves", ack=False)
+    assert [e["seq"] for e in got] == list(range(1, 51))
+    # Both processes' writers wait for this lock: the old session's last ack cannot be
+    # stored before the new session asks for its positions, unless the new one waits.
+    lock = sqlite3.connect(first.data_dir / "relaybox.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        await old.ack("moves", 50)  # the last ack, and at once the device moves
+        moving = asyncio.ensure_future(Client.connect(second, dev))
+        assert await old.closed_code() == 4409
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    new = await moving
+    assert new.welcome["streams"]["moves"] == 50
+    first_frame = await new.expect_type("event", "synced")
+    assert first_frame["type"] == "synced", first_frame  # nothing replayed
+    assert first_frame["streams"]["moves"] == 50
+    for c in (cp, new):
+        await c.close()
