@@ -265,7 +265,14 @@ class Session(Delivery):
         # Acks of this device's earlier session may still wait in the writer's queue; they
         # must be durable before this catch-up starts (protocol.md §3 Delivery), so the
         # writer reads the positions in the batch that also records last_seen.
-        heads, cursors = await ctx.eventlog.touch(self.device_id, self.user_id)
+        heads, cursors, revoked = await ctx.eventlog.touch(self.device_id, self.user_id)
+        if revoked:
+            # Revoked between the key lookup and the registration: the revoke notice may
+            # have found no session to close, so the check is repeated here.
+            if ctx.metrics is not None:
+                ctx.metrics.handshake("revoked")
+            self.outbox.append(error_frame("revoked", "this device was revoked"))
+            raise Closing(CloseCode.REVOKED, "revoked")
         for stream, (head, floor) in heads.items():
             acked = min(cursors.get(stream, 0), head)
             st = self.streams.get(stream)

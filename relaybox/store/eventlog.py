@@ -114,8 +114,9 @@ class _Touch:
     fut: asyncio.Future[Any]
 
 
-#: {stream: (head_seq, floor_seq)} of a user and {stream: acked_seq} of a device.
-Positions = tuple[dict[str, tuple[int, int]], dict[str, int]]
+#: {stream: (head_seq, floor_seq)} of a user, {stream: acked_seq} of a device, and whether
+#: the device is revoked (or gone) as of the same transaction.
+Positions = tuple[dict[str, tuple[int, int]], dict[str, int], bool]
 
 
 @dataclass(slots=True)
@@ -557,15 +558,18 @@ def _append_general(db: pw.Database, p: str, pg: bool, reqs: list[PublishRequest
 
 
 def positions(db: pw.Database, user_id: str, device_id: str) -> Positions:
-    """A user's stream heads (streams with events) and a device's cursors."""
+    """A user's stream heads (streams with events), a device's cursors, and whether the
+    device was revoked or removed meanwhile."""
     p = "%s" if is_postgres(db) else "?"
+    row = db.execute_sql(f"SELECT revoked_at FROM device WHERE id = {p}",
+                         (device_id,)).fetchone()
     heads = {s: (h, f) for s, h, f in db.execute_sql(
         f"SELECT stream, head_seq, floor_seq FROM stream_head WHERE user_id = {p} "
         "AND head_seq > 0", (user_id,)).fetchall()}
     cursors = dict(db.execute_sql(
         f'SELECT stream, acked_seq FROM "cursor" WHERE device_id = {p}', (device_id,)
     ).fetchall())
-    return heads, cursors
+    return heads, cursors, row is None or row[0] is not None
 
 
 def append_now(db: pw.Database, reqs: list[PublishRequest],

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 
 import pytest
 
+from relaybox.protocol.encoding import b64url_encode, random_nonce
+from relaybox.protocol.handshake import gateway_signing_bytes
 from tests.gateway.conftest import MakeServer
-from tests.gateway.helpers import Client, handshake_with, revoke, until_close, users
+from tests.gateway.helpers import (
+    Client,
+    handshake_with,
+    hello,
+    raw,
+    recv_json,
+    revoke,
+    until_close,
+    users,
+)
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -42,3 +55,38 @@ async def test_revoked_live_session_closes_within_a_second(server: Server) -> No
     assert (err["type"], err["code"]) == ("error", "revoked")
     assert (await until_close(ws))[1] == 4403
     await ck.close()
+
+
+async def test_a_revoke_landing_between_key_lookup_and_registration_still_closes(
+        server: Server) -> None:
+    """The device's key was read before the revoke was stored, and the revoke's notice
+    went out before the session was registered (here: no notice at all). The positions
+    are read in the same transaction as a fresh revocation check: 4403, never welcome."""
+    watcher, dev = users(server, 2)[0]
+    cw = await Client.connect(server, watcher)
+    await cw.drain_catch_up()
+    lock = sqlite3.connect(server.data_dir / "relaybox.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the server's writer waits: no touch, no welcome
+        ws = await raw(server)
+        nonce = random_nonce()
+        await ws.send(json.dumps(hello(dev.device_id, nonce)))
+        ch = await recv_json(ws)
+        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
+                                    ch["nonce"])
+        await ws.send(json.dumps({"type": "auth",
+                                  "signature": b64url_encode(dev.key.sign(msg).signature)}))
+        # Registered (the watcher hears it come online): the key lookup went through and
+        # the session waits for the writer.
+        assert await cw.expect_type("presence") == {"type": "presence",
+                                                   "device_id": dev.device_id, "online": True}
+        lock.execute("UPDATE device SET revoked_at = 1 WHERE id = ?", (dev.device_id,))
+        lock.execute("COMMIT")
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+    frames, code = await until_close(ws)
+    assert code == 4403
+    assert [f["type"] for f in frames] == ["error"] and frames[0]["code"] == "revoked"
+    await cw.close()
