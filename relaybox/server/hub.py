@@ -240,6 +240,8 @@ class Hub:
         except TimeoutError:
             log.warning("session %s: no hand-over from the process that held the device; "
                         "its last acks may be replayed", session.session_id)
+            if self.remote.get(session.device_id) == holder:
+                del self.remote[session.device_id]  # that process is gone or stuck
         finally:
             self._handovers.pop(session.session_id, None)
 
