@@ -249,6 +249,10 @@ def relay(url: str, a: Device, b: Device, n: int, *, rate: float = 0, inflight: 
         results[item[0]] = item
     pub.join()
     recv.join()
+    return _relay_result(n, results)
+
+
+def _relay_result(n: int, results: dict[str, Any]) -> dict[str, Any]:
     t0 = results["publisher"][1]
     t_end = results["receiver"][2]
     lat = sorted(results["receiver"][3])
@@ -261,6 +265,107 @@ def relay(url: str, a: Device, b: Device, n: int, *, rate: float = 0, inflight: 
         "latency_ms_max": lat[-1] / 1e6,
         "latency_ms_mean": statistics.fmean(lat) / 1e6,
     }
+
+
+async def lean_connect(url: str, dev: Device) -> tuple[LeanConnection, dict[str, Any]]:
+    """The handshake on a ``LeanConnection``; returns it with the `welcome` message."""
+    conn = await LeanConnection.connect(url)
+    nonce = random_nonce()
+    conn.send(orjson.dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
+                            "nonce": nonce}).decode())
+    ch = orjson.loads(await conn.recv())
+    msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
+                                ch["nonce"])
+    sig = nacl.signing.SigningKey(dev.key).sign(msg).signature
+    conn.send(orjson.dumps({"type": "auth", "signature": b64url_encode(sig)}).decode())
+    welcome = orjson.loads(await conn.recv())
+    if welcome.get("type") != "welcome":
+        raise RuntimeError(f"handshake failed: {welcome}")
+    return conn, welcome
+
+
+def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size: int,
+                 out: Any) -> None:
+    """Publisher and receiver on one loop: A publishes at ``rate``; B timestamps each event
+    in the callback that parsed it (both read the same monotonic clock)."""
+    async def run() -> None:
+        rx, welcome = await lean_connect(url, b)
+        while True:  # catch up (acking) until `synced`; only later events are measured
+            msg = orjson.loads(await rx.recv())
+            if msg["type"] == "event":
+                rx.send(f'{{"type":"ack","stream":"{msg["stream"]}","seq":{msg["seq"]}}}')
+            elif msg["type"] == "synced":
+                break
+        start_seq = int(welcome["streams"].get("bench", 0))
+        lat: list[int] = []
+        done = asyncio.get_running_loop().create_future()
+        seen = 0
+        first: list[float] = []
+
+        def on_event(text: str) -> None:
+            nonlocal seen
+            now = time.monotonic_ns()
+            msg = orjson.loads(text)
+            if msg["type"] != "event":
+                return
+            seen += 1
+            stream, seq = msg["stream"], msg["seq"]
+            if stream == "bench" and seq > start_seq:
+                if not first:
+                    first.append(time.monotonic())
+                lat.append(now - msg["body"]["t"])
+            if seen % ACK_EVERY == 0 or len(lat) >= n:
+                rx.send(f'{{"type":"ack","stream":"{stream}","seq":{seq}}}')
+            if len(lat) >= n and not done.done():
+                done.set_result(None)
+
+        rx.on_message = on_event
+        while rx.messages:
+            on_event(rx.messages.popleft())
+        tx, _ = await lean_connect(url, a)
+        acked = 0
+
+        def on_reply(text: str) -> None:
+            nonlocal acked
+            msg = orjson.loads(text)
+            if msg["type"] == "ack":
+                acked += 1
+            elif msg["type"] == "nack":
+                raise RuntimeError(f"nack: {msg}")
+
+        tx.on_message = on_reply
+        pad = "x" * max(0, body_size - 40)
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        t0 = time.monotonic()
+        interval = 1.0 / rate
+        for i in range(n):
+            delay = t0 + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tx.send('{"type":"publish","id":"' + ids[i] + '","stream":"bench","body":{"t":' +
+                    str(time.monotonic_ns()) + ',"p":"' + pad + '"}}')
+        await asyncio.wait_for(done, 120)
+        out.put(("publisher", t0, 0.0))
+        out.put(("receiver", first[0], time.monotonic(), lat))
+        await tx.close()
+        await rx.close()
+
+    asyncio.run(run())
+
+
+def latency(url: str, a: Device, b: Device, n: int, rate: float = 2000,
+            body_size: int = 200) -> dict[str, Any]:
+    """Publish→delivery latency at a fixed rate (one load-generator process)."""
+    ctx = _mp()
+    out = ctx.Queue()
+    proc = ctx.Process(target=_latency_run, args=(url, a, b, n, rate, body_size, out))
+    proc.start()
+    results = {}
+    for _ in range(2):
+        item = out.get(timeout=600)
+        results[item[0]] = item
+    proc.join()
+    return _relay_result(n, results)
 
 
 def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
@@ -427,7 +532,7 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
         if "latency" in want:
             n = min(events, 20000)
             log(f"latency: {n} events at 2,000/s …")
-            results["latency_at_2000"] = relay(url, c, d, n, rate=2000)
+            results["latency_at_2000"] = latency(url, c, d, n, rate=2000)
         if "catchup" in want:
             log(f"catch-up: {catchup_events} events …")
             results["catchup"] = catchup(url, a, d, catchup_events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from websockets.client import ClientProtocol
@@ -27,6 +28,8 @@ class LeanConnection(asyncio.Protocol):
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
+        # When set, text messages go to this callback as they arrive instead of ``recv``.
+        self.on_message: Callable[[str], None] | None = None
 
     @classmethod
     async def connect(cls, url: str) -> LeanConnection:
@@ -53,7 +56,10 @@ class LeanConnection(asyncio.Protocol):
             elif not isinstance(event, Frame):
                 continue
             elif event.opcode is Opcode.TEXT:
-                self.messages.append(bytes(event.data).decode())
+                if self.on_message is not None:
+                    self.on_message(bytes(event.data).decode())
+                else:
+                    self.messages.append(bytes(event.data).decode())
             elif event.opcode is Opcode.CLOSE and self.transport is not None:
                 self._flush()
                 self.transport.close()
