@@ -97,11 +97,12 @@ def _run_sanic(settings: Settings) -> None:
     from sanic.worker.loader import AppLoader
 
     from relaybox.server.app import create_app
+    from relaybox.server.upgrade import GatewayProtocol
 
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     kwargs = dict(host=settings.host, port=settings.port, access_log=False, motd=False,
-                  single_process=settings.workers == 1)
+                  single_process=settings.workers == 1, protocol=GatewayProtocol)
     if settings.workers > 1:
         kwargs["workers"] = settings.workers
     app.prepare(**kwargs)  # type: ignore[arg-type]

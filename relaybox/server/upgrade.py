@@ -1,0 +1,261 @@
+"""Gateway connections opened without Sanic's request path (docs/performance.md).
+
+Once open, a gateway connection runs on relaybox's own frame handling (``wsio.py``), but
+opening one through Sanic costs a connection task, an HTTP request object, routing,
+middleware and signal dispatch, a WebSocket object with tasks of its own, and a handler
+task: about half of the server's CPU time per handshake. ``GatewayProtocol`` reads a new
+connection's first bytes. When they are exactly one complete WebSocket upgrade request
+for the gateway's path, it answers with the `websockets` library's sans-I/O server
+protocol (the same library and checks Sanic uses) and starts the session at once.
+Everything else goes to Sanic unchanged: other routes, a request split over several
+reads or followed by more bytes, an upgrade the library refuses (Sanic then answers
+with its usual error), and deployments behind proxies (``proxies_count`` > 0), where
+Sanic derives the client's address from forwarding headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import Any
+
+from sanic.log import websockets_logger
+from sanic.models.server_types import ConnInfo
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from relaybox.server.wsio import FrameReader
+
+log = logging.getLogger("relaybox.gateway")
+
+GATEWAY_PATH = "/api/v1/gateway"
+_PREFIX = b"GET " + GATEWAY_PATH.encode()
+
+
+class GatewayProtocol(WebSocketProtocol):
+    """Sanic's WebSocket-capable HTTP protocol with a direct path into the gateway."""
+
+    __slots__ = ("_first", "_idle_timer")
+
+    def connection_made(self, transport: Any) -> None:
+        # Sanic's HttpProtocol.connection_made without starting the connection task: the
+        # first bytes decide whether Sanic sees this connection at all.
+        try:
+            transport.set_write_buffer_limits(low=16384, high=65536)
+            self.connections.add(self)
+            self.transport = transport
+            self.recv_buffer = bytearray()
+            self.conn_info = ConnInfo(transport, unix=self._unix)
+            self._first = True
+            # A connection that never sends anything is closed as Sanic closes an idle one.
+            self._idle_timer: asyncio.TimerHandle | None = self.loop.call_later(
+                self.keep_alive_timeout, self._close_if_silent)
+        except Exception:
+            log.exception("connection setup failed")
+
+    def data_received(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if self._open_gateway(data):
+                return
+            self._task = self.loop.create_task(self.connection_task())
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        super().connection_lost(exc)
+
+    def _close_if_silent(self) -> None:
+        self._idle_timer = None
+        if self._first and self.transport is not None:
+            self.transport.close()
+
+    def _open_gateway(self, data: bytes) -> bool:
+        """Open a gateway session if ``data`` is exactly its upgrade request."""
+        if (not data.startswith(_PREFIX) or data[len(_PREFIX):len(_PREFIX) + 1] not in b" ?"
+                or not data.endswith(b"\r\n\r\n") or data.count(b"\r\n\r\n") != 1):
+            return False
+        config = self.app.config
+        if config.PROXIES_COUNT or config.REAL_IP_HEADER or config.FORWARDED_SECRET:
+            return False
+        relay = getattr(self.app.ctx, "relay", None)
+        if relay is None:  # not started yet
+            return False
+        try:
+            proto = ServerProtocol(max_size=self.websocket_max_size, logger=websockets_logger)
+            proto.receive_data(data)
+            events = proto.events_received()
+            if (len(events) != 1 or not isinstance(events[0], Request)
+                    or events[0].path.partition("?")[0] != GATEWAY_PATH):
+                return False
+            response = proto.accept(events[0])
+            if response.status_code != 101:
+                return False  # Sanic gives the same refusal, in its own format
+            proto.send_response(response)
+        except Exception:
+            log.debug("gateway upgrade left to Sanic", exc_info=True)
+            return False
+        assert self.transport is not None
+        self.transport.write(b"".join(proto.data_to_send()))
+        ws = LeanWebsocket(self, proto)
+        self.websocket = ws  # type: ignore[assignment]
+        from relaybox.server.gateway import Session
+
+        address = self.conn_info.client_ip if self.conn_info is not None else ""
+        task = self.loop.create_task(Session(relay, ws, address or "unknown").run())
+        # Like Sanic's handler task, the session is cancelled when the connection is lost
+        # (SanicProtocol.connection_lost cancels ``_task``).
+        self._task = task
+        task.add_done_callback(ws.session_done)
+        return True
+
+
+class LeanWebsocket:
+    """A WebSocket connection as the gateway session uses it.
+
+    The same attributes and coroutines of Sanic's ``WebsocketImplProtocol`` that
+    ``gateway.py`` and ``wsio.py`` use, with no task of its own: incoming bytes are parsed
+    by a ``FrameReader`` (until the session installs its own), writes go straight to the
+    transport, and the TCP connection is closed when the close handshake completes, or
+    a close timeout after the session ended.
+    """
+
+    def __init__(self, io_proto: GatewayProtocol, ws_proto: ServerProtocol) -> None:
+        self.io_proto = io_proto
+        self.ws_proto = ws_proto
+        self.loop = io_proto.loop
+        self.conn_mutex = asyncio.Lock()
+        self.close_timeout = float(io_proto.websocket_timeout)
+        self._messages: deque[str | bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._lost = False
+        # Messages before the session installs its reader go to ``recv``.
+        FrameReader(self, self._message, self._peer_closed, _nothing).install()
+
+    def data_received(self, data: bytes) -> None:  # replaced by FrameReader.install
+        raise NotImplementedError
+
+    # -- what the gateway session calls -----------------------------------------------
+    async def recv(self) -> str | bytes | None:
+        """The next message; None once the connection closed."""
+        while not self._messages:
+            if self._eof:
+                return None
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.popleft()
+
+    async def send(self, text: str) -> None:
+        async with self.conn_mutex:
+            await self.io_proto._can_write.wait()
+            if self.ws_proto.state is not State.OPEN:
+                raise ConnectionError("websocket is closed")
+            self.ws_proto.send_text(text.encode())
+            self._write(self.ws_proto.data_to_send())
+
+    async def send_data(self, chunks: list[bytes]) -> None:
+        self._write(chunks)
+
+    async def ping(self) -> None:
+        async with self.conn_mutex:
+            if self.ws_proto.state is State.OPEN:
+                self.ws_proto.send_ping(os.urandom(4))
+                self._write(self.ws_proto.data_to_send())
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send our close frame; the connection closes when the peer answers it."""
+        async with self.conn_mutex:
+            if self.ws_proto.state is State.OPEN:
+                self.ws_proto.send_close(code, reason)
+                self._write(self.ws_proto.data_to_send())
+
+    def fail_connection(self, code: int = 1006, reason: str = "") -> bool:
+        """Put a close frame on the transport (whatever is queued) and drop the connection."""
+        transport = self.io_proto.transport
+        if transport is None or self._lost:
+            return True
+        transport.pause_reading()
+        self.ws_proto.data_to_send()  # discard what was not written yet
+        if self.ws_proto.state is State.OPEN:
+            if code in (1000, 1001):
+                self.ws_proto.send_close(code, reason)
+            else:
+                self.ws_proto.fail(code, reason)
+            for chunk in self.ws_proto.data_to_send():
+                if chunk:
+                    transport.write(chunk)
+        transport.close()
+        self.loop.call_later(self.close_timeout, self._abort)
+        return True
+
+    def end_connection(self, code: int = 1000, reason: str = "") -> None:
+        self.fail_connection(code, reason)
+
+    # -- what GatewayProtocol calls ----------------------------------------------------
+    def eof_received(self) -> bool:
+        self.ws_proto.receive_eof()
+        self._peer_closed()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._peer_closed()
+
+    def session_done(self, task: asyncio.Task[Any]) -> None:
+        """The session ended: close now if the close handshake is complete, else after
+        the close timeout (the peer's answer to our close frame closes it earlier)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway session failed", exc_info=task.exception())
+        transport = self.io_proto.transport
+        if transport is None or self._lost:
+            return
+        if self.ws_proto.state is State.CLOSED:
+            transport.close()
+        else:
+            self.loop.call_later(self.close_timeout, self._abort)
+
+    # -- internals ----------------------------------------------------------------------
+    def _write(self, chunks: list[bytes]) -> None:
+        transport = self.io_proto.transport
+        if transport is None or transport.is_closing():
+            return
+        for chunk in chunks:
+            if chunk:
+                transport.write(chunk)
+            else:  # end of the stream: the close handshake is done, the server closes TCP
+                transport.close()
+                return
+
+    def _message(self, data: str | bytes) -> None:
+        self._messages.append(data)
+        self._wake()
+
+    def _peer_closed(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _abort(self) -> None:
+        transport = self.io_proto.transport
+        if transport is not None and not self._lost:
+            transport.abort()
+
+
+def _nothing() -> None:
+    return None

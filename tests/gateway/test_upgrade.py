@@ -1,0 +1,153 @@
+"""How a gateway connection is opened (relaybox/server/upgrade.py).
+
+A complete upgrade request for the gateway is answered without Sanic's request path; the
+rest of the gateway suite runs over that path. These tests cover what goes to Sanic
+instead, and the connection-level duties the direct path takes over from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nacl.signing
+import pytest
+import websockets
+from websockets.frames import Close, Frame, Opcode
+
+from tests.gateway.conftest import MakeServer
+from tests.gateway.helpers import close_code, hello, recv_json, users
+from tests.support import Server
+
+UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: {version}\r\n\r\n")
+
+
+@pytest.fixture(scope="module")
+def server(module_servers: MakeServer) -> Server:
+    return module_servers(sanic_keep_alive_timeout=1)
+
+
+async def _exchange(server: Server, request: bytes) -> tuple[bytes, bytes]:
+    """Send raw bytes; (response head, response body) as the server answered them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = 0
+        for line in head.decode().split("\r\n"):
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
+        return head, body
+    finally:
+        writer.close()
+
+
+async def test_a_gateway_upgrade_with_a_query_string_opens_a_session(server: Server) -> None:
+    (dev,) = users(server, 1)[0]
+    ws = await websockets.connect(server.ws_url + "?client=test", compression=None)
+    try:
+        await ws.send(json.dumps(hello(dev.device_id)))
+        assert (await recv_json(ws))["type"] == "challenge"
+    finally:
+        await ws.close()
+
+
+async def test_a_plain_get_of_the_gateway_gets_sanics_426(server: Server) -> None:
+    head, body = await _exchange(
+        server, b"GET /api/v1/gateway HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 426 ")
+    assert b"application/problem+json" in head.lower()
+    assert json.loads(body)["status"] == 426
+
+
+async def test_an_upgrade_the_library_refuses_gets_sanics_problem(server: Server) -> None:
+    request = UPGRADE.format(path="/api/v1/gateway", version=12).encode()
+    head, body = await _exchange(server, request)
+    assert head.startswith(b"HTTP/1.1 400 ")
+    problem = json.loads(body)
+    assert "Sec-WebSocket-Version" in problem["detail"]
+    assert problem["request_id"]
+
+
+async def test_an_upgrade_of_another_path_is_not_a_gateway(server: Server) -> None:
+    request = UPGRADE.format(path="/api/v1/gatewayx", version=13).encode()
+    head, body = await _exchange(server, request)
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert json.loads(body)["status"] == 404
+
+
+async def test_other_routes_still_work_on_the_same_port(server: Server) -> None:
+    head, _ = await _exchange(
+        server, b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"x-request-id" in head.lower()
+
+
+async def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
+    # keep_alive_timeout is 1 s on this server, as Sanic would close an idle connection.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 20) == b""
+    finally:
+        writer.close()
+
+
+async def test_the_server_closes_tcp_after_the_close_handshake(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(UPGRADE.format(path="/api/v1/gateway", version=13).encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        close = Frame(Opcode.CLOSE, Close(1000, "").serialize())
+        writer.write(close.serialize(mask=True))
+        # The server answers with its close frame, then closes the connection (EOF).
+        rest = await asyncio.wait_for(reader.read(), 10)
+        assert rest[:1] == b"\x88"  # FIN + close
+        assert int.from_bytes(rest[2:4], "big") == 1000
+    finally:
+        writer.close()
+
+
+async def test_behind_a_proxy_the_forwarded_address_counts(servers: MakeServer) -> None:
+    """With proxies configured, upgrades go through Sanic, which reads X-Forwarded-For:
+    the failed-handshake limit (4429) then counts per forwarded client."""
+    proxied = servers(proxies_count=1, gateway_handshake_failures_per_min=2)
+    (dev,) = users(proxied, 1)[0]
+    wrong = nacl.signing.SigningKey.generate()
+
+    async def attempt(client: str) -> tuple[str | None, int | None]:
+        ws = await websockets.connect(proxied.ws_url, compression=None,
+                                      additional_headers={"X-Forwarded-For": client})
+        await ws.send(json.dumps(hello(dev.device_id)))
+        try:
+            first = await recv_json(ws)
+        except websockets.ConnectionClosed:
+            return None, ws.close_code  # refused before the challenge
+        assert first["type"] == "challenge", first
+        await ws.send(json.dumps({"type": "auth",
+                                  "signature": _b64(wrong.sign(b"x").signature)}))
+        err = await recv_json(ws)
+        return err.get("code"), await close_code(ws)
+
+    minute = int(time.time() // 60)
+    for _ in range(2):  # the limit counts per minute; redo if a minute boundary passed
+        assert await attempt("203.0.113.5") == ("auth_failed", 4401)
+        assert await attempt("203.0.113.5") == ("auth_failed", 4401)
+        refused = await attempt("203.0.113.5")
+        if int(time.time() // 60) == minute:
+            break
+        minute = int(time.time() // 60)
+    assert refused[1] == 4429
+    # Another forwarded client on the same TCP peer address is not affected.
+    assert await attempt("203.0.113.6") == ("auth_failed", 4401)
+
+
+def _b64(data: bytes) -> str:
+    from relaybox.protocol.encoding import b64url_encode
+
+    return b64url_encode(data)
