@@ -231,12 +231,12 @@ class Session(Delivery):
                 self.reader.install()
                 await send_frames(self.ws, [hs.challenge()])
                 hs.receive(self._parse(await self._next_early()))
-                device = await ctx.eventlog.read(queries.device_key, hs.device_id)
+                device, valid = await ctx.eventlog.read(_check_device, hs)
         except TimeoutError:
             if ctx.metrics is not None:
                 ctx.metrics.handshake("timeout")
             raise Closing(CloseCode.HANDSHAKE_TIMEOUT, "handshake_timeout") from None
-        if device is None or not hs.verify(device.public_key):
+        if device is None or not valid:
             await ctx.handshake_failed(self.address)
             if ctx.metrics is not None:
                 ctx.metrics.handshake("auth_failed")
@@ -435,6 +435,14 @@ class Session(Delivery):
     async def _ping(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.ping()
+
+
+def _check_device(hs: Handshake) -> tuple[queries.DeviceKey | None, bool]:
+    """The device's key and whether the `auth` signature verifies, in the reader pool: the
+    lookup needs a thread anyway, and libsodium's check runs there without the GIL instead
+    of on the event loop."""
+    device = queries.device_key(hs.device_id)
+    return device, device is not None and hs.verify(device.public_key)
 
 
 def _num(value: float) -> int | float:
