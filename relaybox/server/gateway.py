@@ -127,6 +127,13 @@ class Session(Delivery):
             if self._main is not None and not self._main.done():
                 self._main.cancel()
 
+    def release(self) -> None:
+        """After the session ended and its connection is gone: drop the references from
+        the session to its tasks and reader (each refers back to the session)."""
+        self._tasks.clear()
+        self._main = None
+        self.reader = None
+
     # -- main -----------------------------------------------------------------------------
     async def run(self) -> None:
         self._main = asyncio.current_task()

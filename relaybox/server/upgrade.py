@@ -111,7 +111,8 @@ class GatewayProtocol(WebSocketProtocol):
         from relaybox.server.gateway import Session
 
         address = self.conn_info.client_ip if self.conn_info is not None else ""
-        task = self.loop.create_task(Session(relay, ws, address or "unknown").run())
+        session = ws.session = Session(relay, ws, address or "unknown")
+        task = self.loop.create_task(session.run())
         # Like Sanic's handler task, the session is cancelled when the connection is lost
         # (SanicProtocol.connection_lost cancels ``_task``).
         self._task = task
@@ -139,6 +140,9 @@ class LeanWebsocket:
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._lost = False
+        self.session: Any = None  # the running session (set by GatewayProtocol)
+        self._ended: Any = None  # the finished session, until the connection is gone
+        self._abort_timer: asyncio.TimerHandle | None = None
         # Messages before the session installs its reader go to ``recv``.
         FrameReader(self, self._message, self._peer_closed, _nothing).install()
 
@@ -198,7 +202,7 @@ class LeanWebsocket:
                 if chunk:
                     transport.write(chunk)
         transport.close()
-        self.loop.call_later(self.close_timeout, self._abort)
+        self._abort_later()
         return True
 
     def end_connection(self, code: int = 1000, reason: str = "") -> None:
@@ -213,19 +217,45 @@ class LeanWebsocket:
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._peer_closed()
+        if self.session is None:
+            self._release()
 
     def session_done(self, task: asyncio.Task[Any]) -> None:
         """The session ended: close now if the close handshake is complete, else after
         the close timeout (the peer's answer to our close frame closes it earlier)."""
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway session failed", exc_info=task.exception())
+        session, self.session = self.session, None
         transport = self.io_proto.transport
-        if transport is None or self._lost:
+        if self._lost or transport is None:
+            self._release(session)
             return
+        self._ended = session
         if self.ws_proto.state is State.CLOSED:
             transport.close()
         else:
-            self.loop.call_later(self.close_timeout, self._abort)
+            self._abort_later()
+
+    def _release(self, session: Any = None) -> None:
+        """Once both the session and the connection are over, drop the references that
+        tie their objects into cycles (protocol ↔ websocket ↔ readers ↔ session ↔ tasks,
+        the frame parser's generator), so that reference counting frees them at once
+        instead of leaving several dozen objects per connection to the cyclic collector."""
+        session = session or self._ended
+        self._ended = None
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        if session is not None:
+            session.release()
+        self.__dict__.pop("data_received", None)
+        parser = getattr(self.ws_proto, "parser", None)
+        if parser is not None and hasattr(parser, "close"):
+            parser.close()
+        proto = self.io_proto
+        if proto.websocket is self:
+            proto.websocket = None
+        proto._task = None
 
     # -- internals ----------------------------------------------------------------------
     def _write(self, chunks: list[bytes]) -> None:
@@ -251,7 +281,12 @@ class LeanWebsocket:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _abort_later(self) -> None:
+        if self._abort_timer is None:
+            self._abort_timer = self.loop.call_later(self.close_timeout, self._abort)
+
     def _abort(self) -> None:
+        self._abort_timer = None
         transport = self.io_proto.transport
         if transport is not None and not self._lost:
             transport.abort()
