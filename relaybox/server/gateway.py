@@ -80,6 +80,10 @@ class Session(Delivery):
         self.ready = False
         self.registered = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self._hb_timer: asyncio.TimerHandle | None = None
+        self._hb_next_ping = 0.0
+        self._hb_ping_sent_at: float | None = None
+        self._hb_pinging: asyncio.Future[Any] | None = None
         self._main: asyncio.Task[Any] | None = None
 
     # -- sending -----------------------------------------------------------------------
@@ -131,6 +135,8 @@ class Session(Delivery):
         """After the session ended and its connection is gone: drop the references from
         the session to its tasks and reader (each refers back to the session)."""
         self._tasks.clear()
+        self._stop_heartbeat()
+        self._hb_pinging = None
         self._main = None
         self.reader = None
 
@@ -151,7 +157,7 @@ class Session(Delivery):
             try:
                 await self._handshake()
                 self._tasks.append(asyncio.create_task(self._pump()))
-                self._tasks.append(asyncio.create_task(self._heartbeat()))
+                self._start_heartbeat()
                 early, self._early = self._early, []
                 for data in early:
                     self._handle(data)
@@ -174,6 +180,7 @@ class Session(Delivery):
                     log.exception("session %s failed", self.session_id)
                     self.close_code, self.close_reason = CloseCode.GOING_AWAY, "going_away"
         finally:
+            self._stop_heartbeat()
             for t in self._tasks:
                 t.cancel()
             if self.registered:
@@ -411,33 +418,43 @@ class Session(Delivery):
             self._count_nack("unavailable")
 
     # -- liveness (protocol.md §4) --------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        """Ping every heartbeat_s; close with 4410 when nothing at all arrived within
-        heartbeat_s after a ping (protocol.md §4), unless we paused reading ourselves."""
+    def _start_heartbeat(self) -> None:
         interval = self.ctx.settings.gateway_heartbeat_s
-        tick = interval / 4
-        next_ping = time.monotonic() + interval
-        ping_sent_at: float | None = None
-        pinging: asyncio.Future[Any] | None = None
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if self.paused:
-                self.last_rx = now
-            if ping_sent_at is not None:
-                if self.last_rx >= ping_sent_at:
-                    ping_sent_at = None
-                elif now - ping_sent_at > interval:
-                    self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
-                    return
-            if now >= next_ping:
-                next_ping = now + interval
-                if ping_sent_at is None:
-                    ping_sent_at = now
-                # The ping may wait behind writes that a peer not reading blocks: it runs
-                # on its own so that the deadline above is still checked.
-                if pinging is None or pinging.done():
-                    pinging = asyncio.ensure_future(self._ping())
+        self._hb_next_ping = time.monotonic() + interval
+        self._hb_timer = asyncio.get_running_loop().call_later(interval / 4, self._heartbeat)
+
+    def _stop_heartbeat(self) -> None:
+        if self._hb_timer is not None:
+            self._hb_timer.cancel()
+            self._hb_timer = None
+
+    def _heartbeat(self) -> None:
+        """Every heartbeat_s / 4 (a timer, not a task): ping every heartbeat_s; close with
+        4410 when nothing at all arrived within heartbeat_s after a ping (protocol.md §4),
+        unless we paused reading ourselves."""
+        self._hb_timer = None
+        if self.close_code is not None:
+            return
+        interval = self.ctx.settings.gateway_heartbeat_s
+        now = time.monotonic()
+        if self.paused:
+            self.last_rx = now
+        sent = self._hb_ping_sent_at
+        if sent is not None:
+            if self.last_rx >= sent:
+                self._hb_ping_sent_at = None
+            elif now - sent > interval:
+                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
+                return
+        if now >= self._hb_next_ping:
+            self._hb_next_ping = now + interval
+            if self._hb_ping_sent_at is None:
+                self._hb_ping_sent_at = now
+            # The ping may wait behind writes that a peer not reading blocks: it runs on
+            # its own so that the deadline above is still checked.
+            if self._hb_pinging is None or self._hb_pinging.done():
+                self._hb_pinging = asyncio.ensure_future(self._ping())
+        self._hb_timer = asyncio.get_running_loop().call_later(interval / 4, self._heartbeat)
 
     async def _ping(self) -> None:
         with contextlib.suppress(Exception):
