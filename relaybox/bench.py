@@ -142,6 +142,16 @@ async def connect(url: str, dev: Device) -> tuple[Any, dict[str, Any]]:
     return ws, welcome
 
 
+def _run(main: Any) -> Any:
+    """Run a load-generator coroutine, on uvloop when it is installed (Sanic brings it):
+    the clients share the cores with the server, so their event loop's cost counts."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Sanic installs uvloop on Linux
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 # -- worker processes -----------------------------------------------------------------------
 def _publisher(url: str, dev: Device, n: int, rate: float, inflight: int, body_size: int,
                out: Any) -> None:
@@ -184,7 +194,7 @@ def _publisher(url: str, dev: Device, n: int, rate: float, inflight: int, body_s
         out.put(("publisher", t0, time.monotonic()))
         await ws.close()
 
-    asyncio.run(run())
+    _run(run())
 
 
 def _receiver(url: str, dev: Device, n: int, ready: Any, out: Any) -> None:
@@ -225,7 +235,7 @@ def _receiver(url: str, dev: Device, n: int, ready: Any, out: Any) -> None:
         out.put(("receiver", first, time.monotonic(), lat))
         await ws.close()
 
-    asyncio.run(run())
+    _run(run())
 
 
 def _mp() -> Any:
@@ -350,7 +360,7 @@ def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size:
         await tx.close()
         await rx.close()
 
-    asyncio.run(run())
+    _run(run())
 
 
 def latency(url: str, a: Device, b: Device, n: int, rate: float = 2000,
@@ -395,7 +405,7 @@ def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
         await ws.close()
         return {"events": got, "seconds": elapsed, "events_per_s": got / elapsed}
 
-    return asyncio.run(run())
+    return _run(run())
 
 
 def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) -> None:
@@ -428,7 +438,7 @@ def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) 
         await asyncio.gather(*(one(devs[i % len(devs)]) for i in range(rounds)))
         out.put((count, time.monotonic() - t0))
 
-    asyncio.run(run())
+    _run(run())
 
 
 def handshakes(url: str, devs: list[Device], rounds: int, procs: int = 1) -> dict[str, Any]:
@@ -468,7 +478,7 @@ def _idle_holder(url: str, devs: list[Device], ready: Any, release: Any) -> None
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    asyncio.run(run())
+    _run(run())
 
 
 def idle_rss(server: BenchServer, url: str, devs: list[Device]) -> dict[str, Any]:

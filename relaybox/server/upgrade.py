@@ -173,6 +173,10 @@ class LeanWebsocket:
     async def send_data(self, chunks: list[bytes]) -> None:
         self._write(chunks)
 
+    def write_now(self, chunks: list[bytes]) -> None:
+        """What the protocol answers by itself (pongs, the close reply), written at once."""
+        self._write(chunks)
+
     async def ping(self) -> None:
         async with self.conn_mutex:
             if self.ws_proto.state is State.OPEN:

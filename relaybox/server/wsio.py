@@ -57,9 +57,13 @@ class FrameReader:
         out = proto.data_to_send()  # pongs to pings, the answer to a close frame, EOF
         events = proto.events_received()
         if out:
-            fut = asyncio.ensure_future(self.ws.send_data(out))
-            _background.add(fut)
-            fut.add_done_callback(_done)
+            write_now = getattr(self.ws, "write_now", None)
+            if write_now is not None:  # our own connection (upgrade.py): no task needed
+                write_now(out)
+            else:
+                fut = asyncio.ensure_future(self.ws.send_data(out))
+                _background.add(fut)
+                fut.add_done_callback(_done)
         for frame in events:
             op = frame.opcode
             if op is Opcode.TEXT or op is Opcode.BINARY:
