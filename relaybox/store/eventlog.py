@@ -561,15 +561,24 @@ def positions(db: pw.Database, user_id: str, device_id: str) -> Positions:
     """A user's stream heads (streams with events), a device's cursors, and whether the
     device was revoked or removed meanwhile."""
     p = "%s" if is_postgres(db) else "?"
-    row = db.execute_sql(f"SELECT revoked_at FROM device WHERE id = {p}",
-                         (device_id,)).fetchone()
-    heads = {s: (h, f) for s, h, f in db.execute_sql(
-        f"SELECT stream, head_seq, floor_seq FROM stream_head WHERE user_id = {p} "
-        "AND head_seq > 0", (user_id,)).fetchall()}
-    cursors = dict(db.execute_sql(
-        f'SELECT stream, acked_seq FROM "cursor" WHERE device_id = {p}', (device_id,)
-    ).fetchall())
-    return heads, cursors, row is None or row[0] is not None
+    # One statement (each one hands the GIL back and forth with the event loop).
+    rows = db.execute_sql(
+        f"SELECT 'd', NULL, revoked_at, NULL FROM device WHERE id = {p} "
+        f"UNION ALL SELECT 'h', stream, head_seq, floor_seq FROM stream_head "
+        f"WHERE user_id = {p} AND head_seq > 0 "
+        f'UNION ALL SELECT \'c\', stream, acked_seq, NULL FROM "cursor" WHERE device_id = {p}',
+        (device_id, user_id, device_id)).fetchall()
+    heads: dict[str, tuple[int, int]] = {}
+    cursors: dict[str, int] = {}
+    revoked = True  # also when the device row is gone
+    for kind, stream, value, floor in rows:
+        if kind == "h":
+            heads[stream] = (value, floor)
+        elif kind == "c":
+            cursors[stream] = value
+        else:
+            revoked = value is not None
+    return heads, cursors, revoked
 
 
 def append_now(db: pw.Database, reqs: list[PublishRequest],

@@ -293,3 +293,34 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(
         assert len(rows(stream="big")) == 3000
     finally:
         await loop.run_in_executor(None, lg.stop)
+
+
+async def test_positions_read_heads_cursors_and_revocation(db: pw.Database) -> None:
+    """The handshake's positions: heads of the user's streams with events (and their
+    floors), this device's cursors, and whether it was revoked or removed."""
+    import os
+
+    from relaybox.services.devices import add_device
+    from relaybox.services.users import add_user
+    from relaybox.store.eventlog import positions
+    from relaybox.store.models import Device
+
+    user = add_user(db, "alice")
+    other = add_user(db, "bob")
+    phone, _ = add_device(db, user, "phone", os.urandom(32))
+    laptop, _ = add_device(db, user, "laptop", os.urandom(32))
+    append_now(db, [req("a", user=user.id, device=laptop.id), req("a", user=user.id,
+                    device=laptop.id), req("b", user=user.id, device=laptop.id),
+                    req("x", user=other.id, device=None)])
+    StreamHead.update(floor_seq=1).where((StreamHead.user_id == user.id)
+                                         & (StreamHead.stream == "a")).execute()
+    Cursor.insert(device_id=phone.id, stream="a", acked_seq=2).execute()
+    Cursor.insert(device_id=laptop.id, stream="b", acked_seq=1).execute()
+
+    heads, cursors, revoked = positions(db, user.id, phone.id)
+    # add_device also wrote the user's sys.devices notices; bob's stream is not here.
+    assert heads == {"a": (2, 1), "b": (1, 0), "sys.devices": (2, 0)}
+    assert (cursors, revoked) == ({"a": 2}, False)
+    Device.update(revoked_at=1).where(Device.id == phone.id).execute()
+    assert positions(db, user.id, phone.id) == (heads, {"a": 2}, True)
+    assert positions(db, user.id, uuid4()) == (heads, {}, True)  # removed: revoked too
