@@ -155,6 +155,29 @@ async def test_duplicates_across_batches_answer_the_original(log: Log) -> None:
     assert len(log.committed) == 2
 
 
+@pytest.mark.usefixtures("append_path")
+async def test_a_batch_repeating_a_stored_event_keeps_seqs_gap_free(
+        log: Log, caplog: pytest.LogCaptureFixture) -> None:
+    """Batches are first written as new; a repeat of a stored event (a retry after a lost
+    ack) sends the batch through the duplicate query, silently and without a gap."""
+    pid = uuid4()
+    (first,) = await log.publish(req(id=pid, body='"first"'))
+    release = log.hold()
+    futs = [log.log.publish(req(body='"a"')), log.log.publish(req(id=pid, body='"retry"')),
+            log.log.publish(req(body='"b"'))]
+    release()
+    a, again, b = await asyncio.gather(*futs)
+    assert isinstance(first, Accepted) and isinstance(again, Accepted)
+    assert again.duplicate and (again.event.seq, again.event.body) == (1, '"first"')
+    assert isinstance(a, Accepted) and isinstance(b, Accepted)
+    assert (a.event.seq, b.event.seq) == (2, 3)
+    assert [(r[0], r[3]) for r in rows()] == [(1, '"first"'), (2, '"a"'), (3, '"b"')]
+    assert queries.stream_heads(U1)["s"] == (3, 0)
+    assert [e.seq for e in log.committed] == [1, 2, 3]
+    assert log.log.healthy
+    assert "commit failed" not in caplog.text
+
+
 async def test_server_notices_are_never_deduplicated(db: pw.Database) -> None:
     nid = uuid4()
     results = append_now(db, [req("sys.devices", device=None, id=nid),
