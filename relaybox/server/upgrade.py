@@ -16,8 +16,13 @@ Sanic derives the client's address from forwarding headers.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import email.utils
 import logging
 import os
+import re
+import time
 from collections import deque
 from typing import Any
 
@@ -27,6 +32,7 @@ from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 from relaybox.server.wsio import FrameReader
 
@@ -34,6 +40,79 @@ log = logging.getLogger("relaybox.gateway")
 
 GATEWAY_PATH = "/api/v1/gateway"
 _PREFIX = b"GET " + GATEWAY_PATH.encode()
+
+# The common upgrade request, recognised without the library's generator-based parser.
+# Whatever this accepts, websockets' parser and handshake checks accept too, with the
+# same Sec-WebSocket-Accept (tests/gateway/test_upgrade_parse.py checks that against the
+# library); anything else falls through to the library, then to Sanic.
+_MAX_HEAD = 8192
+_MAX_HEADERS = 64
+_REQUEST_LINE = re.compile(rb"GET /api/v1/gateway(?:\?[\x21-\x7e]*)? HTTP/1\.1")
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?)"
+                     rb"[ \t]*")
+_TOKEN_RE = re.compile(_TOKEN)
+_KEY_RE = re.compile(rb"[A-Za-z0-9+/]{22}==")
+# Headers read below (each at most once), and headers the library checks that are left
+# to it: a body (Content-Length, Transfer-Encoding) and subprotocol offers.
+_READ = frozenset((b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version",
+                   b"origin"))
+_LEAVE = frozenset((b"content-length", b"transfer-encoding", b"sec-websocket-protocol"))
+
+
+def fast_accept(data: bytes) -> str | None:
+    """The Sec-WebSocket-Accept value if ``data`` is one plain gateway upgrade request."""
+    if len(data) > _MAX_HEAD or not data.endswith(b"\r\n\r\n"):
+        return None
+    lines = data[:-4].split(b"\r\n")
+    if len(lines) > _MAX_HEADERS + 1 or not _REQUEST_LINE.fullmatch(lines[0]):
+        return None
+    seen: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        m = _HEADER.fullmatch(line)
+        if m is None:
+            return None
+        name = m.group(1).lower()
+        if name in _LEAVE:
+            return None
+        if name in _READ:
+            if name in seen:
+                return None
+            seen[name] = m.group(2)
+    if seen.get(b"upgrade", b"").lower() != b"websocket":
+        return None
+    options = [o.strip(b" \t") for o in seen.get(b"connection", b"").split(b",")]
+    if not all(_TOKEN_RE.fullmatch(o) for o in options):
+        return None
+    if not any(o.lower() == b"upgrade" for o in options):
+        return None
+    key = seen.get(b"sec-websocket-key", b"")
+    if seen.get(b"sec-websocket-version") != b"13" or not _KEY_RE.fullmatch(key):
+        return None
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    return accept_key(key.decode("ascii"))
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    """The Date header's value, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
+
+
+def _switching(accept: str) -> bytes:
+    return (b"HTTP/1.1 101 Switching Protocols\r\nDate: " + _http_date() +
+            b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
+            accept.encode("ascii") + b"\r\n\r\n")
 
 
 class GatewayProtocol(WebSocketProtocol):
@@ -90,22 +169,29 @@ class GatewayProtocol(WebSocketProtocol):
         relay = getattr(self.app.ctx, "relay", None)
         if relay is None:  # not started yet
             return False
-        try:
-            proto = ServerProtocol(max_size=self.websocket_max_size, logger=websockets_logger)
-            proto.receive_data(data)
-            events = proto.events_received()
-            if (len(events) != 1 or not isinstance(events[0], Request)
-                    or events[0].path.partition("?")[0] != GATEWAY_PATH):
-                return False
-            response = proto.accept(events[0])
-            if response.status_code != 101:
-                return False  # Sanic gives the same refusal, in its own format
-            proto.send_response(response)
-        except Exception:
-            log.debug("gateway upgrade left to Sanic", exc_info=True)
-            return False
         assert self.transport is not None
-        self.transport.write(b"".join(proto.data_to_send()))
+        accept = fast_accept(data)
+        if accept is not None:
+            proto = ServerProtocol(max_size=self.websocket_max_size, logger=websockets_logger,
+                                   state=State.OPEN)
+            self.transport.write(_switching(accept))
+        else:
+            try:
+                proto = ServerProtocol(max_size=self.websocket_max_size,
+                                       logger=websockets_logger)
+                proto.receive_data(data)
+                events = proto.events_received()
+                if (len(events) != 1 or not isinstance(events[0], Request)
+                        or events[0].path.partition("?")[0] != GATEWAY_PATH):
+                    return False
+                response = proto.accept(events[0])
+                if response.status_code != 101:
+                    return False  # Sanic gives the same refusal, in its own format
+                proto.send_response(response)
+            except Exception:
+                log.debug("gateway upgrade left to Sanic", exc_info=True)
+                return False
+            self.transport.write(b"".join(proto.data_to_send()))
         ws = LeanWebsocket(self, proto)
         self.websocket = ws  # type: ignore[assignment]
         from relaybox.server.gateway import Session
