@@ -13,7 +13,7 @@ from relaybox.cli import cli
 def test_bench_reports_every_measure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(cli, ["bench", "--events", "300", "--catchup-events", "200",
-                                 "--sessions", "20", "--handshakes", "50",
+                                 "--sessions", "20", "--handshakes", "50", "--settle", "0",
                                  "--output", str(out)],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output

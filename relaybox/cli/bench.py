@@ -23,18 +23,21 @@ def register(cli: click.Group) -> None:
     @click.option("--only", multiple=True,
                   type=click.Choice(["throughput", "latency", "catchup", "handshakes", "idle"]),
                   help="Run only these parts (repeatable).")
+    @click.option("--settle", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                  help="Seconds between parts, so that one part's writes are checkpointed "
+                       "before the next starts.")
     @click.option("--output", type=click.Path(path_type=Path),
                   default=Path("bench-results.json"), show_default=True,
                   help="Where to write the JSON results.")
     @click.option("--json", "as_json", is_flag=True, help="Print the JSON results on stdout.")
     def bench(events: int, catchup_events: int, sessions: int, handshake_rounds: int,
-              only: tuple[str, ...],
+              only: tuple[str, ...], settle: float,
               output: Path, as_json: bool) -> None:
         """Measure relay throughput, latency, catch-up, handshakes and memory (loopback)."""
         from relaybox import bench as b
 
         results = b.run_all(events=events, sessions=sessions, catchup_events=catchup_events,
-                            handshake_rounds=handshake_rounds,
+                            handshake_rounds=handshake_rounds, settle_s=settle,
                             only=set(only) or None, log=lambda m: err.print(f"[dim]{m}[/]"))
         output.write_text(b.to_json(results))
         if as_json:
