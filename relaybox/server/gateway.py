@@ -185,7 +185,7 @@ class Session(Delivery):
                 t.cancel()
             if self.registered:
                 self.ctx.hub.unregister(self)
-            # Sanic cancels this handler as soon as the socket is gone, which would skip
+            # The handler is cancelled as soon as the socket is gone, which would skip
             # the cursor flush and leave `finished` unset (a replacing session waits for
             # it): the wind-down runs in a task of its own.
             wind_down = asyncio.ensure_future(self._wind_down())
