@@ -253,13 +253,19 @@ def relay(url: str, a: Device, b: Device, n: int, *, rate: float = 0, inflight: 
     ready.wait(30)
     pub = ctx.Process(target=_publisher, args=(url, a, n, rate, inflight, body_size, out))
     pub.start()
-    results = {}
-    for _ in range(2):
-        item = out.get(timeout=600)
-        results[item[0]] = item
+    results = _collect(out, 2)
     pub.join()
     recv.join()
     return _relay_result(n, results)
+
+
+def _collect(out: Any, n: int) -> dict[str, Any]:
+    """``n`` results from the worker processes, by the name each one starts with."""
+    results = {}
+    for _ in range(n):
+        item = out.get(timeout=600)
+        results[item[0]] = item
+    return results
 
 
 def _relay_result(n: int, results: dict[str, Any]) -> dict[str, Any]:
@@ -277,8 +283,10 @@ def _relay_result(n: int, results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def lean_connect(url: str, dev: Device) -> tuple[LeanConnection, dict[str, Any]]:
-    """The handshake on a ``LeanConnection``; returns it with the `welcome` message."""
+async def lean_connect(url: str, dev: Device, key: nacl.signing.SigningKey | None = None
+                       ) -> tuple[LeanConnection, dict[str, Any]]:
+    """The handshake on a ``LeanConnection``; returns it with the `welcome` message.
+    ``key``: the device's signing key, when the caller keeps it built."""
     conn = await LeanConnection.connect(url)
     nonce = random_nonce()
     conn.send(orjson.dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
@@ -286,7 +294,7 @@ async def lean_connect(url: str, dev: Device) -> tuple[LeanConnection, dict[str,
     ch = orjson.loads(await conn.recv())
     msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
                                 ch["nonce"])
-    sig = nacl.signing.SigningKey(dev.key).sign(msg).signature
+    sig = (key or nacl.signing.SigningKey(dev.key)).sign(msg).signature
     conn.send(orjson.dumps({"type": "auth", "signature": b64url_encode(sig)}).decode())
     welcome = orjson.loads(await conn.recv())
     if welcome.get("type") != "welcome":
@@ -370,10 +378,7 @@ def latency(url: str, a: Device, b: Device, n: int, rate: float = 2000,
     out = ctx.Queue()
     proc = ctx.Process(target=_latency_run, args=(url, a, b, n, rate, body_size, out))
     proc.start()
-    results = {}
-    for _ in range(2):
-        item = out.get(timeout=600)
-        results[item[0]] = item
+    results = _collect(out, 2)
     proc.join()
     return _relay_result(n, results)
 
@@ -418,19 +423,7 @@ def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) 
         async def one(dev: Device) -> None:
             nonlocal count
             async with sem:
-                conn = await LeanConnection.connect(url)
-                nonce = random_nonce()
-                conn.send(orjson.dumps({"type": "hello", "protocol": 1,
-                                        "device_id": dev.device_id, "nonce": nonce}).decode())
-                ch = orjson.loads(await conn.recv())
-                msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id,
-                                            nonce, ch["nonce"])
-                sig = keys[dev.device_id].sign(msg).signature
-                conn.send(orjson.dumps({"type": "auth", "signature": b64url_encode(sig)}
-                                       ).decode())
-                welcome = orjson.loads(await conn.recv())
-                if welcome.get("type") != "welcome":
-                    raise RuntimeError(f"handshake failed: {welcome}")
+                conn, _ = await lean_connect(url, dev, keys[dev.device_id])
                 count += 1
                 await conn.close()
 
