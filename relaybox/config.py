@@ -78,6 +78,10 @@ class Settings:
                                lo=1, hi=100000)
     read_threads: int = _s("storage.read_threads", 4, "Threads serving database reads.",
                            lo=1, hi=64)
+    writer_process: bool = _s(
+        "storage.writer_process", True,
+        "Commit in a writer process of its own (true) or in a thread of the server process "
+        "(false). The process keeps commits from waiting for the event loop.")
     # -- gateway (protocol.md §7)
     gateway_max_frame_bytes: int = _s("gateway.max_frame_bytes", 131072,
                                       "Largest WebSocket frame accepted (bigger: close 1009).",

@@ -26,6 +26,7 @@ from relaybox.server.hub import Hub
 from relaybox.services import identity
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import EventLog
+from relaybox.store.writerproc import ProcessEventLog, database_spec
 
 log = logging.getLogger("relaybox.server")
 
@@ -59,9 +60,17 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         node_id = uuid7()
         bus = Bus(settings.redis_url, node_id) if settings.redis_url else None
         hub = Hub(node_id, bus)
-        eventlog = EventLog(db, batch_max=settings.commit_batch_max,
-                            read_threads=settings.read_threads, on_committed=hub.committed)
+        eventlog: EventLog
+        if settings.writer_process:
+            eventlog = ProcessEventLog(db, database_spec(db, settings),
+                                       batch_max=settings.commit_batch_max,
+                                       read_threads=settings.read_threads,
+                                       on_committed=hub.committed)
+        else:
+            eventlog = EventLog(db, batch_max=settings.commit_batch_max,
+                                read_threads=settings.read_threads, on_committed=hub.committed)
         eventlog.start(loop)
+        await eventlog.ready()
         ctx = ServerContext(settings=settings, db=db, eventlog=eventlog, hub=hub, bus=bus,
                             server_id=secrets.server_id, node_id=node_id)
         app.ctx.relay = ctx

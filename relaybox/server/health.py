@@ -157,7 +157,7 @@ class HealthMonitor:
             if ok and not ctx.eventlog.healthy:
                 # Reads work but the last commit failed: a write round trip tells whether
                 # writes work again (an empty transaction in the writer thread).
-                fut = ctx.eventlog.call(_noop)
+                fut = ctx.eventlog.probe()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(fut), PROBE_TIMEOUT_S)
                 ok = ctx.eventlog.healthy
@@ -232,10 +232,6 @@ class HealthMonitor:
             except Exception:
                 log.exception("health probe failed")
             await asyncio.sleep(self.interval_s)
-
-
-def _noop() -> None:
-    return None
 
 
 _background: set[asyncio.Future[Any]] = set()

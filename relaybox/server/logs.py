@@ -17,12 +17,13 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
-
-from sanic import Request, Sanic
-from sanic.response import HTTPResponse
+from typing import TYPE_CHECKING, Any
 
 from relaybox.config import Settings
+
+if TYPE_CHECKING:  # the writer process logs through this module without loading Sanic
+    from sanic import Request, Sanic
+    from sanic.response import HTTPResponse
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "relaybox_request_id", default=None)

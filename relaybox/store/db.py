@@ -32,7 +32,11 @@ def make_database(settings: Settings) -> pw.Database:
     path = settings.sqlite_path
     if path is not None:
         return make_sqlite(path, settings.sqlite_synchronous)
-    parts = urlsplit(settings.database_url)
+    return make_postgres(settings.database_url)
+
+
+def make_postgres(url: str) -> pw.PostgresqlDatabase:
+    parts = urlsplit(url)
     return pw.PostgresqlDatabase(
         unquote(parts.path.lstrip("/")) or "relaybox",
         user=unquote(parts.username) if parts.username else None,

@@ -120,6 +120,18 @@ Positions = tuple[dict[str, tuple[int, int]], dict[str, int], bool]
 
 
 @dataclass(slots=True)
+class BatchOutcome:
+    """What one writer batch did, in the order of its items."""
+
+    results: list[PublishResult]
+    new_events: list[StoredEvent]  # stored now (never duplicates), in seq order per stream
+    touches: list[tuple[Any, Exception | None]]  # (positions or None, error)
+    calls: list[tuple[Any, Exception | None]]
+    seconds: float
+    healthy: bool
+
+
+@dataclass(slots=True)
 class BatchStats:
     batches: int = 0
     events: int = 0
@@ -190,7 +202,7 @@ class EventLog:
             if not fut.done():
                 fut.set_result(res)
 
-        self._q.put((req, resolve))
+        self.publish_cb(req, resolve)
         return fut
 
     def publish_cb(self, req: PublishRequest, callback: Callable[[PublishResult], None]) -> None:
@@ -213,6 +225,13 @@ class EventLog:
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._q.put(_Touch(device_id, user_id, fut))
         return fut
+
+    async def ready(self) -> None:
+        """Wait until the writer can write (the thread needs no wait)."""
+
+    def probe(self) -> asyncio.Future[Any]:
+        """A future that resolves after an (empty) write round trip through the writer."""
+        return self.call(lambda: None)
 
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run ``fn`` in the writer thread after everything queued before it is committed."""
@@ -260,9 +279,32 @@ class EventLog:
                 calls.append(it)
             else:
                 pubs.append(it)
+        out = self.apply([p[0] for p in pubs], cursors,
+                         [(t.device_id, t.user_id) for t in touches],
+                         [c[0].fn for c in calls])
+        call_results = [(t.fut, v, e) for t, (v, e) in zip(touches, out.touches, strict=True)]
+        call_results += [(c[1], v, e) for c, (v, e) in zip(calls, out.calls, strict=True)]
+        assert self._loop is not None
+        if self._loop.is_closed():
+            return
+        pub_callbacks = [p[1] for p in pubs]
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, pub_callbacks, out.results,
+                                            out.new_events, call_results, len(pubs),
+                                            out.seconds)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def apply(self, pubs: list[PublishRequest], cursors: dict[tuple[str, str], int],
+              touches: list[tuple[str, str | None]], calls: list[Callable[[], Any]]
+              ) -> BatchOutcome:
+        """Write one batch in one transaction (one fsync): publishes, cursors, touches and
+        calls, each call in a savepoint of its own so that it fails alone. Runs in the
+        writer (thread or process); never raises."""
         results: list[PublishResult] = []
         new_events: list[StoredEvent] = []
-        call_results: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+        touch_results: list[tuple[Any, Exception | None]] = []
+        call_results: list[tuple[Any, Exception | None]] = []
         started = time.perf_counter()
         # Publishes are first written as new: the unique (id, device) index refuses one
         # that repeats a stored event (a retry after a lost ack), and only then is the
@@ -273,14 +315,11 @@ class EventLog:
             attempt += 1
             try:
                 self._ensure_connection()
-                # One transaction (one fsync) for everything queued: publishes, cursors and
-                # calls, each call in a savepoint of its own so that it fails alone.
                 with self._transaction():
-                    results, new_events = self._write_publishes([p[0] for p in pubs],
-                                                                assume_new)
+                    results, new_events = self._write_publishes(pubs, assume_new)
                     self._write_cursors(cursors)
-                    call_results = self._write_touches(touches)
-                    call_results += [self._run_call(call, fut) for call, fut in calls]
+                    touch_results = self._write_touches(touches)
+                    call_results = [self._run_call(fn) for fn in calls]
                 self.healthy = True
                 if self.checkpointer is not None:
                     self.checkpointer.committed()
@@ -294,18 +333,16 @@ class EventLog:
                 # timeout: re-evaluate the whole batch; after that, report unavailable.
                 log.warning("commit failed (attempt %d): %s", attempt, exc)
                 self._reset_connection()
-                results = [Failed(str(exc))] * len(pubs)
-                new_events = []
-                call_results = [(fut, None, exc) for _, fut in calls]
-                call_results += [(t.fut, None, exc) for t in touches]
+                results, new_events = [Failed(str(exc))] * len(pubs), []
+                touch_results = [(None, exc)] * len(touches)
+                call_results = [(None, exc)] * len(calls)
                 self.healthy = False
             except Exception as exc:
                 log.exception("commit failed: %s", exc)
                 self._reset_connection()
-                results = [Failed(str(exc))] * len(pubs)
-                new_events = []
-                call_results = [(fut, None, exc) for _, fut in calls]
-                call_results += [(t.fut, None, exc) for t in touches]
+                results, new_events = [Failed(str(exc))] * len(pubs), []
+                touch_results = [(None, exc)] * len(touches)
+                call_results = [(None, exc)] * len(calls)
                 self.healthy = False
                 break
         elapsed = time.perf_counter() - started
@@ -314,15 +351,8 @@ class EventLog:
             self.stats.events += len(new_events)
             self.stats.last_size = len(pubs)
             self.stats.last_seconds = elapsed
-        assert self._loop is not None
-        if self._loop.is_closed():
-            return
-        pub_callbacks = [p[1] for p in pubs]
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, pub_callbacks, results, new_events,
-                                            call_results, len(pubs), elapsed)
-        except RuntimeError:  # loop closed during shutdown
-            pass
+        return BatchOutcome(results, new_events, touch_results, call_results, elapsed,
+                            self.healthy)
 
     def _deliver(self, callbacks: list[Callable[[PublishResult], None]],
                  results: list[PublishResult],
@@ -349,15 +379,14 @@ class EventLog:
             else:
                 fut.set_result(value)
 
-    def _run_call(self, call: _Call, fut: asyncio.Future[Any]
-                  ) -> tuple[asyncio.Future[Any], Any, Exception | None]:
+    def _run_call(self, fn: Callable[[], Any]) -> tuple[Any, Exception | None]:
         try:
             with self.db.atomic():  # a savepoint inside the batch's transaction
-                return fut, call.fn(), None
+                return fn(), None
         except (pw.OperationalError, pw.InterfaceError):
             raise  # the connection itself failed: the whole batch is retried
         except Exception as exc:
-            return fut, None, exc
+            return None, exc
 
     def _transaction(self) -> Any:
         if self._pg:
@@ -387,17 +416,17 @@ class EventLog:
     ) -> tuple[list[PublishResult], list[StoredEvent]]:
         return append(self.db, reqs, self.clock(), assume_new=assume_new)
 
-    def _write_touches(self, touches: list[_Touch]
-                       ) -> list[tuple[asyncio.Future[Any], Any, Exception | None]]:
+    def _write_touches(self, touches: list[tuple[str, str | None]]
+                       ) -> list[tuple[Any, Exception | None]]:
         if not touches:
             return []
         p = self._p
         now = self.clock()
         self.db.cursor().executemany(
             f"UPDATE device SET last_seen_at = {p} WHERE id = {p}",
-            [(now, d) for d in {t.device_id for t in touches}])
-        return [(t.fut, positions(self.db, t.user_id, t.device_id) if t.user_id else None,
-                 None) for t in touches]
+            [(now, d) for d in {device_id for device_id, _ in touches}])
+        return [(positions(self.db, user_id, device_id) if user_id else None, None)
+                for device_id, user_id in touches]
 
     def _write_cursors(self, cursors: dict[tuple[str, str], int]) -> None:
         if not cursors:

@@ -1,11 +1,15 @@
-"""protocol.md §3 Delivery: an event that was acked to its publisher is never lost (kill -9)."""
+"""protocol.md §3 Delivery: an event that was acked to its publisher is never lost (kill -9);
+the writer process that commits it ends with its server, and the writer thread works too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import select
 from collections.abc import Iterable
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -73,3 +77,52 @@ async def test_acked_events_survive_kill_9_exactly_once(servers: MakeServer) -> 
     assert all(replies[pid] == seq for pid, seq in stored.items())
     assert sorted(replies.values()) == list(range(1, len(ids) + 1))
     await c.close()
+
+
+def writer_pids(data_dir: Path) -> list[int]:
+    """The writer processes working on ``data_dir`` (their command line names it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (entry / "cmdline").read_bytes()
+                if b"relaybox.server.writer" in cmd and str(data_dir).encode() in cmd:
+                    pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("end", ["kill -9", "SIGTERM"])
+async def test_the_writer_process_ends_with_its_server(servers: MakeServer, end: str) -> None:
+    server = servers(gateway_publish_rate_per_s=0)
+    (dev,) = users(server, 1)[0]
+    c = await Client.connect(server, dev)
+    await c.publish_many("s", [1, 2, 3])
+    (pid,) = writer_pids(server.data_dir)
+    fd = os.pidfd_open(pid)  # readable once that process has exited
+    try:
+        if end == "kill -9":
+            server.kill()  # the writer sees its socket close and exits by itself
+        else:
+            await c.close()
+            assert server.stop() == 0
+        readable, _, _ = await asyncio.get_running_loop().run_in_executor(
+            None, select.select, [fd], [], [], 30)
+        assert readable == [fd]
+    finally:
+        os.close(fd)
+
+
+async def test_with_the_writer_in_a_thread_events_are_stored_and_relayed(
+        servers: MakeServer) -> None:
+    """storage.writer_process = false: commits run in a thread of the server process."""
+    server = servers(storage_writer_process="false", gateway_publish_rate_per_s=0)
+    assert writer_pids(server.data_dir) == []
+    (a, b) = users(server, 2)[0]
+    ca, cb = await Client.connect(server, a), await Client.connect(server, b)
+    await cb.drain_catch_up()
+    acks = await ca.publish_many("s", [1, 2, 3])
+    assert [f["seq"] for f in acks] == [1, 2, 3]
+    events = await cb.events(3, "s")
+    assert [(e["seq"], e["body"]) for e in events] == [(1, 1), (2, 2), (3, 3)]
+    await ca.close()
+    await cb.close()

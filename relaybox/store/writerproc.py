@@ -1,0 +1,454 @@
+"""The event log's writer in a process of its own (how ``relaybox serve`` runs it).
+
+The writer thread shares the interpreter lock with the event loop: each statement of a
+commit (and the fsync) hands the lock back, and the writer then waits for whatever
+Python work the loop is doing before it can go on, several times per batch. A writer
+process has its own interpreter, so a commit never waits for the loop, and the loop
+never waits for the writer's Python work.
+
+``ProcessEventLog`` keeps ``EventLog``'s API. The loop sends the items of each loop
+iteration as one frame over a socket pair; the writer process reads whatever has
+arrived (up to ``batch_max`` items), writes it in one transaction with the same code as
+the writer thread (``EventLog.apply``), and answers with one frame of results in item
+order. Frames are a 4-byte length and a pickle: both ends are relaybox, on a socket
+pair no one else holds.
+
+The writer process stops when the socket closes (the server stopped or died): it
+finishes the batch it is writing, so it never leaves a transaction half done, and
+exits. If it dies, every item still waiting for it fails (publishes are nacked as
+``unavailable`` and are safe to retry), the event log reports itself unhealthy and a new
+writer process is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from relaybox.store.eventlog import (
+    BatchOutcome,
+    EventLog,
+    Failed,
+    PublishRequest,
+    PublishResult,
+    _Cursor,
+)
+
+log = logging.getLogger("relaybox.store")
+
+_LEN = struct.Struct("!I")
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(slots=True, frozen=True)
+class _TouchItem:
+    device_id: str
+    user_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class _Probe:
+    """An empty write round trip (the health check's question: do writes work?)."""
+
+
+class WriterGone(RuntimeError):
+    """The writer process stopped before answering."""
+
+
+def database_spec(db: pw.Database, settings: Any) -> dict[str, Any]:
+    """What the writer process needs: the same database, and the server's log settings."""
+    logs = {"log_format": settings.log_format, "log_level": settings.log_level}
+    if isinstance(db, pw.SqliteDatabase):
+        return {"sqlite": str(db.database), "synchronous": settings.sqlite_synchronous, **logs}
+    return {"url": settings.database_url, **logs}
+
+
+def _encode(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+def _frames(buf: bytearray) -> list[Any]:
+    """Take every complete frame out of ``buf``."""
+    out = []
+    pos = 0
+    while len(buf) - pos >= 4:
+        (n,) = _LEN.unpack_from(buf, pos)
+        if len(buf) - pos - 4 < n:
+            break
+        out.append(pickle.loads(buf[pos + 4:pos + 4 + n]))  # noqa: S301 - our own frames
+        pos += 4 + n
+    del buf[:pos]
+    return out
+
+
+class _Link(asyncio.Protocol):
+    """The loop's end of the socket pair."""
+
+    def __init__(self, owner: ProcessEventLog) -> None:
+        self.owner = owner
+        self.buf = bytearray()
+        self.transport: Any = None  # asyncio's or uvloop's (not an asyncio.Transport)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for msg in _frames(self.buf):
+            self.owner._answer(self, msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(self)
+
+
+class ProcessEventLog(EventLog):
+    """``EventLog`` with the writer in a child process (SQLite files and PostgreSQL)."""
+
+    def __init__(self, db: pw.Database, spec: dict[str, Any], *, batch_max: int = 1024,
+                 read_threads: int = 4,
+                 on_committed: Callable[[list[Any]], None] | None = None,
+                 on_batch: Callable[[int, float], None] | None = None,
+                 module: str = "relaybox.server.writer") -> None:
+        super().__init__(db, batch_max=batch_max, read_threads=read_threads,
+                         on_committed=on_committed, on_batch=on_batch)
+        self.module = module  # run with ``python -m``; it calls ``run`` (below)
+        self.checkpointer = None  # the writer process runs it beside its connection
+        self.spec = {**spec, "batch_max": batch_max}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._link: _Link | None = None
+        self._out: list[Any] = []
+        self._flush_scheduled = False
+        # One entry per item sent and not answered, in order: (kind, callback or future).
+        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
+        self._stopping = False
+        self._was_ready = False  # a writer that never opened the database is not restarted
+        self.restarts = 0  # restarts in a row, each within 30 s of the one before
+        self.started = 0  # writer processes started
+        self._last_restart = -1e9
+        self._respawn: asyncio.TimerHandle | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._spawn()
+
+    async def ready(self) -> None:
+        """Wait until the writer process has opened the database; raises ``WriterGone``
+        (and gives up on the writer process) if it cannot."""
+        fut = self._submit(_Probe(), "b")
+        try:
+            await asyncio.wait_for(fut, READY_TIMEOUT_S)
+            self._was_ready = True
+        except (TimeoutError, WriterGone):
+            self._give_up()
+            raise WriterGone("the writer process could not open the database; "
+                             "its error is in the log above") from None
+
+    def _give_up(self) -> None:
+        self._stopping = True
+        if self._respawn is not None:
+            self._respawn.cancel()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        self.started += 1
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", self.module, str(theirs.fileno()),
+                 json.dumps(self.spec)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        link = _Link(self)
+        self._link = link
+        self._loop.call_soon(self._connect, ours, link)
+
+    def _connect(self, sock: socket.socket, link: _Link) -> None:
+        assert self._loop is not None
+
+        async def connect() -> None:
+            assert self._loop is not None
+            await self._loop.create_unix_connection(lambda: link, sock=sock)
+            self._flush()
+            if self._stopping:
+                self._end_input(link)
+
+        self._loop.create_task(connect())
+
+    def stop(self) -> None:
+        """Let the writer process commit what it was sent, then wait for it (blocking;
+        called from a thread, not the loop)."""
+        self._stopping = True
+        loop, link, proc = self._loop, self._link, self.proc
+        if loop is not None and not loop.is_closed() and link is not None:
+            try:
+                loop.call_soon_threadsafe(self._end_input, link)
+            except RuntimeError:
+                pass
+        if proc is not None:
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.error("the writer process did not stop; killing it")
+                proc.kill()
+                proc.wait()
+        self.readers.shutdown(wait=True)
+
+    def _end_input(self, link: _Link) -> None:
+        """End of input: the writer process commits everything sent so far, answers it
+        and exits, which closes the socket. (Until the socket is connected, ``connect``
+        does this once it is.)"""
+        if link.transport is not None and not link.transport.is_closing():
+            self._flush()
+            link.transport.write_eof()
+
+    # -- API (event loop side) -------------------------------------------------
+    def publish_cb(self, req: PublishRequest, callback: Callable[[PublishResult], None]) -> None:
+        self._send(req, ("p", callback))
+
+    def save_cursor(self, device_id: str, stream: str, seq: int) -> None:
+        self._send(_Cursor(device_id, stream, seq), ("c", None))
+
+    def touch(self, device_id: str, user_id: str | None = None) -> asyncio.Future[Any]:
+        return self._submit(_TouchItem(device_id, user_id), "t")
+
+    def probe(self) -> asyncio.Future[Any]:
+        return self._submit(_Probe(), "b")
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        raise TypeError("the writer process runs no callables; use probe()")
+
+    def _submit(self, item: Any, kind: str) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._send(item, (kind, fut))
+        return fut
+
+    def _send(self, item: Any, handler: tuple[str, Any]) -> None:
+        self._pending.append(handler)
+        self._out.append(item)
+        if not self._flush_scheduled:
+            # Everything one loop iteration produces goes out as one frame.
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        link = self._link
+        if not self._out or link is None or link.transport is None:
+            return  # sent once the writer process is connected
+        if link.transport.is_closing():
+            return
+        items, self._out = self._out, []
+        link.transport.write(_encode(items))
+
+    def _answer(self, link: _Link, msg: tuple[list[Any], BatchOutcome]) -> None:
+        if link is not self._link:
+            return
+        results, outcome = msg
+        self.healthy = outcome.healthy
+        pubs: list[PublishResult] = []
+        callbacks: list[Callable[[PublishResult], None]] = []
+        futures: list[tuple[Any, Any, Any]] = []
+        for res in results:
+            kind, handler = self._pending.popleft()
+            if kind == "p":
+                callbacks.append(handler)
+                pubs.append(res)
+            elif kind != "c":
+                futures.append((handler, res[0], res[1]))
+        if callbacks:
+            self.stats.batches += 1
+            self.stats.events += len(outcome.new_events)
+            self.stats.last_size = len(callbacks)
+            self.stats.last_seconds = outcome.seconds
+        self._deliver(callbacks, pubs, outcome.new_events, futures, len(callbacks),
+                      outcome.seconds)
+
+    def _lost(self, link: _Link) -> None:
+        if link is not self._link:
+            return
+        self._link = None
+        # Items sent and not answered: their outcome is unknown to the loop. Publishes
+        # are nacked (a retry is deduplicated), the rest fail.
+        pending, self._pending = self._pending, collections.deque()
+        items_unsent = len(self._out)
+        self._out = []
+        callbacks, futures = [], []
+        for kind, handler in pending:
+            if kind == "p":
+                callbacks.append(handler)
+            elif kind != "c":
+                futures.append((handler, None, WriterGone("the writer process stopped")))
+        self._deliver(callbacks, [Failed("the writer process stopped")] * len(callbacks), [],
+                      futures, 0, 0.0)
+        if self._stopping:
+            return
+        self.healthy = False
+        if not self._was_ready:
+            return  # ready() reports it
+        code = self.proc.poll() if self.proc is not None else None
+        log.error("the writer process stopped (exit code %s; %d items lost their answer, "
+                  "%d unsent); starting a new one", code, len(pending) - items_unsent,
+                  items_unsent)
+        if self.proc is not None and code is None:
+            self.proc.kill()
+        # A writer that dies again soon is restarted after a growing pause (0.5 s up to
+        # 5 s); items queued meanwhile go to the new process.
+        now = time.monotonic()
+        recent = now - self._last_restart < 30
+        delay = min(5.0, 0.5 * 2 ** min(self.restarts, 4)) if recent else 0.0
+        self.restarts = self.restarts + 1 if recent else 0
+        self._last_restart = now
+        assert self._loop is not None
+        self._respawn = self._loop.call_later(delay, self._respawned)
+
+    def _respawned(self) -> None:
+        self._respawn = None
+        if not self._stopping:
+            self._spawn()
+
+
+# -- the writer process ------------------------------------------------------------
+
+def _open(spec: dict[str, Any]) -> pw.Database:
+    from relaybox.store.db import make_postgres, make_sqlite
+
+    if "sqlite" in spec:
+        return make_sqlite(Path(spec["sqlite"]), spec["synchronous"])
+    return make_postgres(spec["url"])
+
+
+def _noop() -> None:
+    return None
+
+
+def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
+    """Answer batches until the socket closes."""
+    writer = EventLog(_open(spec), batch_max=int(spec["batch_max"]), read_threads=1)
+    writer.readers.shutdown(wait=False)
+    if writer.checkpointer is not None:
+        writer.checkpointer.start()
+    buf = bytearray()
+    queued: collections.deque[Any] = collections.deque()
+    gone = False
+    try:
+        while True:
+            if not queued:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                buf += data
+                # Whatever else has already arrived joins this batch.
+                sock.setblocking(False)
+                try:
+                    while True:
+                        more = sock.recv(1 << 20)
+                        if not more:
+                            break
+                        buf += more
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+                for items in _frames(buf):
+                    queued.extend(items)
+                if not queued:
+                    continue
+            batch = [queued.popleft() for _ in range(min(len(queued), writer.batch_max))]
+            answer = _encode(_write(writer, batch))
+            if not gone:
+                try:
+                    sock.sendall(answer)
+                except OSError:
+                    gone = True  # the server died: still commit what it sent, then stop
+    finally:
+        if writer.checkpointer is not None:
+            writer.checkpointer.stop()
+        if not writer.db.is_closed():
+            writer.db.close()
+
+
+def _write(writer: EventLog, batch: list[Any]) -> tuple[list[Any], BatchOutcome]:
+    pubs: list[PublishRequest] = []
+    cursors: dict[tuple[str, str], int] = {}
+    touches: list[tuple[str, str | None]] = []
+    calls: list[Callable[[], Any]] = []
+    for it in batch:
+        if type(it) is PublishRequest:
+            pubs.append(it)
+        elif type(it) is _Cursor:
+            k = (it.device_id, it.stream)
+            if it.seq > cursors.get(k, -1):
+                cursors[k] = it.seq
+        elif type(it) is _TouchItem:
+            touches.append((it.device_id, it.user_id))
+        else:
+            calls.append(_noop)
+    out = writer.apply(pubs, cursors, touches, calls)
+    # Answers in item order; errors cross as text (the loop only reports them).
+    pub_results = iter(out.results)
+    touch_results = iter([_plain(r) for r in out.touches])
+    call_results = iter([_plain(r) for r in out.calls])
+    results: list[Any] = []
+    for it in batch:
+        if type(it) is PublishRequest:
+            results.append(next(pub_results))
+        elif type(it) is _Cursor:
+            results.append(None)
+        elif type(it) is _TouchItem:
+            results.append(next(touch_results))
+        else:
+            results.append(next(call_results))
+    out.results, out.touches, out.calls = [], [], []
+    return results, out
+
+
+def _plain(result: tuple[Any, Exception | None]) -> tuple[Any, Exception | None]:
+    value, exc = result
+    return value, None if exc is None else WriterGone(str(exc))
+
+
+def run(argv: list[str]) -> int:
+    """The writer process's main: ``argv`` is [program, socket fd, spec as JSON]. The
+    caller has set up logging."""
+    # The server decides when the writer stops (by closing the socket): a Ctrl-C or a
+    # SIGTERM sent to the whole process group must not interrupt a commit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[1]))
+    spec = json.loads(argv[2])
+    started = time.monotonic()
+    try:
+        serve(sock, spec)
+    except ConnectionResetError:
+        pass  # the server is gone, and so is whatever it had not sent completely
+    except Exception as exc:
+        log.error("the writer process stopped: %s", exc)
+        return 1
+    finally:
+        sock.close()
+    log.debug("writer process done after %.1f s", time.monotonic() - started)
+    return 0

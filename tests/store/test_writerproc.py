@@ -1,0 +1,150 @@
+"""The event log with its writer in a process of its own (how ``relaybox serve`` runs it),
+on a real SQLite file or PostgreSQL database, through the real socket pair."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee as pw
+import pytest
+
+from relaybox.protocol.encoding import uuid4
+from relaybox.store import queries
+from relaybox.store.eventlog import Accepted, Failed, PublishRequest, StoredEvent
+from relaybox.store.models import Event
+from relaybox.store.writerproc import ProcessEventLog, WriterGone
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+U1 = "u1-" + "0" * 33
+D1, D2 = "d1-" + "0" * 33, "d2-" + "0" * 33
+
+
+def req(stream: str = "s", *, id: str | None = None, body: str = "1") -> PublishRequest:
+    return PublishRequest(U1, D1, id or uuid4(), stream, body)
+
+
+def spec_for(db: pw.Database) -> dict[str, Any]:
+    if isinstance(db, pw.SqliteDatabase):
+        return {"sqlite": str(db.database), "synchronous": "full", "log_level": "warning"}
+    parts = urlsplit(os.environ["RELAYBOX_TEST_POSTGRES_URL"])
+    return {"url": urlunsplit(parts._replace(path="/" + str(db.database))),
+            "log_level": "warning"}
+
+
+class Writer:
+    def __init__(self, db: pw.Database, spec: dict[str, Any] | None = None) -> None:
+        self.committed: list[StoredEvent] = []
+        self.log = ProcessEventLog(db, spec or spec_for(db), read_threads=1,
+                                   on_committed=self.committed.extend)
+        self.log.start(asyncio.get_running_loop())
+
+    async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.log.stop)
+
+    def pid(self) -> int:
+        assert self.log.proc is not None
+        return self.log.proc.pid
+
+
+@pytest.fixture
+async def writer(db: pw.Database) -> AsyncIterator[Writer]:
+    w = Writer(db)
+    await w.log.ready()
+    yield w
+    await w.stop()
+
+
+def stored(db: pw.Database) -> list[tuple[str, int, str]]:
+    return [(e.stream, e.seq, e.client_id)
+            for e in Event.select().order_by(Event.stream, Event.seq)]
+
+
+async def test_publishes_cursors_and_touches_go_through_the_writer_process(
+        writer: Writer, db: pw.Database) -> None:
+    first = req()
+    results = await asyncio.gather(*(writer.log.publish(r)
+                                      for r in (first, req(), req("t"), first)))
+    assert all(isinstance(r, Accepted) for r in results)
+    seqs = [(r.event.stream, r.event.seq, r.duplicate) for r in results
+            if isinstance(r, Accepted)]
+    assert seqs == [("s", 1, False), ("s", 2, False), ("t", 1, False), ("s", 1, True)]
+    # Fan-out gets each new event once, built in the writer and rebuilt here.
+    assert [(e.stream, e.seq) for e in writer.committed] == [("s", 1), ("s", 2), ("t", 1)]
+    assert writer.committed[0].frame.startswith('{"type":"event"')
+    assert [(s, q) for s, q, _ in stored(db)] == [("s", 1), ("s", 2), ("t", 1)]
+
+    writer.log.save_cursor(D2, "s", 2)
+    heads, cursors, revoked = await writer.log.touch(D2, U1)
+    assert heads == {"s": (2, 0), "t": (1, 0)}
+    assert cursors == {"s": 2}
+    assert revoked  # no such device row
+    assert await writer.log.touch(D2) is None
+    assert queries.stream_heads(U1) == {"s": (2, 0), "t": (1, 0)}
+    await writer.log.probe()
+    assert writer.log.healthy
+    assert writer.log.stats.events == 3
+
+
+async def test_stop_commits_everything_sent_before_it(db: pw.Database) -> None:
+    w = Writer(db)
+    futs = [w.log.publish(req(body=str(i))) for i in range(300)]
+    await w.stop()  # right away: the items are still on their way to the writer process
+    results = [await f for f in futs]
+    assert [r.event.seq for r in results if isinstance(r, Accepted)] == list(range(1, 301))
+    assert len(stored(db)) == 300
+    assert w.log.proc is not None and w.log.proc.returncode == 0
+
+
+async def test_a_killed_writer_fails_what_it_had_not_answered_and_is_replaced(
+        writer: Writer, db: pw.Database) -> None:
+    ok = await writer.log.publish(req())
+    assert isinstance(ok, Accepted) and ok.event.seq == 1
+    os.kill(writer.pid(), signal.SIGSTOP)  # it reads nothing more
+    lost = [writer.log.publish(req()) for _ in range(5)]
+    touch = writer.log.touch(D1, U1)
+    await asyncio.sleep(0)  # let the loop send them
+    os.kill(writer.pid(), signal.SIGKILL)
+    results = [await f for f in lost]
+    assert results == [Failed("the writer process stopped")] * 5
+    with pytest.raises(WriterGone):
+        await touch
+    assert not writer.log.healthy
+    # The next publish goes to a new writer process; the seqs have no gap.
+    again = await writer.log.publish(req())
+    assert isinstance(again, Accepted) and again.event.seq == 2
+    assert writer.log.healthy
+    assert writer.log.started == 2
+    assert [q for _, q, _ in stored(db)] == [1, 2]
+
+
+async def test_the_writer_process_ignores_interrupts_and_ends_with_its_input(
+        writer: Writer, db: pw.Database) -> None:
+    os.kill(writer.pid(), signal.SIGINT)
+    os.kill(writer.pid(), signal.SIGTERM)
+    res = await writer.log.publish(req())
+    assert isinstance(res, Accepted) and res.event.seq == 1
+    # The server dying looks like this to the writer: its socket closes.
+    proc = writer.log.proc
+    assert proc is not None and writer.log._link is not None
+    writer.log._stopping = True
+    writer.log._link.transport.abort()
+    code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+    assert code == 0
+
+
+async def test_ready_fails_when_the_writer_cannot_open_the_database(
+        db: pw.Database, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    w = Writer(db, {"sqlite": str(blocker / "sub" / "db.sqlite"), "synchronous": "full",
+                    "log_level": "error"})
+    with pytest.raises(WriterGone, match="could not open the database"):
+        await w.log.ready()
+    await w.stop()
+    assert w.log.started == 1  # no restarts after giving up
