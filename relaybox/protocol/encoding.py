@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -116,8 +117,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@functools.lru_cache(maxsize=256)
 def format_ts(ms: int) -> str:
-    """Format Unix milliseconds as ``2026-11-25T16:52:52.123Z``."""
+    """Format Unix milliseconds as ``2026-11-25T16:52:52.123Z``. Cached: every event of a
+    commit batch has the same ``ts``, so catch-up reads format each one once."""
     seconds, millis = divmod(ms, 1000)
     t = time.gmtime(seconds)
     return (

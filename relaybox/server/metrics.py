@@ -236,8 +236,12 @@ class Metrics:
         """Flush, then read the state that is not event driven (lag, tasks, memory, backups)."""
         now = _now() if now is None else now
         self.flush()
-        self.memory.set(metrics_state.resident_bytes())
         ctx = self.ctx
+        memory = metrics_state.resident_bytes()
+        writer = getattr(getattr(ctx, "eventlog", None), "writer_pid", None)
+        if writer:
+            memory += metrics_state.resident_bytes(writer)  # the writer process
+        self.memory.set(memory)
         if ctx is None:
             return
         lag = self._lag.read(ctx.hub, now)

@@ -102,11 +102,14 @@ def newest_backup(directory: Path) -> float:
         return 0.0
 
 
-def resident_bytes() -> int:
+def resident_bytes(pid: int | None = None) -> int:
+    """Resident memory of this process, or of process ``pid`` (0 if it is gone)."""
     try:
-        with open("/proc/self/statm", "rb") as f:
+        with open(f"/proc/{pid or 'self'}/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
+        if pid is not None:
+            return 0
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -10,8 +10,9 @@ never waits for the writer's Python work.
 iteration as one frame over a socket pair; the writer process reads whatever has
 arrived (up to ``batch_max`` items), writes it in one transaction with the same code as
 the writer thread (``EventLog.apply``), and answers with one frame of results in item
-order. Frames are a 4-byte length and a pickle: both ends are relaybox, on a socket
-pair no one else holds.
+order. Frames are a 4-byte length and a pickle of plain tuples (both ends are relaybox,
+on a socket pair no one else holds); a stored publish is answered with just its seq and
+ts, and the loop rebuilds the event from the request it kept.
 
 The writer process stops when the socket closes (the server stopped or died): it
 finishes the batch it is writing, so it never leaves a transaction half done, and
@@ -34,19 +35,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import peewee as pw
 
+from relaybox.protocol.encoding import format_ts
 from relaybox.store.eventlog import (
-    BatchOutcome,
+    Accepted,
     EventLog,
     Failed,
     PublishRequest,
     PublishResult,
-    _Cursor,
+    StoredEvent,
 )
 
 log = logging.getLogger("relaybox.store")
@@ -56,15 +57,14 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
 
-@dataclass(slots=True, frozen=True)
-class _TouchItem:
-    device_id: str
-    user_id: str | None
-
-
-@dataclass(slots=True, frozen=True)
-class _Probe:
-    """An empty write round trip (the health check's question: do writes work?)."""
+# Items on the wire are plain tuples (cheap to pickle), tagged by their first element:
+_PUBLISH = 0  # (tag, user_id, device_id, client_id, stream, body, key, base_seq)
+_CURSOR = 1  # (tag, device_id, stream, seq)
+_TOUCH = 2  # (tag, device_id, user_id or None)
+_PROBE = 3  # (tag,): an empty write round trip (does writing work?)
+# A publish is answered with (seq, ts) when it was stored now (the loop still has the
+# rest of the event), ("dup", *stored event) when it repeats a stored one, or the
+# Conflicted / Failed result itself. A batch's answer is (answers, seconds, healthy).
 
 
 class WriterGone(RuntimeError):
@@ -135,14 +135,21 @@ class ProcessEventLog(EventLog):
         self._link: _Link | None = None
         self._out: list[Any] = []
         self._flush_scheduled = False
-        # One entry per item sent and not answered, in order: (kind, callback or future).
-        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
+        # One entry per item sent and not answered, in order:
+        # (kind, callback or future, the PublishRequest of a publish).
+        self._pending: collections.deque[tuple[str, Any, Any]] = collections.deque()
         self._stopping = False
         self._was_ready = False  # a writer that never opened the database is not restarted
         self.restarts = 0  # restarts in a row, each within 30 s of the one before
         self.started = 0  # writer processes started
         self._last_restart = -1e9
         self._respawn: asyncio.TimerHandle | None = None
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The running writer process (for the memory metric)."""
+        proc = self.proc
+        return proc.pid if proc is not None and proc.returncode is None else None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -152,7 +159,7 @@ class ProcessEventLog(EventLog):
     async def ready(self) -> None:
         """Wait until the writer process has opened the database; raises ``WriterGone``
         (and gives up on the writer process) if it cannot."""
-        fut = self._submit(_Probe(), "b")
+        fut = self._submit((_PROBE,), "b")
         try:
             await asyncio.wait_for(fut, READY_TIMEOUT_S)
             self._was_ready = True
@@ -225,27 +232,28 @@ class ProcessEventLog(EventLog):
 
     # -- API (event loop side) -------------------------------------------------
     def publish_cb(self, req: PublishRequest, callback: Callable[[PublishResult], None]) -> None:
-        self._send(req, ("p", callback))
+        self._send((_PUBLISH, req.user_id, req.device_id, req.client_id, req.stream, req.body,
+                    req.key, req.base_seq), ("p", callback, req))
 
     def save_cursor(self, device_id: str, stream: str, seq: int) -> None:
-        self._send(_Cursor(device_id, stream, seq), ("c", None))
+        self._send((_CURSOR, device_id, stream, seq), ("c", None, None))
 
     def touch(self, device_id: str, user_id: str | None = None) -> asyncio.Future[Any]:
-        return self._submit(_TouchItem(device_id, user_id), "t")
+        return self._submit((_TOUCH, device_id, user_id), "t")
 
     def probe(self) -> asyncio.Future[Any]:
-        return self._submit(_Probe(), "b")
+        return self._submit((_PROBE,), "b")
 
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         raise TypeError("the writer process runs no callables; use probe()")
 
-    def _submit(self, item: Any, kind: str) -> asyncio.Future[Any]:
+    def _submit(self, item: tuple[Any, ...], kind: str) -> asyncio.Future[Any]:
         assert self._loop is not None
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._send(item, (kind, fut))
+        self._send(item, (kind, fut, None))
         return fut
 
-    def _send(self, item: Any, handler: tuple[str, Any]) -> None:
+    def _send(self, item: tuple[Any, ...], handler: tuple[str, Any, Any]) -> None:
         self._pending.append(handler)
         self._out.append(item)
         if not self._flush_scheduled:
@@ -264,28 +272,40 @@ class ProcessEventLog(EventLog):
         items, self._out = self._out, []
         link.transport.write(_encode(items))
 
-    def _answer(self, link: _Link, msg: tuple[list[Any], BatchOutcome]) -> None:
+    def _answer(self, link: _Link, msg: tuple[list[Any], float, bool]) -> None:
         if link is not self._link:
             return
-        results, outcome = msg
-        self.healthy = outcome.healthy
+        answers, seconds, healthy = msg
+        self.healthy = healthy
         pubs: list[PublishResult] = []
         callbacks: list[Callable[[PublishResult], None]] = []
+        new_events: list[StoredEvent] = []
         futures: list[tuple[Any, Any, Any]] = []
-        for res in results:
-            kind, handler = self._pending.popleft()
+        last_ts, ts_text = -1, ""
+        for ans in answers:
+            kind, handler, req = self._pending.popleft()
             if kind == "p":
                 callbacks.append(handler)
-                pubs.append(res)
+                if type(ans) is not tuple:
+                    pubs.append(ans)  # Conflicted or Failed
+                elif ans[0] == "dup":
+                    pubs.append(Accepted(StoredEvent(*ans[1:]), duplicate=True))
+                else:
+                    seq, ts = ans
+                    if ts != last_ts:  # one ts per commit batch, formatted once
+                        last_ts, ts_text = ts, format_ts(ts)
+                    ev = StoredEvent(req.user_id, req.stream, seq, req.client_id,
+                                     req.device_id, req.key, ts, req.body, ts_text)
+                    new_events.append(ev)
+                    pubs.append(Accepted(ev, duplicate=False))
             elif kind != "c":
-                futures.append((handler, res[0], res[1]))
+                futures.append((handler, ans[0], ans[1]))
         if callbacks:
             self.stats.batches += 1
-            self.stats.events += len(outcome.new_events)
+            self.stats.events += len(new_events)
             self.stats.last_size = len(callbacks)
-            self.stats.last_seconds = outcome.seconds
-        self._deliver(callbacks, pubs, outcome.new_events, futures, len(callbacks),
-                      outcome.seconds)
+            self.stats.last_seconds = seconds
+        self._deliver(callbacks, pubs, new_events, futures, len(callbacks), seconds)
 
     def _lost(self, link: _Link) -> None:
         if link is not self._link:
@@ -297,7 +317,7 @@ class ProcessEventLog(EventLog):
         items_unsent = len(self._out)
         self._out = []
         callbacks, futures = [], []
-        for kind, handler in pending:
+        for kind, handler, _ in pending:
             if kind == "p":
                 callbacks.append(handler)
             elif kind != "c":
@@ -391,20 +411,22 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
             writer.db.close()
 
 
-def _write(writer: EventLog, batch: list[Any]) -> tuple[list[Any], BatchOutcome]:
+def _write(writer: EventLog, batch: list[tuple[Any, ...]]
+           ) -> tuple[list[Any], float, bool]:
     pubs: list[PublishRequest] = []
     cursors: dict[tuple[str, str], int] = {}
     touches: list[tuple[str, str | None]] = []
     calls: list[Callable[[], Any]] = []
     for it in batch:
-        if type(it) is PublishRequest:
-            pubs.append(it)
-        elif type(it) is _Cursor:
-            k = (it.device_id, it.stream)
-            if it.seq > cursors.get(k, -1):
-                cursors[k] = it.seq
-        elif type(it) is _TouchItem:
-            touches.append((it.device_id, it.user_id))
+        tag = it[0]
+        if tag == _PUBLISH:
+            pubs.append(PublishRequest(*it[1:]))
+        elif tag == _CURSOR:
+            k = (it[1], it[2])
+            if it[3] > cursors.get(k, -1):
+                cursors[k] = it[3]
+        elif tag == _TOUCH:
+            touches.append((it[1], it[2]))
         else:
             calls.append(_noop)
     out = writer.apply(pubs, cursors, touches, calls)
@@ -412,18 +434,26 @@ def _write(writer: EventLog, batch: list[Any]) -> tuple[list[Any], BatchOutcome]
     pub_results = iter(out.results)
     touch_results = iter([_plain(r) for r in out.touches])
     call_results = iter([_plain(r) for r in out.calls])
-    results: list[Any] = []
+    answers: list[Any] = []
     for it in batch:
-        if type(it) is PublishRequest:
-            results.append(next(pub_results))
-        elif type(it) is _Cursor:
-            results.append(None)
-        elif type(it) is _TouchItem:
-            results.append(next(touch_results))
+        tag = it[0]
+        if tag == _PUBLISH:
+            res = next(pub_results)
+            if type(res) is not Accepted:
+                answers.append(res)
+            elif res.duplicate:
+                ev = res.event
+                answers.append(("dup", ev.user_id, ev.stream, ev.seq, ev.id, ev.device_id,
+                                ev.key, ev.ts, ev.body))
+            else:
+                answers.append((res.event.seq, res.event.ts))
+        elif tag == _CURSOR:
+            answers.append(None)
+        elif tag == _TOUCH:
+            answers.append(next(touch_results))
         else:
-            results.append(next(call_results))
-    out.results, out.touches, out.calls = [], [], []
-    return results, out
+            answers.append(next(call_results))
+    return answers, out.seconds, out.healthy
 
 
 def _plain(result: tuple[Any, Exception | None]) -> tuple[Any, Exception | None]:

@@ -186,3 +186,23 @@ async def _true(x: bool) -> bool:
 
 async def _async_value(srv: Server, name: str, want: float) -> bool:
     return value(await asyncio.to_thread(scrape, srv, TOKEN), name) == want
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_memory_counts_the_writer_process_too(
+        env: tuple[Server, dict[str, list[DeviceKey]]]) -> None:
+    srv, _ = env
+    assert srv.proc is not None
+    (writer,) = [int(p) for p in Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children")
+                 .read_text().split()
+                 if b"relaybox.server.writer" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    reported = value(scrape(srv, TOKEN), "relaybox_memory_resident_bytes")
+    # Both processes, within a fifth for what moved between the scrape and these reads;
+    # the server process alone would be short by most of the writer's share.
+    assert reported > 0.8 * (_rss(srv.proc.pid) + _rss(writer))

@@ -16,7 +16,7 @@ import pytest
 
 from relaybox.protocol.encoding import uuid4
 from relaybox.store import queries
-from relaybox.store.eventlog import Accepted, Failed, PublishRequest, StoredEvent
+from relaybox.store.eventlog import Accepted, Conflicted, Failed, PublishRequest, StoredEvent
 from relaybox.store.models import Event
 from relaybox.store.writerproc import ProcessEventLog, WriterGone
 
@@ -78,6 +78,14 @@ async def test_publishes_cursors_and_touches_go_through_the_writer_process(
     assert [(e.stream, e.seq) for e in writer.committed] == [("s", 1), ("s", 2), ("t", 1)]
     assert writer.committed[0].frame.startswith('{"type":"event"')
     assert [(s, q) for s, q, _ in stored(db)] == [("s", 1), ("s", 2), ("t", 1)]
+    # A later repeat gets the stored event (body included); compare-and-set conflicts.
+    again = await writer.log.publish(PublishRequest(U1, D1, first.client_id, "s", "2"))
+    assert isinstance(again, Accepted) and again.duplicate
+    assert (again.event.seq, again.event.body, again.event.ts_text) == (
+        1, "1", results[0].event.ts_text)  # type: ignore[union-attr]
+    cas = await writer.log.publish(PublishRequest(U1, D1, uuid4(), "s", "3", base_seq=1))
+    assert cas == Conflicted("s", 2)
+    assert len(writer.committed) == 3
 
     writer.log.save_cursor(D2, "s", 2)
     heads, cursors, revoked = await writer.log.touch(D2, U1)
