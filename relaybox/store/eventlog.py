@@ -315,6 +315,8 @@ class EventLog:
             attempt += 1
             try:
                 self._ensure_connection()
+                if self.checkpointer is not None and self.checkpointer.restart_wanted:
+                    self.checkpointer.restart(self.db)
                 with self._transaction():
                     results, new_events = self._write_publishes(pubs, assume_new)
                     self._write_cursors(cursors)

@@ -318,6 +318,41 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(
         await loop.run_in_executor(None, lg.stop)
 
 
+async def test_under_steady_writes_the_wal_still_starts_over(tmp_path: Path) -> None:
+    """Every checkpoint overlaps new commits, so the WAL is never fully copied when the
+    writer's next transaction starts and SQLite would append to it forever. The writer
+    copies the rest itself when asked, and the WAL starts over from its beginning."""
+    import os
+
+    from relaybox.store import migrate
+    from relaybox.store.db import make_sqlite
+    from relaybox.store.models import database_proxy
+
+    db = make_sqlite(tmp_path / "steady.sqlite")
+    migrate.up(db)
+    database_proxy.initialize(db)
+    lg = Log(db)
+    ckpt = lg.log.checkpointer
+    assert ckpt is not None
+    ckpt.interval_s, ckpt.restart_frames = 0.02, 256  # 1 MiB of 4 KiB pages
+    wal = db.database + "-wal"
+    body = '"' + "x" * 3000 + '"'
+    n = 0
+    try:
+        # One event per commit, the next publish as soon as the last one is acked: the
+        # writer never pauses for as long as a checkpoint takes.
+        while n < 2000 or (ckpt.restarts < 3 and n < 6000):
+            await lg.publish(req("steady", body=body))
+            n += 1
+        assert ckpt.restarts >= 3
+        # Each commit appends 4 pages or more: without restarts the WAL would hold them
+        # all (over 30 MiB); restarted, it stays near 1 MiB plus one interval's commits.
+        assert os.path.getsize(wal) < n * 4 * 4096 / 3
+        assert len(rows(stream="steady")) == n
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, lg.stop)
+
+
 async def test_positions_read_heads_cursors_and_revocation(db: pw.Database) -> None:
     """The handshake's positions: heads of the user's streams with events (and their
     floors), this device's cursors, and whether it was revoked or removed."""
