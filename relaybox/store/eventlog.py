@@ -17,7 +17,7 @@ import peewee as pw
 
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.frames import event_frame
-from relaybox.store.checkpoint import WalCheckpointer
+from relaybox.store.checkpoint import JOURNAL_SIZE_LIMIT, WalCheckpointer
 from relaybox.store.db import is_postgres, write_transaction
 
 log = logging.getLogger("relaybox.store")
@@ -405,6 +405,8 @@ class EventLog:
             # The checkpointer thread copies pages into the database file; this
             # connection only appends to the WAL.
             self.db.execute_sql("PRAGMA wal_autocheckpoint=0")
+            # When this connection starts the WAL over, the file shrinks back to this.
+            self.db.execute_sql(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
 
     def _reset_connection(self) -> None:
         try:
