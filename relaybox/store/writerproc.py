@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import pickle
 import signal
@@ -181,9 +180,12 @@ class ProcessEventLog(EventLog):
         self.started += 1
         ours, theirs = socket.socketpair()
         try:
+            # The spec (it may hold the database password) goes over the socket as the
+            # first frame, never on the command line, which every local user can read.
+            ours.sendall(_encode(self.spec))
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", self.module, str(theirs.fileno()),
-                 json.dumps(self.spec)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", self.module, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         ours.setblocking(False)
@@ -365,14 +367,16 @@ def _noop() -> None:
     return None
 
 
-def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
-    """Answer batches until the socket closes."""
+def serve(sock: socket.socket, spec: dict[str, Any], buf: bytearray | None = None) -> None:
+    """Answer batches until the socket closes (``buf``: bytes already read from it)."""
     writer = EventLog(_open(spec), batch_max=int(spec["batch_max"]), read_threads=1)
     writer.readers.shutdown(wait=False)
     if writer.checkpointer is not None:
         writer.checkpointer.start()
-    buf = bytearray()
+    buf = buf if buf is not None else bytearray()
     queued: collections.deque[Any] = collections.deque()
+    for items in _frames(buf):
+        queued.extend(items)
     gone = False
     try:
         while True:
@@ -461,18 +465,41 @@ def _plain(result: tuple[Any, Exception | None]) -> tuple[Any, Exception | None]
     return value, None if exc is None else WriterGone(str(exc))
 
 
-def run(argv: list[str]) -> int:
-    """The writer process's main: ``argv`` is [program, socket fd, spec as JSON]. The
-    caller has set up logging."""
+def read_spec(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
+    """The first frame on the socket (the spec), and whatever arrived after it."""
+    buf = bytearray()
+    while True:
+        if len(buf) >= 4:
+            (n,) = _LEN.unpack_from(buf, 0)
+            if len(buf) >= 4 + n:
+                spec = pickle.loads(buf[4:4 + n])  # noqa: S301 - our own frame
+                del buf[:4 + n]
+                return spec, buf
+        data = sock.recv(1 << 16)
+        if not data:
+            raise ConnectionResetError("the server closed the socket before the spec")
+        buf += data
+
+
+def run(argv: list[str], setup: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """The writer process's main: ``argv`` is [program, socket fd]. The spec comes as
+    the socket's first frame; ``setup(spec)`` then configures logging."""
     # The server decides when the writer stops (by closing the socket): a Ctrl-C or a
     # SIGTERM sent to the whole process group must not interrupt a commit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
-    spec = json.loads(argv[2])
+    try:
+        spec, buf = read_spec(sock)
+    except (OSError, pickle.UnpicklingError) as exc:
+        sock.close()
+        print(f"error: relaybox writer process: {exc}", file=sys.stderr)
+        return 1
+    if setup is not None:
+        setup(spec)
     started = time.monotonic()
     try:
-        serve(sock, spec)
+        serve(sock, spec, buf)
     except ConnectionResetError:
         pass  # the server is gone, and so is whatever it had not sent completely
     except Exception as exc:

@@ -79,15 +79,17 @@ async def test_acked_events_survive_kill_9_exactly_once(servers: MakeServer) -> 
     await c.close()
 
 
-def writer_pids(data_dir: Path) -> list[int]:
-    """The writer processes working on ``data_dir`` (their command line names it)."""
+def writer_pids(server_pid: int) -> list[int]:
+    """The writer processes the server process started (its children running the
+    writer module; their command line holds nothing else, no database URL)."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
             with contextlib.suppress(OSError):
-                cmd = (entry / "cmdline").read_bytes()
-                if b"relaybox.server.writer" in cmd and str(data_dir).encode() in cmd:
-                    pids.append(int(entry.name))
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if b"relaybox.server.writer" in cmd:
+                    assert len([a for a in cmd if a]) == 4  # python -m module fd
+                    pids.append(int(child))
     return pids
 
 
@@ -97,7 +99,8 @@ async def test_the_writer_process_ends_with_its_server(servers: MakeServer, end:
     (dev,) = users(server, 1)[0]
     c = await Client.connect(server, dev)
     await c.publish_many("s", [1, 2, 3])
-    (pid,) = writer_pids(server.data_dir)
+    assert server.proc is not None
+    (pid,) = writer_pids(server.proc.pid)
     fd = os.pidfd_open(pid)  # readable once that process has exited
     try:
         if end == "kill -9":
@@ -116,7 +119,8 @@ async def test_with_the_writer_in_a_thread_events_are_stored_and_relayed(
         servers: MakeServer) -> None:
     """storage.writer_process = false: commits run in a thread of the server process."""
     server = servers(storage_writer_process="false", gateway_publish_rate_per_s=0)
-    assert writer_pids(server.data_dir) == []
+    assert server.proc is not None
+    assert writer_pids(server.proc.pid) == []
     (a, b) = users(server, 2)[0]
     ca, cb = await Client.connect(server, a), await Client.connect(server, b)
     await cb.drain_catch_up()
