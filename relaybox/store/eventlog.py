@@ -138,6 +138,13 @@ class BatchStats:
     last_size: int = 0
     last_seconds: float = 0.0
 
+    def record(self, size: int, stored: int, seconds: float) -> None:
+        """A batch of ``size`` publishes, ``stored`` of them new, took ``seconds``."""
+        self.batches += 1
+        self.events += stored
+        self.last_size = size
+        self.last_seconds = seconds
+
 
 class EventLog:
     """Single writer thread; publishes from every session share one transaction per batch.
@@ -311,6 +318,7 @@ class EventLog:
         # batch redone with the duplicate query (one statement fewer per batch).
         assume_new = True
         attempt = 0
+        error: Exception | None = None
         while attempt < 3:
             attempt += 1
             try:
@@ -322,6 +330,7 @@ class EventLog:
                     self._write_cursors(cursors)
                     touch_results = self._write_touches(touches)
                     call_results = [self._run_call(fn) for fn in calls]
+                error = None
                 self.healthy = True
                 if self.checkpointer is not None:
                     self.checkpointer.committed()
@@ -334,25 +343,20 @@ class EventLog:
                 # A concurrent writer in another process (same id twice) or a lock
                 # timeout: re-evaluate the whole batch; after that, report unavailable.
                 log.warning("commit failed (attempt %d): %s", attempt, exc)
-                self._reset_connection()
-                results, new_events = [Failed(str(exc))] * len(pubs), []
-                touch_results = [(None, exc)] * len(touches)
-                call_results = [(None, exc)] * len(calls)
-                self.healthy = False
+                error = exc
             except Exception as exc:
                 log.exception("commit failed: %s", exc)
-                self._reset_connection()
-                results, new_events = [Failed(str(exc))] * len(pubs), []
-                touch_results = [(None, exc)] * len(touches)
-                call_results = [(None, exc)] * len(calls)
-                self.healthy = False
-                break
+                error = exc
+                attempt = 3  # not worth retrying
+            self._reset_connection()
+            self.healthy = False
+        if error is not None:
+            results, new_events = [Failed(str(error))] * len(pubs), []
+            touch_results = [(None, error)] * len(touches)
+            call_results = [(None, error)] * len(calls)
         elapsed = time.perf_counter() - started
         if pubs:
-            self.stats.batches += 1
-            self.stats.events += len(new_events)
-            self.stats.last_size = len(pubs)
-            self.stats.last_seconds = elapsed
+            self.stats.record(len(pubs), len(new_events), elapsed)
         return BatchOutcome(results, new_events, touch_results, call_results, elapsed,
                             self.healthy)
 

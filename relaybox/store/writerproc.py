@@ -83,11 +83,11 @@ def _encode(obj: Any) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
-def _frames(buf: bytearray) -> list[Any]:
-    """Take every complete frame out of ``buf``."""
-    out = []
+def _frames(buf: bytearray, limit: int | None = None) -> list[Any]:
+    """Take the complete frames (at most ``limit`` of them) out of ``buf``."""
+    out: list[Any] = []
     pos = 0
-    while len(buf) - pos >= 4:
+    while len(buf) - pos >= 4 and (limit is None or len(out) < limit):
         (n,) = _LEN.unpack_from(buf, pos)
         if len(buf) - pos - 4 < n:
             break
@@ -303,10 +303,7 @@ class ProcessEventLog(EventLog):
             elif kind != "c":
                 futures.append((handler, ans[0], ans[1]))
         if callbacks:
-            self.stats.batches += 1
-            self.stats.events += len(new_events)
-            self.stats.last_size = len(callbacks)
-            self.stats.last_seconds = seconds
+            self.stats.record(len(callbacks), len(new_events), seconds)
         self._deliver(callbacks, pubs, new_events, futures, len(callbacks), seconds)
 
     def _lost(self, link: _Link) -> None:
@@ -469,12 +466,9 @@ def read_spec(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
     """The first frame on the socket (the spec), and whatever arrived after it."""
     buf = bytearray()
     while True:
-        if len(buf) >= 4:
-            (n,) = _LEN.unpack_from(buf, 0)
-            if len(buf) >= 4 + n:
-                spec = pickle.loads(buf[4:4 + n])  # noqa: S301 - our own frame
-                del buf[:4 + n]
-                return spec, buf
+        first = _frames(buf, limit=1)
+        if first:
+            return first[0], buf
         data = sock.recv(1 << 16)
         if not data:
             raise ConnectionResetError("the server closed the socket before the spec")
