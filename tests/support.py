@@ -183,3 +183,15 @@ class Gw:
                 while True:
                     await self.ws.recv()
         return self.ws.close_code
+
+
+def writer_pids(server_pid: int) -> list[int]:
+    """The writer processes a server process started (its children running the writer
+    module)."""
+    pids = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"relaybox.server.writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    pids.append(int(child))
+    return pids

@@ -18,6 +18,7 @@ from relaybox.protocol.encoding import uuid4
 from relaybox.store.models import Event
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, database, users
+from tests.support import writer_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -79,20 +80,6 @@ async def test_acked_events_survive_kill_9_exactly_once(servers: MakeServer) -> 
     await c.close()
 
 
-def writer_pids(server_pid: int) -> list[int]:
-    """The writer processes the server process started (its children running the
-    writer module; their command line holds nothing else, no database URL)."""
-    pids = []
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                if b"relaybox.server.writer" in cmd:
-                    assert len([a for a in cmd if a]) == 4  # python -m module fd
-                    pids.append(int(child))
-    return pids
-
-
 @pytest.mark.parametrize("end", ["kill -9", "SIGTERM"])
 async def test_the_writer_process_ends_with_its_server(servers: MakeServer, end: str) -> None:
     server = servers(gateway_publish_rate_per_s=0)
@@ -101,6 +88,10 @@ async def test_the_writer_process_ends_with_its_server(servers: MakeServer, end:
     await c.publish_many("s", [1, 2, 3])
     assert server.proc is not None
     (pid,) = writer_pids(server.proc.pid)
+    # Its command line holds nothing but python -m module fd: no database URL.
+    args = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    assert len(args) == 4 and args[1:3] == [b"-m", b"relaybox.server.writer"]
+    assert args[3].isdigit()
     fd = os.pidfd_open(pid)  # readable once that process has exited
     try:
         if end == "kill -9":

@@ -21,7 +21,7 @@ from tests.observability.helpers import (
     total,
     value,
 )
-from tests.support import DeviceKey, Gw, Server, seed
+from tests.support import DeviceKey, Gw, Server, seed, writer_pids
 
 TOKEN = "metrics-secret-7b1d"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -199,9 +199,7 @@ def test_memory_counts_the_writer_process_too(
         env: tuple[Server, dict[str, list[DeviceKey]]]) -> None:
     srv, _ = env
     assert srv.proc is not None
-    (writer,) = [int(p) for p in Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children")
-                 .read_text().split()
-                 if b"relaybox.server.writer" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    (writer,) = writer_pids(srv.proc.pid)
     reported = value(scrape(srv, TOKEN), "relaybox_memory_resident_bytes")
     # Both processes, within a fifth for what moved between the scrape and these reads;
     # the server process alone would be short by most of the writer's share.

@@ -272,20 +272,25 @@ async def test_storage_failure_answers_failed_and_loses_no_seq(tmp_path: Any) ->
         await asyncio.get_running_loop().run_in_executor(None, lg.stop)
 
 
+def file_log(path: Path) -> tuple[pw.SqliteDatabase, Log]:
+    """A migrated SQLite file of its own (with a checkpointer) and a Log on it."""
+    from relaybox.store import migrate
+    from relaybox.store.db import make_sqlite
+    from relaybox.store.models import database_proxy
+
+    db = make_sqlite(path)
+    migrate.up(db)
+    database_proxy.initialize(db)
+    return db, Log(db)
+
+
 async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(
         tmp_path: Path) -> None:
     """The writer never checkpoints; the checkpointer copies the WAL back so SQLite can
     restart it, so writing the same amount twice does not make the WAL twice as long."""
     import os
 
-    from relaybox.store import migrate
-    from relaybox.store.db import make_sqlite
-    from relaybox.store.models import database_proxy
-
-    db = make_sqlite(tmp_path / "wal.sqlite")
-    migrate.up(db)
-    database_proxy.initialize(db)
-    lg = Log(db)
+    db, lg = file_log(tmp_path / "wal.sqlite")
     ckpt = lg.log.checkpointer
     assert ckpt is not None
     wal = db.database + "-wal"
@@ -324,14 +329,7 @@ async def test_under_steady_writes_the_wal_still_starts_over(tmp_path: Path) -> 
     copies the rest itself when asked, and the WAL starts over from its beginning."""
     import os
 
-    from relaybox.store import migrate
-    from relaybox.store.db import make_sqlite
-    from relaybox.store.models import database_proxy
-
-    db = make_sqlite(tmp_path / "steady.sqlite")
-    migrate.up(db)
-    database_proxy.initialize(db)
-    lg = Log(db)
+    db, lg = file_log(tmp_path / "steady.sqlite")
     ckpt = lg.log.checkpointer
     assert ckpt is not None
     ckpt.interval_s, ckpt.restart_frames = 0.02, 256  # 1 MiB of 4 KiB pages
