@@ -326,6 +326,7 @@ def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size:
                 break
         start_seq = int(welcome["streams"].get("bench", 0))
         lat: list[int] = []
+        sent: list[int] = []
         done = asyncio.get_running_loop().create_future()
         seen = 0
         first: list[float] = []
@@ -341,6 +342,7 @@ def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size:
             if stream == "bench" and seq > start_seq:
                 if not first:
                     first.append(time.monotonic())
+                sent.append(msg["body"]["t"])
                 lat.append(now - msg["body"]["t"])
             if seen % ACK_EVERY == 0 or len(lat) >= n:
                 rx.send(f'{{"type":"ack","stream":"{stream}","seq":{seq}}}')
@@ -365,6 +367,7 @@ def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size:
         pad = "x" * max(0, body_size - 40)
         ids = [str(uuid.uuid4()) for _ in range(n)]
         t0 = time.monotonic()
+        t0_ns = time.monotonic_ns()
         interval = 1.0 / rate
         for i in range(n):
             delay = t0 + i * interval - time.monotonic()
@@ -375,6 +378,7 @@ def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size:
         await asyncio.wait_for(done, 120)
         out.put(("publisher", t0, 0.0))
         out.put(("receiver", first[0], time.monotonic(), lat))
+        out.put(("stalls", t0_ns, stalls(sent, lat, t0_ns)))
         await tx.close()
         await rx.close()
 
@@ -382,15 +386,130 @@ def _latency_run(url: str, a: Device, b: Device, n: int, rate: float, body_size:
 
 
 def latency(url: str, a: Device, b: Device, n: int, rate: float = 2000,
-            body_size: int = 200) -> dict[str, Any]:
-    """Publish→delivery latency at a fixed rate (one load-generator process)."""
+            body_size: int = 200, probe_dir: Path | None = None) -> dict[str, Any]:
+    """Publish→delivery latency at a fixed rate (one load-generator process). With
+    ``probe_dir``, a storage probe fsyncs a file of its own there meanwhile."""
     ctx = _mp()
     out = ctx.Queue()
+    stop = ctx.Event()
+    probe = None
+    if probe_dir is not None:
+        probe = ctx.Process(target=_storage_probe, args=(probe_dir, PROBE_RATE, stop, out))
+        probe.start()
     proc = ctx.Process(target=_latency_run, args=(url, a, b, n, rate, body_size, out))
     proc.start()
-    results = _collect(out, 2)
+    results = _collect(out, 3)
     proc.join()
-    return _relay_result(n, results)
+    t0_ns, late = results["stalls"][1], results["stalls"][2]
+    result = {**_relay_result(n, results), "stalls": late}
+    if probe is not None:
+        stop.set()
+        syncs = _collect(out, 1)["probe"][1]
+        probe.join()
+        result["storage_probe"] = probe_summary(syncs, t0_ns)
+        mark_storage_stalls(late, syncs, t0_ns)
+    return result
+
+
+#: fsyncs per second of the storage probe: next to the writer's ~1,000-2,000 per second
+#: at 2,000 events/s, and 4 KiB each against the writer's ~40 MB/s, it adds little.
+PROBE_RATE = 250
+#: A probe fsync slower than this is a storage stall (the idle disk: under 1 ms).
+PROBE_STALL_NS = 5_000_000
+
+
+def _storage_probe(directory: Path, rate: float, stop: Any, out: Any) -> None:
+    """Overwrite one 4 KiB block of a file of our own and fdatasync it, ``rate`` times a
+    second, until ``stop``; report when each sync began and how long it took.
+
+    relaybox's writer acks an event only after the fsync of its commit returns, so
+    when the disk holds an fsync up, every event waits. The probe tells those stalls
+    apart from relaybox's own: it shares the filesystem, nothing else."""
+    path = directory / "storage-probe.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    block = b"\xa5" * 4096
+    syncs: list[tuple[int, int]] = []
+    try:
+        os.pwrite(fd, block, 0)
+        os.fsync(fd)
+        t0 = time.monotonic()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+            began = time.monotonic_ns()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            syncs.append((began, time.monotonic_ns() - began))
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    out.put(("probe", syncs))
+
+
+def probe_summary(syncs: list[tuple[int, int]], t0_ns: int) -> dict[str, Any]:
+    """The probe's fsyncs from ``t0_ns`` on (the measured part of the run): their
+    times, and the slow ones (when they began, seconds into the run)."""
+    mine = [(began, took) for began, took in syncs if began >= t0_ns]
+    s = sorted(took for _, took in mine) or [0]
+    return {
+        "fsyncs": len(mine),
+        "fsync_ms_p50": s[len(s) // 2] / 1e6,
+        "fsync_ms_p99": s[max(0, int(len(s) * 0.99) - 1)] / 1e6,
+        "fsync_ms_max": s[-1] / 1e6,
+        "stalls": [{"at_s": round((began - t0_ns) / 1e9, 3), "ms": round(took / 1e6, 2)}
+                   for began, took in mine if took > PROBE_STALL_NS],
+    }
+
+
+def mark_storage_stalls(late: list[dict[str, Any]], syncs: list[tuple[int, int]],
+                        t0_ns: int) -> None:
+    """Mark each run of late events (``stalls``) that the storage probe saw a stall of
+    its own in: a slow fsync of the probe while those events waited."""
+    slow = [(began, took) for began, took in syncs if took > PROBE_STALL_NS]
+    for run in late:
+        begin = t0_ns + int(run["at_s"] * 1e9)
+        end = begin + int(run["worst_ms"] * 1e6)
+        run["storage"] = any(b < end and b + took > begin for b, took in slow)
+
+
+def host_cpu(since: dict[str, float] | None = None) -> dict[str, float]:
+    """The machine's CPU time by kind, summed over its cores (seconds, from /proc/stat);
+    with ``since``, the time spent since then. ``steal`` is time the hypervisor gave this
+    virtual machine's cores to someone else: a run with much of it measured the host."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:9]
+    except OSError:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    now = {k: int(v) / tick for k, v in zip(names, fields, strict=False)}
+    if since is None:
+        return now
+    return {k: round(now[k] - since.get(k, 0.0), 2) for k in names if k in now}
+
+
+STALL_NS = 10_000_000  # an event delivered more than 10 ms after it was sent
+
+
+def stalls(sent_ns: list[int], lat_ns: list[int], t0_ns: int) -> list[dict[str, Any]]:
+    """Runs of events delivered late (> 10 ms), in the order they were sent: when each
+    run began (seconds into the run), how many events it held and the worst latency.
+    Telling one long stall from many short ones is what the p99 alone cannot do."""
+    runs: list[dict[str, Any]] = []
+    prev_late = False
+    for t, lat in sorted(zip(sent_ns, lat_ns, strict=True)):
+        late = lat > STALL_NS
+        if late and not prev_late:
+            runs.append({"at_s": round((t - t0_ns) / 1e9, 3), "events": 0, "worst_ms": 0.0})
+        if late:
+            runs[-1]["events"] += 1
+            runs[-1]["worst_ms"] = round(max(runs[-1]["worst_ms"], lat / 1e6), 2)
+        prev_late = late
+    return runs
 
 
 def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
@@ -555,7 +674,10 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
             settle()
             n = min(events, 20000)
             log(f"latency: {n} events at 2,000/s …")
-            results["latency_at_2000"] = latency(url, c, d, n, rate=2000)
+            host0 = host_cpu()
+            results["latency_at_2000"] = latency(url, c, d, n, rate=2000,
+                                                 probe_dir=server.data_dir)
+            results["latency_at_2000"]["host_cpu_s"] = host_cpu(since=host0)
             ran = True
         if "catchup" in want:
             settle()
@@ -612,6 +734,22 @@ def seed_devices_more(data_dir: Path, n: int) -> list[Device]:
     finally:
         db.close()
     return out
+
+
+def stall_note(lat: dict[str, Any] | None) -> str | None:
+    """One line on the latency run's stalls, and how many the storage probe shared."""
+    if not lat or not lat.get("stalls"):
+        return None
+    late = lat["stalls"]
+    worst = max(run["worst_ms"] for run in late)
+    line = (f"latency: {len(late)} stall(s) over 10 ms (worst {worst:,.1f} ms, "
+            f"{sum(run['events'] for run in late)} events)")
+    probe = lat.get("storage_probe")
+    if probe is not None:
+        shared = sum(1 for run in late if run.get("storage"))
+        line += (f"; {shared} of them while the storage probe's own fsync stalled too "
+                 f"(its worst: {probe['fsync_ms_max']:,.1f} ms)")
+    return line
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:

@@ -48,4 +48,7 @@ def register(cli: click.Group) -> None:
             mark = "[green]yes[/]" if row["met"] else "[red]no[/]"
             table.add_row(name, f"{row['value']:,}", row["target"], mark)
         out.print(table)
+        note = b.stall_note(results.get("latency_at_2000"))
+        if note:
+            out.print(note)
         out.print(f"details: {output}")
