@@ -93,6 +93,9 @@ _STOP = object()
 # INSERT … RETURNING needs SQLite 3.35 (PostgreSQL has it); older SQLite takes the general path.
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _ROWS_PER_INSERT = 100  # 800 parameters: under SQLite's oldest limit of 999
+#: The newest seq of a key in a stream (compare-and-set by key), through the partial
+#: index of keyed events: "key = ?" implies "key IS NOT NULL" for both databases.
+KEY_HEAD_SQL = "SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} AND key = {p}"
 
 
 @dataclass(slots=True)
@@ -582,9 +585,8 @@ def _append_general(db: pw.Database, p: str, pg: bool, reqs: list[PublishRequest
             else:
                 kk = (r.user_id, r.stream, r.key)
                 if kk not in key_heads:
-                    row = db.execute_sql(
-                        f"SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} "
-                        f"AND key = {p}", (r.user_id, r.stream, r.key)).fetchone()
+                    row = db.execute_sql(KEY_HEAD_SQL.format(p=p),
+                                         (r.user_id, r.stream, r.key)).fetchone()
                     key_heads[kk] = int(row[0]) if row and row[0] is not None else 0
                 current = key_heads[kk]
             if current > r.base_seq:

@@ -57,7 +57,7 @@ def test_round_trip_onto_a_fresh_data_dir(data_dir: Path, tmp_path: Path) -> Non
     made = backup.create_backup(settings)
     assert made.file.parent == settings.backups_path and made.file.name.startswith("relaybox-")
     assert made.counts["event"] == 7  # 5 published + 2 device_added notices
-    assert made.manifest["migration"] == "001_initial"
+    assert made.manifest["migration"] == "002_fewer_event_indexes"
     target = load_settings(tmp_path / "fresh", env={})
     done = restore.restore_backup(target, made.file)
     assert done.server_id == made.manifest["server_id"] and done.config == "restored"
