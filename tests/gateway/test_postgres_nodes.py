@@ -1,0 +1,158 @@
+"""Two server nodes on PostgreSQL and one Redis: the deployment for more than one machine.
+
+Each node has a data dir of its own (its own config, secrets file and run dir), and both
+name the same PostgreSQL database and the same Redis in their relaybox.toml, as two
+machines would. Everything a device sees must be the same whichever node it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from relaybox.bus import EmbeddedRedis, url_from_socket
+from tests.gateway.conftest import MakeServer
+from tests.gateway.helpers import Client, database, handshake_with, until_close, users
+from tests.store.conftest import _pg_database, postgres_url
+from tests.support import Server
+
+pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.postgres]
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for the module's two nodes."""
+    base = postgres_url()
+    admin = _pg_database(base, urlsplit(base).path.lstrip("/") or "postgres")
+    name = f"relaybox_n_{secrets.token_hex(5)}"
+    admin.execute_sql(f'CREATE DATABASE "{name}"')
+    yield urlunsplit(urlsplit(base)._replace(path="/" + name))
+    admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of its own, standing in for the one the nodes' machines share."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield url_from_socket(server.start())
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(module_servers: MakeServer, tmp_path_factory: pytest.TempPathFactory,
+          pg_url: str, shared_redis: str) -> tuple[Server, Server]:
+    from relaybox.cli.init_cmd import initialise
+    from relaybox.config import load_settings
+
+    started = []
+    for i in range(2):
+        data_dir = tmp_path_factory.mktemp(f"node{i}") / "data"
+        data_dir.mkdir()
+        (data_dir / "relaybox.toml").write_text(
+            f'database_url = "{pg_url}"\nredis_url = "{shared_redis}"\n')
+        settings = load_settings(data_dir, env={})
+        assert settings.sqlite_path is None  # really PostgreSQL
+        if i == 0:
+            initialise(settings)  # creates the schema and the server's identity
+        started.append(module_servers(data_dir, gateway_publish_rate_per_s=0))
+    return started[0], started[1]
+
+
+async def connect_synced(server: Server, dev: object) -> Client:
+    c = await Client.connect(server, dev)  # type: ignore[arg-type]
+    await c.drain_catch_up()
+    return c
+
+
+async def test_both_nodes_are_one_server(nodes: tuple[Server, Server]) -> None:
+    # One identity: the server_id lives in the shared database, not in a data dir, so
+    # a device's signature (which covers it) is good on either node.
+    ids = {httpx.get(node.url + "/api/v1/status", timeout=5).json()["server_id"]
+           for node in nodes}
+    assert len(ids) == 1
+    for node in nodes:  # and no SQLite file beside PostgreSQL
+        assert not (node.data_dir / "relaybox.db").exists()
+    [a] = users(nodes[0], 1)[0]
+    for node in nodes:
+        c = await Client.connect(node, a)
+        assert c.welcome["type"] == "welcome"
+        await c.close()
+
+
+async def test_concurrent_publishers_on_two_nodes_share_one_gap_free_seq(
+        nodes: tuple[Server, Server]) -> None:
+    first, second = nodes
+    a, b, r1, r2 = users(first, 4)[0]
+    ca, cb = await connect_synced(first, a), await connect_synced(second, b)
+    readers = [await connect_synced(first, r1), await connect_synced(second, r2)]
+    n = 200
+    acks_a, acks_b, got1, got2 = await asyncio.gather(
+        ca.publish_many("shared", [f"a{i}" for i in range(n)]),
+        cb.publish_many("shared", [f"b{i}" for i in range(n)]),
+        readers[0].events(2 * n, "shared"), readers[1].events(2 * n, "shared"))
+    assert sorted(f["seq"] for f in acks_a + acks_b) == list(range(1, 2 * n + 1))
+    by_seq = {f["seq"]: f["id"] for f in acks_a + acks_b}
+    for got in (got1, got2):  # both nodes deliver the one order, live
+        assert [e["seq"] for e in got] == list(range(1, 2 * n + 1))
+        assert all(by_seq[e["seq"]] == e["id"] for e in got)
+    with database(first) as db:
+        stored = db.execute_sql(
+            "SELECT COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM event "
+            "WHERE user_id = %s AND stream = 'shared'", (a.user_id,)).fetchone()
+    assert tuple(stored) == (2 * n, 2 * n, 2 * n)
+    for c in (ca, cb, *readers):
+        await c.close()
+
+
+async def test_a_device_offline_catches_up_on_the_other_node(
+        nodes: tuple[Server, Server]) -> None:
+    first, second = nodes
+    a, b = users(first, 2)[0]
+    ca = await connect_synced(first, a)
+    acks = await ca.publish_many("notes", [f"n{i}" for i in range(50)])
+    cb = await Client.connect(second, b)  # offline until now, on the other node
+    got = await cb.events(50, "notes")
+    assert [e["seq"] for e in got] == [f["seq"] for f in acks]
+    assert (await cb.expect_type("synced"))["type"] == "synced"
+    await ca.close()
+    await cb.close()
+
+
+async def test_revoking_through_one_node_closes_the_session_on_the_other(
+        nodes: tuple[Server, Server], shared_redis: str) -> None:
+    from relaybox.bus import SyncBus
+    from relaybox.services.devices import revoke_device
+    from relaybox.services.fanout import announce_sync
+    from relaybox.store.models import Device
+
+    first, second = nodes
+    keep, gone = users(first, 2)[0]
+    ck = await connect_synced(first, keep)
+    cg = await connect_synced(second, gone)
+    # As the CLI does it: on the shared database, then announced on the shared Redis.
+    with database(first) as db:
+        change = revoke_device(db, Device.get_by_id(gone.device_id))
+    bus = SyncBus(shared_redis)
+    try:
+        announce_sync(bus, change.events, change.controls)
+    finally:
+        bus.close()
+    frames, code = await until_close(cg.ws, timeout=5)
+    assert code == 4403
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["revoked"]
+    notice = await ck.expect_type("event")
+    assert (notice["stream"], notice["body"]["event"], notice["body"]["device_id"]) == (
+        "sys.devices", "device_revoked", gone.device_id)
+    # Neither node lets it back in.
+    for node in nodes:
+        ws, _, err = await handshake_with(node, gone.device_id,
+                                          lambda m: gone.key.sign(m).signature)
+        assert (err["type"], err["code"]) == ("error", "revoked")
+        assert (await until_close(ws))[1] == 4403
+    await ck.close()
