@@ -31,10 +31,12 @@ log = logging.getLogger("relaybox.store")
 #: How often the checkpointer looks for committed pages to copy (seconds). Each checkpoint
 #: ends with an fsync of the database file, which delays the writer's own WAL fsyncs
 #: meanwhile; with random event ids every event dirties a different index page, so
-#: frequent checkpoints write (and sync) nearly every event's pages again. Measured on a
-#: database holding 50,000 events at 2,000 events/s: p99 publish→delivery latency
-#: 5.5-6.1 ms with 0.2 s, 3.1-3.8 ms with 1 s (docs/performance.md).
-CHECKPOINT_INTERVAL_S = 1.0
+#: frequent checkpoints write (and sync) nearly every event's pages again; rare ones
+#: are big and slow the writer for longer at a time. Measured on a database holding
+#: 50,000 events at 2,000 events/s, p99 publish→delivery latency in runs without a disk
+#: stall: 5.5-6.1 ms every 0.2 s (with the writer thread), median 2.8 ms every 1 s, 2.1-2.7
+#: every 2 s, 1.7-2.8 every 3 s, and 2.0-4.6 every 6 s (docs/performance.md).
+CHECKPOINT_INTERVAL_S = 2.0
 #: After a WAL restart, the file is truncated back to this size (bytes).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: A WAL of this many frames (1 GiB of 4 KiB pages) or more is restarted by the writer.
