@@ -22,7 +22,7 @@ from relaybox.protocol.handshake import Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server import logs
 from relaybox.server.delivery import Delivery, StreamState
-from relaybox.server.ratelimit import TokenBucket
+from relaybox.server.ratelimit import UNLIMITED
 from relaybox.server.wsio import FrameReader, send_frames, write_frames_now
 from relaybox.store import queries
 from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult
@@ -73,7 +73,7 @@ class Session(Delivery):
         self._early: list[str | bytes] = []  # messages that arrived before READY
         self._early_waiter: asyncio.Future[None] | None = None
         self._peer_closed = asyncio.Event()
-        self.bucket = TokenBucket(s.gateway_publish_rate_per_s, s.gateway_publish_burst)
+        self.bucket = UNLIMITED  # the device's own, from the hub, once authenticated
         self.last_rx = time.monotonic()
         self.paused = False
         self.synced_target: dict[str, int] | None = None
@@ -269,6 +269,8 @@ class Session(Delivery):
 
         old = ctx.hub.register(self)
         self.registered = True
+        self.bucket = ctx.hub.bucket_for(self.device_id, s.gateway_publish_rate_per_s,
+                                         s.gateway_publish_burst)
         if old is not None:
             old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
             await old.finished.wait()

@@ -11,6 +11,7 @@ from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, Bus
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
 from relaybox.server.peers import Peers
+from relaybox.server.ratelimit import UNLIMITED, TokenBucket
 from relaybox.services.fanout import decode_control, decode_events, encode_events
 from relaybox.store.eventlog import StoredEvent
 
@@ -72,6 +73,8 @@ class Hub:
         self._bus_flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics: Any = None
+        # Publish rate buckets by device, while in use and until full again.
+        self.buckets: dict[str, TokenBucket] = {}
 
     # -- sessions ----------------------------------------------------------------
     def register(self, session: Session) -> Session | None:
@@ -89,6 +92,30 @@ class Hub:
         if self.by_device.get(session.device_id) is session:
             self._drop(session)
             self._presence(session.user_id, session.device_id, False)
+            self._forget_bucket(session.device_id)
+
+    # -- publish rate ------------------------------------------------------------
+    def bucket_for(self, device_id: str, rate: float, burst: int) -> TokenBucket:
+        """The device's publish bucket (protocol.md §7: the rate is per device). It
+        outlives the session: reconnecting does not refill it."""
+        if rate <= 0:
+            return UNLIMITED
+        bucket = self.buckets.get(device_id)
+        if bucket is None:
+            bucket = self.buckets[device_id] = TokenBucket(rate, burst)
+        return bucket
+
+    def _forget_bucket(self, device_id: str) -> None:
+        """Drop an unused bucket once it is full again: a new one would be the same. Until
+        then it stays, so memory holds at most the devices of the last few seconds."""
+        bucket = self.buckets.get(device_id)
+        if bucket is None or device_id in self.by_device:
+            return
+        wait = bucket.until_full()
+        if wait <= 0:
+            del self.buckets[device_id]
+        else:
+            asyncio.get_running_loop().call_later(wait, self._forget_bucket, device_id)
 
     def _presence(self, user_id: str, device_id: str, online: bool) -> None:
         """Tell the user's other live sessions, here and on other processes (§3)."""

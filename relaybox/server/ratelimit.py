@@ -90,7 +90,8 @@ def limiter_for(app_ctx: Any, redis_url: str | None) -> RateLimiter:
 
 
 class TokenBucket:
-    """The per-device publish rate of a gateway session (protocol.md §3 Publish)."""
+    """The publish rate of one device (protocol.md §3 Publish); kept by the Hub, so that
+    a device that reconnects finds its bucket as it left it."""
 
     __slots__ = ("burst", "last", "rate", "tokens")
 
@@ -111,3 +112,14 @@ class TokenBucket:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate
+
+    def until_full(self) -> float:
+        """Seconds until the bucket is full again (then it is as good as a new one)."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = self.tokens + (time.monotonic() - self.last) * self.rate
+        return max(0.0, (self.burst - tokens) / self.rate)
+
+
+#: The bucket of a session that is not rate limited (``publish_rate_per_s = 0``).
+UNLIMITED = TokenBucket(0, 0)

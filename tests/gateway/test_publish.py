@@ -255,6 +255,29 @@ async def test_rate_limited_nack_with_retry_after(limited: Server) -> None:
     await c.close()
 
 
+@pytest.fixture(scope="module")
+def slow(module_servers: MakeServer) -> Server:
+    return module_servers(gateway_publish_rate_per_s=0.05, gateway_publish_burst=2)
+
+
+async def test_the_rate_limit_is_per_device_and_survives_a_reconnect(slow: Server) -> None:
+    """protocol.md §7: publish_rate_per_s is per device. Reconnecting must not give a
+    device a full bucket again, and another device of the same user has its own."""
+    dev, other = users(slow, 2)[0]
+    c = await Client.connect(slow, dev)
+    assert [(await c.publish("notes", i))["type"] for i in range(3)] == [
+        "ack", "ack", "nack"]
+    await c.close()
+    c = await Client.connect(slow, dev)  # a new session of the same device
+    nack = await c.publish("notes", 3)
+    assert (nack["type"], nack["code"]) == ("nack", "rate_limited")
+    assert nack["retry_after_ms"] > 1000  # one token takes 20 s at 0.05/s
+    o = await Client.connect(slow, other)
+    assert (await o.publish("notes", "mine"))["type"] == "ack"
+    await c.close()
+    await o.close()
+
+
 async def test_unknown_type_is_a_non_fatal_error(server: Server) -> None:
     (dev,) = users(server, 1)[0]
     c = await Client.connect(server, dev)
