@@ -14,6 +14,7 @@ from sanic_ext import Extend
 from relaybox import __version__
 from relaybox.bus import Bus
 from relaybox.config import Settings
+from relaybox.errors import Unavailable
 from relaybox.jobs import scheduler
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
@@ -102,9 +103,19 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         if not ctx.db.is_closed():
             ctx.db.close()
 
+    @app.after_server_start
+    async def accepting(app: Sanic) -> None:
+        app.ctx.accepting = True
+
     @app.on_request
     async def request_id(request: Request) -> None:
         assign_request_id(request)
+        if not getattr(request.app.ctx, "accepting", False):
+            # The socket listens while Sanic still runs its after-start listeners; a
+            # request handled then can be cancelled under it (a bare 500). Until the
+            # process is fully started it is simply not ready yet.
+            raise Unavailable("the server is starting; retry shortly", code="starting",
+                              retry_after_s=1.0)
 
     @app.on_response
     async def add_request_id(request: Request, response: HTTPResponse) -> None:
