@@ -114,8 +114,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
             # The socket listens while Sanic still runs its after-start listeners; a
             # request handled then can be cancelled under it (a bare 500). Until the
             # process is fully started it is simply not ready yet.
-            raise Unavailable("the server is starting; retry shortly", code="starting",
-                              retry_after_s=1.0)
+            raise Unavailable("the server is starting; retry shortly", code="starting")
 
     @app.on_response
     async def add_request_id(request: Request, response: HTTPResponse) -> None:
