@@ -167,6 +167,34 @@ async def close_code(ws: Any, timeout: float = 10) -> int | None:
     return ws.close_code  # type: ignore[no-any-return]
 
 
+async def connect_synced(server: Server, dev: DeviceKey) -> Client:
+    """A connected client whose catch-up is done (``synced`` received)."""
+    c = await Client.connect(server, dev)
+    await c.drain_catch_up()
+    return c
+
+
+async def publish_on_both(first: Server, second: Server, n: int) -> str:
+    """A device on each server publishes ``n`` events to one stream at once, while a
+    reader on each server receives them live. Asserts one gap-free seq (no duplicate,
+    none skipped) delivered in the same order on both; returns the user's id."""
+    a, b, r1, r2 = users(first, 4)[0]
+    ca, cb = await connect_synced(first, a), await connect_synced(second, b)
+    readers = [await connect_synced(first, r1), await connect_synced(second, r2)]
+    acks_a, acks_b, got1, got2 = await asyncio.gather(
+        ca.publish_many("shared", [f"a{i}" for i in range(n)]),
+        cb.publish_many("shared", [f"b{i}" for i in range(n)]),
+        readers[0].events(2 * n, "shared"), readers[1].events(2 * n, "shared"))
+    assert sorted(f["seq"] for f in acks_a + acks_b) == list(range(1, 2 * n + 1))
+    by_seq = {f["seq"]: f["id"] for f in acks_a + acks_b}
+    for got in (got1, got2):  # both servers deliver the one order
+        assert [e["seq"] for e in got] == list(range(1, 2 * n + 1))
+        assert all(by_seq[e["seq"]] == e["id"] for e in got)
+    for c in (ca, cb, *readers):
+        await c.close()
+    return a.user_id
+
+
 async def until_close(ws: Any, timeout: float = 10) -> tuple[list[Frame], int | None]:
     """Every text frame until the server closes, and its close code."""
     frames: list[Frame] = []

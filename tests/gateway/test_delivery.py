@@ -17,6 +17,7 @@ from tests.gateway.helpers import (
     Client,
     Frame,
     announce,
+    connect_synced,
     database,
     hello,
     raw,
@@ -40,12 +41,6 @@ def seqs(events: list[Frame]) -> list[int]:
 
 def only(frames: list[Frame], kind: str) -> list[Frame]:
     return [f for f in frames if f["type"] == kind]
-
-
-async def connect_synced(server: Server, dev: Any) -> Client:
-    c = await Client.connect(server, dev)
-    await c.drain_catch_up()
-    return c
 
 
 async def test_event_reaches_other_devices_of_the_user_and_nobody_else(server: Server) -> None:

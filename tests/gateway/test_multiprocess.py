@@ -9,7 +9,14 @@ import time
 import pytest
 
 from tests.gateway.conftest import MakeServer
-from tests.gateway.helpers import Client, revoke, until_close, users
+from tests.gateway.helpers import (
+    Client,
+    connect_synced,
+    publish_on_both,
+    revoke,
+    until_close,
+    users,
+)
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -22,12 +29,6 @@ def pair(module_servers: MakeServer) -> tuple[Server, Server]:
     # embedded Redis (found through <data_dir>/run/server-*.json).
     second = module_servers(first.data_dir, gateway_publish_rate_per_s=0)
     return first, second
-
-
-async def connect_synced(server: Server, dev: object) -> Client:
-    c = await Client.connect(server, dev)  # type: ignore[arg-type]
-    await c.drain_catch_up()
-    return c
 
 
 async def test_second_process_uses_the_first_ones_redis(pair: tuple[Server, Server]) -> None:
@@ -57,23 +58,7 @@ async def test_events_cross_processes_both_ways(pair: tuple[Server, Server]) -> 
 
 async def test_concurrent_publishers_on_two_processes_share_one_gap_free_seq(
         pair: tuple[Server, Server]) -> None:
-    first, second = pair
-    a, b, r1, r2 = users(first, 4)[0]
-    ca, cb = await connect_synced(first, a), await connect_synced(second, b)
-    readers = [await connect_synced(first, r1), await connect_synced(second, r2)]
-    n = 300
-    acks_a, acks_b, got1, got2 = await asyncio.gather(
-        ca.publish_many("shared", [f"a{i}" for i in range(n)]),
-        cb.publish_many("shared", [f"b{i}" for i in range(n)]),
-        readers[0].events(2 * n, "shared"), readers[1].events(2 * n, "shared"))
-    all_seqs = sorted(f["seq"] for f in acks_a + acks_b)
-    assert all_seqs == list(range(1, 2 * n + 1))  # no duplicate, none skipped
-    by_seq = {f["seq"]: f["id"] for f in acks_a + acks_b}
-    for got in (got1, got2):  # both processes deliver the one order
-        assert [e["seq"] for e in got] == list(range(1, 2 * n + 1))
-        assert all(by_seq[e["seq"]] == e["id"] for e in got)
-    for c in (ca, cb, *readers):
-        await c.close()
+    await publish_on_both(*pair, 300)
 
 
 async def test_new_session_on_one_process_replaces_the_one_on_the_other(

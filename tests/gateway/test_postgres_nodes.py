@@ -7,7 +7,6 @@ machines would. Everything a device sees must be the same whichever node it uses
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -17,7 +16,15 @@ import pytest
 
 from relaybox.bus import EmbeddedRedis, url_from_socket
 from tests.gateway.conftest import MakeServer
-from tests.gateway.helpers import Client, database, handshake_with, until_close, users
+from tests.gateway.helpers import (
+    Client,
+    connect_synced,
+    database,
+    handshake_with,
+    publish_on_both,
+    until_close,
+    users,
+)
 from tests.store.conftest import _pg_database, postgres_url
 from tests.support import Server
 
@@ -64,12 +71,6 @@ def nodes(module_servers: MakeServer, tmp_path_factory: pytest.TempPathFactory,
     return started[0], started[1]
 
 
-async def connect_synced(server: Server, dev: object) -> Client:
-    c = await Client.connect(server, dev)  # type: ignore[arg-type]
-    await c.drain_catch_up()
-    return c
-
-
 async def test_both_nodes_are_one_server(nodes: tuple[Server, Server]) -> None:
     # One identity: the server_id lives in the shared database, not in a data dir, so
     # a device's signature (which covers it) is good on either node.
@@ -88,26 +89,13 @@ async def test_both_nodes_are_one_server(nodes: tuple[Server, Server]) -> None:
 async def test_concurrent_publishers_on_two_nodes_share_one_gap_free_seq(
         nodes: tuple[Server, Server]) -> None:
     first, second = nodes
-    a, b, r1, r2 = users(first, 4)[0]
-    ca, cb = await connect_synced(first, a), await connect_synced(second, b)
-    readers = [await connect_synced(first, r1), await connect_synced(second, r2)]
     n = 200
-    acks_a, acks_b, got1, got2 = await asyncio.gather(
-        ca.publish_many("shared", [f"a{i}" for i in range(n)]),
-        cb.publish_many("shared", [f"b{i}" for i in range(n)]),
-        readers[0].events(2 * n, "shared"), readers[1].events(2 * n, "shared"))
-    assert sorted(f["seq"] for f in acks_a + acks_b) == list(range(1, 2 * n + 1))
-    by_seq = {f["seq"]: f["id"] for f in acks_a + acks_b}
-    for got in (got1, got2):  # both nodes deliver the one order, live
-        assert [e["seq"] for e in got] == list(range(1, 2 * n + 1))
-        assert all(by_seq[e["seq"]] == e["id"] for e in got)
+    user_id = await publish_on_both(first, second, n)
     with database(first) as db:
         stored = db.execute_sql(
             "SELECT COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM event "
-            "WHERE user_id = %s AND stream = 'shared'", (a.user_id,)).fetchone()
+            "WHERE user_id = %s AND stream = 'shared'", (user_id,)).fetchone()
     assert tuple(stored) == (2 * n, 2 * n, 2 * n)
-    for c in (ca, cb, *readers):
-        await c.close()
 
 
 async def test_a_device_offline_catches_up_on_the_other_node(
