@@ -278,6 +278,14 @@ def _collect(out: Any, n: int) -> dict[str, Any]:
     return results
 
 
+def percentile(ordered: list[int], q: float) -> int:
+    """The value at quantile ``q`` of an ascending, non-empty list (p50: the middle one;
+    p99: the one 1 % of the values are above)."""
+    if q == 0.5:
+        return ordered[len(ordered) // 2]
+    return ordered[max(0, int(len(ordered) * q) - 1)]
+
+
 def _relay_result(n: int, results: dict[str, Any]) -> dict[str, Any]:
     t0 = results["publisher"][1]
     t_end = results["receiver"][2]
@@ -286,8 +294,8 @@ def _relay_result(n: int, results: dict[str, Any]) -> dict[str, Any]:
         "events": n,
         "seconds": t_end - t0,
         "events_per_s": n / (t_end - t0),
-        "latency_ms_p50": lat[len(lat) // 2] / 1e6,
-        "latency_ms_p99": lat[int(len(lat) * 0.99) - 1] / 1e6,
+        "latency_ms_p50": percentile(lat, 0.5) / 1e6,
+        "latency_ms_p99": percentile(lat, 0.99) / 1e6,
         "latency_ms_max": lat[-1] / 1e6,
         "latency_ms_mean": statistics.fmean(lat) / 1e6,
     }
@@ -396,14 +404,16 @@ def latency(url: str, a: Device, b: Device, n: int, rate: float = 2000,
     if probe_dir is not None:
         probe = ctx.Process(target=_storage_probe, args=(probe_dir, PROBE_RATE, stop, out))
         probe.start()
-    proc = ctx.Process(target=_latency_run, args=(url, a, b, n, rate, body_size, out))
-    proc.start()
-    results = _collect(out, 3)
-    proc.join()
+    try:
+        proc = ctx.Process(target=_latency_run, args=(url, a, b, n, rate, body_size, out))
+        proc.start()
+        results = _collect(out, 3)
+        proc.join()
+    finally:
+        stop.set()  # the probe stops with the run, even one that failed
     t0_ns, late = results["stalls"][1], results["stalls"][2]
     result = {**_relay_result(n, results), "stalls": late}
     if probe is not None:
-        stop.set()
         syncs = _collect(out, 1)["probe"][1]
         probe.join()
         result["storage_probe"] = probe_summary(syncs, t0_ns)
@@ -456,8 +466,8 @@ def probe_summary(syncs: list[tuple[int, int]], t0_ns: int) -> dict[str, Any]:
     s = sorted(took for _, took in mine) or [0]
     return {
         "fsyncs": len(mine),
-        "fsync_ms_p50": s[len(s) // 2] / 1e6,
-        "fsync_ms_p99": s[max(0, int(len(s) * 0.99) - 1)] / 1e6,
+        "fsync_ms_p50": percentile(s, 0.5) / 1e6,
+        "fsync_ms_p99": percentile(s, 0.99) / 1e6,
         "fsync_ms_max": s[-1] / 1e6,
         "stalls": [{"at_s": round((began - t0_ns) / 1e9, 3), "ms": round(took / 1e6, 2)}
                    for began, took in mine if took > PROBE_STALL_NS],
