@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, Bus
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
+from relaybox.server.devicekeys import DeviceKeys
 from relaybox.server.peers import Peers
 from relaybox.server.ratelimit import UNLIMITED, TokenBucket
 from relaybox.services.fanout import decode_control, decode_events, encode_events
@@ -75,23 +76,30 @@ class Hub:
         self.metrics: Any = None
         # Publish rate buckets by device, while in use and until full again.
         self.buckets: dict[str, TokenBucket] = {}
+        # Keys of devices that authenticated here (revocation notices forget them).
+        self.keys = DeviceKeys()
 
     # -- sessions ----------------------------------------------------------------
     def register(self, session: Session) -> Session | None:
-        """Add a session; return the one it replaces (same device), if any."""
+        """Add a session; return the one it replaces (same device), if any. The user's
+        other devices hear of it from ``announce_online`` once the session is welcomed."""
         old = self.by_device.get(session.device_id)
         if old is not None:
             self._drop(old)
         self.by_device[session.device_id] = session
-        peers = self.by_user.setdefault(session.user_id, set())
-        self._presence(session.user_id, session.device_id, True)
-        peers.add(session)
+        self.by_user.setdefault(session.user_id, set()).add(session)
         return old
+
+    def announce_online(self, session: Session) -> None:
+        """The session was welcomed: tell the user's other live sessions (§3)."""
+        if self.by_device.get(session.device_id) is session:
+            self._presence(session.user_id, session.device_id, True)
 
     def unregister(self, session: Session) -> None:
         if self.by_device.get(session.device_id) is session:
             self._drop(session)
-            self._presence(session.user_id, session.device_id, False)
+            if session.ready:  # its `online` was announced
+                self._presence(session.user_id, session.device_id, False)
             self._forget_bucket(session.device_id)
 
     # -- publish rate ------------------------------------------------------------
@@ -216,6 +224,7 @@ class Hub:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         elif kind == "revoke" and isinstance(device_id, str):
+            self.keys.forget(device_id)
             session = self.by_device.get(device_id)
             if session is not None:
                 session.send(error_frame("revoked", "this device was revoked"))
@@ -241,6 +250,7 @@ class Hub:
                 self._presence_local(user_id, device_id, bool(msg.get("online")))
         elif kind == "user_removed":
             for did in msg.get("device_ids") or ():
+                self.keys.forget(did)
                 session = self.by_device.get(did)
                 if session is not None:
                     session.close_soon(CloseCode.REVOKED, "revoked")

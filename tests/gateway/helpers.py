@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import peewee as pw
 import websockets
 
@@ -204,6 +205,34 @@ async def until_close(ws: Any, timeout: float = 10) -> tuple[list[Frame], int | 
                 data = await ws.recv()
                 frames.append(json.loads(data) if isinstance(data, str) else {"binary": data})
     return frames, ws.close_code
+
+
+def device_token(server: Server, dev: DeviceKey) -> str:
+    """A REST access token of ``dev`` (the request writes to the database)."""
+    from tests.api.helpers import signed_request
+
+    server_id = httpx.get(server.url + "/api/v1/status", timeout=5).json()["server_id"]
+    r = httpx.post(server.url + "/api/v1/auth/token", json=signed_request(server_id, dev),
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+async def until_registered(server: Server, token: str, device_id: str,
+                           timeout: float = 10) -> None:
+    """Wait until the server holds a session of ``device_id`` (its key checked, welcomed
+    or not): ``online`` in the REST device list, read with a ``device_token`` of a
+    device of the same user. Only reads: it works while the database is locked."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=5,
+                                 headers={"Authorization": f"Bearer {token}"}) as http:
+        while True:
+            r = await http.get("/devices")
+            assert r.status_code == 200, r.text
+            if any(d["device_id"] == device_id and d["online"] for d in r.json()):
+                return
+            assert time.monotonic() < deadline, f"no session of {device_id}"
+            await asyncio.sleep(0.02)
 
 
 def hello(device_id: str, nonce: str | None = None, protocol: int = 1) -> Frame:

@@ -19,9 +19,11 @@ from tests.gateway.helpers import (
     announce,
     connect_synced,
     database,
+    device_token,
     hello,
     raw,
     recv_json,
+    until_registered,
     users,
 )
 from tests.support import Server
@@ -322,6 +324,7 @@ async def test_a_session_still_in_its_handshake_gets_welcome_before_any_presence
     writer is held up by a lock on the database) is not sent to it."""
     a, b = users(server, 2)[0]
     ca = await connect_synced(server, a)
+    token = device_token(server, a)  # before the lock: it writes
     lock = sqlite3.connect(server.data_dir / "relaybox.db", isolation_level=None)
     try:
         lock.execute("BEGIN IMMEDIATE")  # the server's writer now waits for this lock
@@ -333,9 +336,9 @@ async def test_a_session_still_in_its_handshake_gets_welcome_before_any_presence
                                     ch["nonce"])
         await ws.send(json.dumps({"type": "auth",
                                   "signature": b64url_encode(b.key.sign(msg).signature)}))
-        # b is registered (a hears it come online) but has no welcome yet.
-        assert await ca.expect_type("presence") == {"type": "presence",
-                                                   "device_id": b.device_id, "online": True}
+        # b is registered (the server holds its session) but has no welcome yet.
+        await until_registered(server, token, b.device_id)
+        assert only(await ca.barrier(), "presence") == []  # b is not online until welcomed
         await ca.close()  # a goes offline while b is between auth and welcome
     finally:
         lock.execute("ROLLBACK")

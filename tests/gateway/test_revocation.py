@@ -13,12 +13,16 @@ from relaybox.protocol.handshake import gateway_signing_bytes
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     Client,
+    connect_synced,
+    database,
+    device_token,
     handshake_with,
     hello,
     raw,
     recv_json,
     revoke,
     until_close,
+    until_registered,
     users,
 )
 from tests.support import Server
@@ -65,6 +69,7 @@ async def test_a_revoke_landing_between_key_lookup_and_registration_still_closes
     watcher, dev = users(server, 2)[0]
     cw = await Client.connect(server, watcher)
     await cw.drain_catch_up()
+    token = device_token(server, watcher)  # before the lock: it writes
     lock = sqlite3.connect(server.data_dir / "relaybox.db", isolation_level=None)
     try:
         lock.execute("BEGIN IMMEDIATE")  # the server's writer waits: no touch, no welcome
@@ -76,10 +81,8 @@ async def test_a_revoke_landing_between_key_lookup_and_registration_still_closes
                                     ch["nonce"])
         await ws.send(json.dumps({"type": "auth",
                                   "signature": b64url_encode(dev.key.sign(msg).signature)}))
-        # Registered (the watcher hears it come online): the key lookup went through and
-        # the session waits for the writer.
-        assert await cw.expect_type("presence") == {"type": "presence",
-                                                   "device_id": dev.device_id, "online": True}
+        # Registered: the key lookup went through and the session waits for the writer.
+        await until_registered(server, token, dev.device_id)
         lock.execute("UPDATE device SET revoked_at = 1 WHERE id = ?", (dev.device_id,))
         lock.execute("COMMIT")
     finally:
@@ -89,4 +92,36 @@ async def test_a_revoke_landing_between_key_lookup_and_registration_still_closes
     frames, code = await until_close(ws)
     assert code == 4403
     assert [f["type"] for f in frames] == ["error"] and frames[0]["code"] == "revoked"
+    # It never came online for the user's other devices.
+    assert [f for f in await cw.barrier() if f["type"] == "presence"] == []
+    await cw.close()
+
+
+async def test_a_known_key_is_refused_once_revoked_even_if_the_notice_never_came(
+        server: Server) -> None:
+    """The server keeps the keys of devices that authenticated (no database read when
+    they come back). A revocation whose notice this server never received (here: written
+    straight into the database) still ends the next handshake with 4403, before the
+    device is announced online."""
+    watcher, dev = users(server, 2)[0]
+    cw = await connect_synced(server, watcher)
+    c = await connect_synced(server, dev)  # its key is now known to the server
+    await c.close()
+    await cw.expect(lambda f: f["type"] == "presence" and not f["online"])
+    await cw.barrier()  # drops the buffered frames (its `online`)
+    with database(server) as db:
+        db.execute_sql("UPDATE device SET revoked_at = 1 WHERE id = ?", (dev.device_id,))
+    for _ in range(2):  # the key is read again the second time: the same answer
+        ws, _, err = await handshake_with(server, dev.device_id,
+                                          lambda m: dev.key.sign(m).signature)
+        assert (err["type"], err["code"]) == ("error", "revoked")
+        assert (await until_close(ws))[1] == 4403
+    assert [f for f in await cw.barrier() if f["type"] == "presence"] == []
+    # Restored, it gets in again.
+    with database(server) as db:
+        db.execute_sql("UPDATE device SET revoked_at = NULL WHERE id = ?", (dev.device_id,))
+    c = await connect_synced(server, dev)
+    assert await cw.expect_type("presence") == {"type": "presence",
+                                               "device_id": dev.device_id, "online": True}
+    await c.close()
     await cw.close()
