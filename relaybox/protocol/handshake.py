@@ -29,6 +29,10 @@ __all__ = [
 GATEWAY_CONTEXT: Final = "relaybox-gateway-v1"  # protocol.md §2 step 3
 TOKEN_CONTEXT: Final = "relaybox-token-v1"  # noqa: S105  # http-api.md Signing strings
 PUBLIC_KEY_BYTES: Final = 32
+#: A valid public key nobody signs for: checking a signature against it when the device is
+#: unknown makes that refusal cost as much as a bad signature of a known device.
+UNKNOWN_DEVICE_KEY: Final = bytes.fromhex(
+    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
 
 
 def gateway_signing_bytes(

@@ -18,7 +18,7 @@ from relaybox.protocol.frames import (
     pong_frame,
     welcome_frame,
 )
-from relaybox.protocol.handshake import Handshake
+from relaybox.protocol.handshake import UNKNOWN_DEVICE_KEY, Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server import logs
 from relaybox.server.delivery import Delivery, StreamState
@@ -480,7 +480,9 @@ def _check_device(hs: Handshake) -> tuple[queries.DeviceKey | None, bool]:
     lookup needs a thread anyway, and libsodium's check runs there without the GIL instead
     of on the event loop."""
     device = queries.device_key(hs.device_id)
-    return device, device is not None and hs.verify(device.public_key)
+    # An unknown device costs a signature check too (no enumeration by timing).
+    valid = hs.verify(device.public_key if device is not None else UNKNOWN_DEVICE_KEY)
+    return device, device is not None and valid
 
 
 def _num(value: float) -> int | float:

@@ -13,7 +13,11 @@ import peewee as pw
 from relaybox.config import Settings
 from relaybox.errors import Unauthorized
 from relaybox.protocol.encoding import b64url_decode, now_ms, parse_uuid, uuid7
-from relaybox.protocol.handshake import token_signing_bytes, verify_signature
+from relaybox.protocol.handshake import (
+    UNKNOWN_DEVICE_KEY,
+    token_signing_bytes,
+    verify_signature,
+)
 from relaybox.services import identity
 from relaybox.store.db import write_transaction
 from relaybox.store.models import Device, RefreshToken
@@ -24,9 +28,6 @@ JWT_ISSUER: Final = "relaybox"
 REFRESH_PREFIX: Final = "rbr_"
 NONCE_TTL_S: Final = 600  # http-api.md Signing strings: replays refused for 10 minutes
 SIGNATURE_BYTES: Final = 64
-# Verifying against this key when the device is unknown keeps both paths equally costly.
-_DUMMY_KEY: Final = bytes.fromhex(
-    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ def verify_token_request(server_id: str, device_id: str, timestamp: int, nonce: 
     except ValueError:
         sig = b"\0" * SIGNATURE_BYTES
     message = token_signing_bytes(server_id, device_id, timestamp, nonce)
-    key = bytes(device.public_key) if device is not None else _DUMMY_KEY
+    key = bytes(device.public_key) if device is not None else UNKNOWN_DEVICE_KEY
     ok = verify_signature(key, message, sig)
     if device is None or not ok:
         raise Unauthorized("unknown device or bad signature", code="auth_failed")
