@@ -13,7 +13,7 @@ from relaybox.bus import CONTROL_CHANNEL, Bus, EmbeddedRedis, live_servers, url_
 from relaybox.server.peers import Peers
 from relaybox.services.fanout import decode_control
 from tests.gateway.conftest import MakeServer
-from tests.gateway.helpers import Client, users
+from tests.gateway.helpers import connect_synced, users
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -125,10 +125,8 @@ async def test_a_server_alone_relays_without_touching_the_bus(servers: MakeServe
     first = servers(gateway_publish_rate_per_s=0)
     a, b, c = users(first, 3)[0]
     before = _publishes(first)
-    ca = await Client.connect(first, a)
-    await ca.drain_catch_up()
-    cb = await Client.connect(first, b)
-    await cb.drain_catch_up()
+    ca = await connect_synced(first, a)
+    cb = await connect_synced(first, b)
     await ca.expect_type("presence")
     for i in range(5):
         await ca.publish("notes", i)
@@ -137,8 +135,7 @@ async def test_a_server_alone_relays_without_touching_the_bus(servers: MakeServe
     assert _publishes(first) == before
     # A second process on the same data dir: from now on the first one publishes.
     second = servers(first.data_dir, gateway_publish_rate_per_s=0)
-    cc = await Client.connect(second, c)
-    await cc.drain_catch_up()
+    cc = await connect_synced(second, c)
     await ca.publish("more", "across")
     got = await cc.expect_type("event")
     assert (got["stream"], got["body"]) == ("more", "across")

@@ -12,7 +12,6 @@ from relaybox.protocol.encoding import b64url_encode, random_nonce
 from relaybox.protocol.handshake import gateway_signing_bytes
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
-    Client,
     connect_synced,
     database,
     device_token,
@@ -37,10 +36,8 @@ def server(module_servers: MakeServer) -> Server:
 
 async def test_revoked_live_session_closes_within_a_second(server: Server) -> None:
     keep, gone = users(server, 2)[0]
-    ck = await Client.connect(server, keep)
-    await ck.drain_catch_up()
-    cg = await Client.connect(server, gone)
-    await cg.drain_catch_up()
+    ck = await connect_synced(server, keep)
+    cg = await connect_synced(server, gone)
     started = time.monotonic()
     revoke(server, gone)
     frames, code = await until_close(cg.ws, timeout=5)
@@ -67,8 +64,7 @@ async def test_a_revoke_landing_between_key_lookup_and_registration_still_closes
     went out before the session was registered (here: no notice at all). The positions
     are read in the same transaction as a fresh revocation check: 4403, never welcome."""
     watcher, dev = users(server, 2)[0]
-    cw = await Client.connect(server, watcher)
-    await cw.drain_catch_up()
+    cw = await connect_synced(server, watcher)
     token = device_token(server, watcher)  # before the lock: it writes
     lock = sqlite3.connect(server.data_dir / "relaybox.db", isolation_level=None)
     try:
