@@ -106,6 +106,42 @@ class Settings:
     gateway_publish_burst: int = _s("gateway.publish_burst", 400,
                                     "Publishes a device may send at once above the rate.",
                                     lo=1, hi=1_000_000)
+    gateway_max_outbox_bytes: int = _s(
+        "gateway.max_outbox_bytes", 1048576,
+        "Bytes waiting to be sent to one connection (events, replies, pongs). Past half of "
+        "it the server stops reading that connection; past all of it the connection is "
+        "closed with 4429.", lo=65536, hi=1 << 30)
+    gateway_revocation_check_s: float = _s(
+        "gateway.revocation_check_s", 2.0,
+        "Seconds between each process's database re-check of its live sessions' devices: "
+        "the longest a revocation whose notice was lost leaves a session open.",
+        lo=0.1, hi=60)
+    # -- connection limits (every HTTP and WebSocket connection)
+    header_timeout_s: float = _s("limits.header_timeout_s", 10.0,
+                                 "Seconds a connection has to send a complete request head, "
+                                 "first byte included; else it is closed.", lo=0.5, hi=600)
+    keep_alive_s: float = _s("limits.keep_alive_s", 15.0,
+                             "Seconds an idle HTTP keep-alive connection stays open.",
+                             lo=0.5, hi=3600)
+    connections_per_address: int = _s(
+        "limits.connections_per_address", 64,
+        "Open connections from one TCP peer address per server process (0 = no limit). "
+        "Behind a reverse proxy, set the per-client limit in the proxy.", lo=0, hi=1_000_000)
+    max_connections: int = _s(
+        "limits.max_connections", 0,
+        "Open connections per server process; 0 = derived from the open-file limit, "
+        "keeping room for the database, Redis and health checks.", lo=0, hi=10_000_000)
+    # -- quotas (per user unless said otherwise; 0 = no limit)
+    quota_streams_per_user: int = _s("quotas.streams_per_user", 1000,
+                                     "Streams one user may hold.", lo=0, hi=10_000_000)
+    quota_keys_per_stream: int = _s("quotas.keys_per_stream", 10000,
+                                    "Distinct event keys in one stream.", lo=0, hi=10**9)
+    quota_stored_bytes_per_user: int = _s("quotas.stored_bytes_per_user", 1 << 30,
+                                          "Bytes of event bodies one user may store.",
+                                          lo=0, hi=1 << 50)
+    quota_pairing_codes_per_user: int = _s("quotas.pairing_codes_per_user", 10,
+                                           "Unused, unexpired pairing codes one user may "
+                                           "hold at once.", lo=1, hi=100000)
     # -- auth
     access_token_ttl_s: int = _s("auth.access_token_ttl_s", 900,
                                  "Lifetime of an access JWT in seconds.", lo=30, hi=86400)
@@ -123,6 +159,9 @@ class Settings:
     rate_pairing_per_min: int = _s("rate_limits.pairing_per_min", 10,
                                    "Pairing lookups and claims per address per minute.",
                                    lo=1, hi=1_000_000)
+    rate_pairing_store_per_min: int = _s("rate_limits.pairing_store_per_min", 10,
+                                         "Pairing codes one device may create per minute "
+                                         "(POST /pairing/store).", lo=1, hi=1_000_000)
     rate_publish_per_min: int = _s("rate_limits.publish_per_min", 600,
                                    "HTTP publishes per device per minute.", lo=1, hi=10_000_000)
     # -- retention
