@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,11 +42,12 @@ def initialise(settings: Settings, *, force: bool = False) -> InitResult:
                     p.unlink()
         if (d / "run").exists():
             shutil.rmtree(d / "run", ignore_errors=True)
-    d.mkdir(parents=True, exist_ok=True)
+    # security.md "Identities and secrets": the data dir is private to the service user.
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)
     cfg = settings.config_file
     if not cfg.exists() or force:
-        cfg.write_text(render_config_file(settings), encoding="utf-8")
+        _write_private(cfg, render_config_file(settings))
     db = open_db(settings, must_exist=False)
     try:
         migrate.up(db)
@@ -56,6 +58,20 @@ def initialise(settings: Settings, *, force: bool = False) -> InitResult:
     if db_path is not None and db_path.exists():
         os.chmod(db_path, 0o600)
     return InitResult(str(d), secrets.server_id, token, str(cfg), created)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` with mode 0600 from its first byte: it may hold a database password."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def register(cli: click.Group) -> None:

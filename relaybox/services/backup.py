@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import tarfile
 import tempfile
 import time
@@ -182,6 +185,31 @@ def _member(name: str, size: int, now: float) -> tarfile.TarInfo:
 
 
 # -- reading and verifying -------------------------------------------------------------------
+# An archive is untrusted input (backup.md "An archive is untrusted input"): it is read as one
+# stream under fixed bounds, only the members the format names are accepted, each is written
+# under its fixed name into a fresh private folder, and nothing outside it is ever written.
+MAX_DB_BYTES = 64 << 30  # the database member (64 GiB): far above any relay's store
+MAX_MEMBERS = 3  # manifest, database, config
+_HEADER_SLACK = 64 << 10  # tar headers (pax records included) per member, and the end blocks
+_FREE_MARGIN = 64 << 20  # checking an archive leaves at least this much disk space free
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Bounded:
+    """The decompressed stream, cut off past ``limit`` bytes: a bomb stops here, not on disk."""
+
+    def __init__(self, path: Path, src: Callable[[int], bytes], limit: int) -> None:
+        self.path, self.src, self.limit, self.used = path, src, limit, 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        room = self.limit - self.used
+        data = self.src(room + 1 if n is None or n < 0 else min(n, room + 1))
+        self.used += len(data)
+        if self.used > self.limit:
+            raise BackupError(f"{self.path} holds more data than its manifest declares")
+        return data
+
+
 @contextlib.contextmanager
 def _damaged(path: Path) -> Iterator[None]:
     """Turn every way a damaged archive can fail into one clear BackupError."""
@@ -201,24 +229,57 @@ def _damaged(path: Path) -> Iterator[None]:
         raise BackupError(f"{path} is damaged or not a relaybox backup ({why})") from None
 
 
+def _stat(path: Path) -> os.stat_result:
+    """The archive's stat; a FIFO or a device would never end, so only a regular file will do."""
+    with _damaged(path):
+        st = path.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise BackupError(f"{path}: is a folder, not a backup file")
+    if not stat.S_ISREG(st.st_mode):
+        raise BackupError(f"{path}: not a regular file")
+    return st
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[tuple[tarfile.TarFile, _Bounded, dict[str, Any]]]:
+    """The archive as a bounded stream, just past its checked manifest (the first member)."""
+    _stat(path)
+    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        stream = _Bounded(path, gz.read, _SMALL_MAX + _HEADER_SLACK)
+        # Stream mode reads forward only, and every byte through ``stream``.
+        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+            first = tar.next()
+            if first is None or first.name != MANIFEST or not _is_plain(first):
+                raise BackupError(f"{path} is not a relaybox backup (no manifest)")
+            if first.size > _SMALL_MAX:
+                raise BackupError(f"{path}: the manifest is too large")
+            fh = tar.extractfile(first)
+            assert fh is not None
+            yield tar, stream, _parse_manifest(path, fh.read())
+
+
+def _is_plain(info: tarfile.TarInfo) -> bool:
+    """A regular file: no link, device, FIFO, folder or sparse member."""
+    return info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not info.issparse()
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of an archive, read from its first member (cheap; no verification)."""
-    with _damaged(path), tarfile.open(path, "r:gz") as tar:
-        first = tar.next()
-        if first is None or first.name != MANIFEST or not first.isfile():
-            raise BackupError(f"{path} is not a relaybox backup (no manifest)")
-        return _parse_manifest(path, _read_small(tar, first))
+    with _damaged(path), _open(path) as (_tar, _stream, manifest):
+        return manifest
 
 
 def verify_backup(path: Path, *, work_dir: Path | None = None, keep_db: bool = False
                   ) -> Verified:
-    """Check everything: members, sha256 of each, integrity_check and row counts.
+    """Check everything: members, sha256 of each, integrity_check, schema and row counts.
 
-    With ``keep_db`` the checked database stays in ``work_dir`` (for restore).
+    Members are extracted into a fresh private folder in ``work_dir`` (default: the system
+    temporary folder), removed afterwards; with ``keep_db`` the checked database stays
+    there (for restore).
     """
     path = Path(path)
+    size = _stat(path).st_size
     with _damaged(path):
-        size = path.stat().st_size
         archive_sha = _sha256_file(path)
     tmp = Path(tempfile.mkdtemp(prefix=".relaybox-verify-", dir=work_dir))
     try:
@@ -237,45 +298,54 @@ def verify_backup(path: Path, *, work_dir: Path | None = None, keep_db: bool = F
 
 
 def _extract(path: Path, tmp: Path) -> tuple[dict[str, Any], str | None, Path]:
-    with _damaged(path), tarfile.open(path, "r:gz") as tar:
-        first = tar.next()
-        if first is None or first.name != MANIFEST or not first.isfile():
-            raise BackupError(f"{path} is not a relaybox backup (no manifest)")
-        manifest = _parse_manifest(path, _read_small(tar, first))
-        expected: dict[str, dict[str, Any]] = manifest["members"]
-        db_name = SQLITE_MEMBER if manifest["database"] == "sqlite" else PG_MEMBER
-        if db_name not in expected:
-            raise BackupError(f"{path}: the manifest lists no database")
-        seen: set[str] = set()
-        config_text = None
-        for info in tar:
-            if info is first:
-                continue  # iterating a TarFile starts again from the first member
-            if info.name not in expected or info.name in seen or not info.isfile():
+    with _damaged(path), _open(path) as (tar, stream, manifest):
+        want: dict[str, dict[str, Any]] = manifest["members"]
+        total = sum(m["bytes"] for m in want.values())
+        # From here on the stream may hold the declared members and their headers, no more.
+        stream.limit = stream.used + _HEADER_SLACK + sum(
+            _HEADER_SLACK + -(-m["bytes"] // 512) * 512 for m in want.values())
+        free = shutil.disk_usage(tmp).free
+        if total + _FREE_MARGIN > free:
+            raise BackupError(f"{path}: checking it needs {total} bytes in {tmp.parent}, "
+                              f"only {free} are free")
+        seen: list[str] = []
+        while (info := tar.next()) is not None:
+            if info.name not in want or info.name in seen or len(seen) >= MAX_MEMBERS - 1:
                 raise BackupError(f"{path}: unexpected member {info.name!r}")
-            seen.add(info.name)
-            src = tar.extractfile(info)
-            assert src is not None
-            out = tmp / info.name  # names come from our fixed list: no path traversal
-            digest = hashlib.sha256()
-            with src, open(out, "wb") as fh:
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            want = expected[info.name]
-            if digest.hexdigest() != want.get("sha256") or out.stat().st_size != want.get(
-                    "bytes"):
-                raise BackupError(f"{path}: {info.name} does not match its checksum")
-            if info.name == CONFIG_FILE:
-                if info.size > _SMALL_MAX:
-                    raise BackupError(f"{path}: the config file is too large")
-                config_text = out.read_text(encoding="utf-8")
-        missing = set(expected) - seen
+            if not _is_plain(info):
+                raise BackupError(f"{path}: {info.name} is not a regular file")
+            if info.size != want[info.name]["bytes"]:
+                raise BackupError(f"{path}: {info.name} holds {info.size} bytes, its manifest "
+                                  f"says {want[info.name]['bytes']}")
+            seen.append(info.name)
+            # The name is one of the format's fixed names (_parse_manifest): no path in it.
+            _copy_member(path, tar, info, tmp / info.name, want[info.name]["sha256"])
+        missing = set(want) - set(seen)
         if missing:
             raise BackupError(f"{path} is incomplete (missing {', '.join(sorted(missing))})")
-    return manifest, config_text, tmp / db_name
+    config = tmp / CONFIG_FILE
+    with _damaged(path):
+        config_text = config.read_text(encoding="utf-8") if CONFIG_FILE in want else None
+    return manifest, config_text, tmp / _db_member(manifest)
+
+
+def _copy_member(path: Path, tar: tarfile.TarFile, info: tarfile.TarInfo, out: Path,
+                 sha256: str) -> None:
+    src = tar.extractfile(info)
+    assert src is not None
+    digest, n = hashlib.sha256(), 0
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with src, os.fdopen(fd, "wb") as fh:
+        while chunk := src.read(_CHUNK):
+            n += len(chunk)
+            digest.update(chunk)
+            fh.write(chunk)
+    if n != info.size or digest.hexdigest() != sha256:
+        raise BackupError(f"{path}: {info.name} does not match its checksum")
+
+
+def _db_member(manifest: dict[str, Any]) -> str:
+    return SQLITE_MEMBER if manifest["database"] == "sqlite" else PG_MEMBER
 
 
 def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
@@ -289,30 +359,42 @@ def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
     if doc.get("database") not in ("sqlite", "postgresql") or not isinstance(
             doc.get("members"), dict) or not isinstance(doc.get("counts"), dict):
         raise BackupError(f"{path}: the manifest is incomplete")
+    db_name = _db_member(doc)
+    if db_name not in doc["members"]:
+        raise BackupError(f"{path}: the manifest lists no database")
+    # The format is fixed: the database and perhaps the config, nothing else, bounded.
+    for name, entry in doc["members"].items():
+        if name not in (db_name, CONFIG_FILE):
+            raise BackupError(f"{path}: unexpected member {name!r}")
+        if not isinstance(entry, dict) or type(entry.get("bytes")) is not int or not (
+                isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])):
+            raise BackupError(f"{path}: the manifest entry of {name} is malformed")
+        limit = MAX_DB_BYTES if name == db_name else _SMALL_MAX
+        if not 0 <= entry["bytes"] <= limit:
+            raise BackupError(f"{path}: {name} is too large ({entry['bytes']} bytes; "
+                              f"the limit is {limit})")
     return doc
-
-
-def _read_small(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
-    if info.size > _SMALL_MAX:
-        raise BackupError(f"{info.name} is too large")
-    fh = tar.extractfile(info)
-    assert fh is not None
-    return fh.read()
 
 
 def _check_sqlite(path: Path, db_path: Path, manifest: dict[str, Any]) -> None:
     try:
         conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
+            # No SQL function runs from the file's own schema (views, triggers, defaults).
+            conn.execute("PRAGMA trusted_schema = OFF")
             result = [r[0] for r in conn.execute("PRAGMA integrity_check")]
             if result != ["ok"]:
                 raise BackupError(f"{path}: the database fails its integrity check "
                                   f"({'; '.join(map(str, result[:3]))})")
+            kinds = {r[0] for r in conn.execute("SELECT type FROM sqlite_master")}
             counts, server_id, migration = inspect_sqlite(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise BackupError(f"{path}: the database cannot be read ({exc})") from None
+    # relaybox makes tables and indexes only, and always has its meta and migrations.
+    if not kinds <= {"table", "index"} or server_id is None or migration is None:
+        raise BackupError(f"{path}: the database is not a relaybox database")
     if counts != manifest["counts"]:
         raise BackupError(f"{path}: row counts differ from the manifest")
     if server_id != manifest.get("server_id") or migration != manifest.get("migration"):

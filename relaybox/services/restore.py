@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relaybox.config import CONFIG_FILE, ConfigError, Settings, load_settings
+from relaybox.config import CONFIG_FILE, ConfigError, Settings, load_settings, mask_url
 from relaybox.services import pgdump
 from relaybox.services.backup import (
     BackupError,
@@ -79,6 +79,8 @@ def _restore(settings: Settings, path: Path, is_serving: Callable[[], bool]) -> 
             raise BackupError("this is a SQLite backup but database_url points to PostgreSQL")
         if kind == "postgresql" and target.sqlite_path is not None:
             raise BackupError("this is a PostgreSQL backup; set database_url first")
+        if target.sqlite_path is not None:
+            _check_replaceable(target.sqlite_path)
         if is_serving():
             raise BackupError(f"a server is running on {data_dir}; stop it first")
         if target.sqlite_path is not None:
@@ -108,7 +110,38 @@ def _target_settings(settings: Settings, checked: Verified) -> tuple[Settings, s
     except ConfigError as exc:
         raise BackupError(f"the archived relaybox.toml is not valid: {exc.problems[0]}"
                           ) from None
-    return dataclasses.replace(archived, data_dir=settings.data_dir), "restored"
+    target = dataclasses.replace(archived, data_dir=settings.data_dir)
+    _check_archived_database(settings, target)
+    return target, "restored"
+
+
+def _check_archived_database(settings: Settings, target: Settings) -> None:
+    """The archive may not choose where a database is written (backup.md "Restoring").
+
+    Its config decides only when it names the same database as this machine's settings
+    (default or environment), or a SQLite file inside the data dir.
+    """
+    if target.database_url == settings.database_url:
+        return
+    where = target.sqlite_path
+    if where is not None and where.resolve().is_relative_to(settings.data_dir.resolve()):
+        return
+    shown = str(where) if where is not None else mask_url(target.database_url)
+    raise BackupError(f"the archived relaybox.toml puts the database at {shown}, outside "
+                      f"{settings.data_dir}; write {settings.config_file} (or set "
+                      "RELAYBOX_DATABASE_URL) first")
+
+
+def _check_replaceable(target: Path) -> None:
+    """A restore replaces a SQLite database or nothing: never some other file."""
+    if not target.exists() and not target.is_symlink():
+        return
+    head = b"?"
+    if target.is_file():
+        with open(target, "rb") as fh:
+            head = fh.read(16)
+    if head not in (b"", b"SQLite format 3\x00"):
+        raise BackupError(f"{target} exists and is not a SQLite database; not replacing it")
 
 
 def _swap_sqlite(new_db: Path, target: Path) -> None:

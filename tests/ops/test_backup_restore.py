@@ -17,6 +17,7 @@ import pytest
 from relaybox.config import load_settings
 from relaybox.services import backup, restore
 from relaybox.services.backup import BackupError
+from relaybox.store import migrate
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import PublishRequest, append_now
 from relaybox.store.models import Event
@@ -57,7 +58,8 @@ def test_round_trip_onto_a_fresh_data_dir(data_dir: Path, tmp_path: Path) -> Non
     made = backup.create_backup(settings)
     assert made.file.parent == settings.backups_path and made.file.name.startswith("relaybox-")
     assert made.counts["event"] == 7  # 5 published + 2 device_added notices
-    assert made.manifest["migration"] == "002_fewer_event_indexes"
+    newest = max(p.stem for p in migrate.MIGRATIONS_DIR.glob("[0-9]*.py"))
+    assert made.manifest["migration"] == newest
     target = load_settings(tmp_path / "fresh", env={})
     done = restore.restore_backup(target, made.file)
     assert done.server_id == made.manifest["server_id"] and done.config == "restored"
@@ -259,3 +261,47 @@ def test_events_survive_in_the_archive_byte_for_byte(data_dir: Path, tmp_path: P
         assert Event.select().count() == made.counts["event"]
     finally:
         db.close()
+
+
+def test_config_data_dir_and_backups_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    old = os.umask(0)
+    try:
+        assert run(d, "init").exit_code == 0
+        made = run_json(d, "backup")
+        (d / "relaybox.toml").chmod(0o644)
+        assert run(d, "init", "--force").exit_code == 0
+    finally:
+        os.umask(old)
+
+    def mode(p: Path | str) -> str:
+        return oct(os.stat(p).st_mode & 0o777)
+
+    assert mode(d) == "0o700"
+    assert mode(d / "relaybox.toml") == "0o600"  # it may hold a database password
+    assert mode(d / "relaybox.db") == "0o600"
+    assert mode(made["file"]) == "0o600" and mode(d / "backups") == "0o700"
+
+
+def test_restore_never_replaces_a_file_that_is_not_a_database(data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    made = backup.create_backup(load_settings(data_dir, env={})).file
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "relaybox.toml").write_text(f'database_url = "sqlite:///{notes}"\n')
+    assert_error(run(other, "restore", str(made), "--yes"), "not a SQLite database")
+    assert notes.read_text() == "not a database\n"
+    assert sorted(p.name for p in other.iterdir()) == ["relaybox.toml"]
+
+
+def test_list_marks_an_archive_whose_manifest_names_a_path(data_dir: Path) -> None:
+    settings = load_settings(data_dir, env={})
+    good = backup.create_backup(settings).file
+    m = _manifest(good)
+    m["members"]["../x"] = m["members"]["relaybox.db"]  # type: ignore[index]
+    _rewrite(good, settings.backups_path / "odd.tar.gz", {"manifest.json": json.dumps(m).encode()})
+    problems = {Path(d["file"]).name: d["problem"] for d in run_json(data_dir, "backup", "list")}
+    assert "unexpected member '../x'" in problems["odd.tar.gz"]
+    assert problems[good.name] is None
