@@ -255,7 +255,10 @@ async def handshake_with(server: Server, device_id: str, sign: Callable[[bytes],
 
 def env(**settings: Any) -> dict[str, str]:
     """RELAYBOX_* environment for settings given by attribute name (gateway_window=8)."""
-    return {("RELAYBOX_" + k).upper(): str(v) for k, v in settings.items()}
+    from relaybox.config import SETTINGS_TABLE
+
+    names = {row.attr: row.env for row in SETTINGS_TABLE}
+    return {names.get(k, ("RELAYBOX_" + k).upper()): str(v) for k, v in settings.items()}
 
 
 @contextlib.contextmanager
