@@ -213,7 +213,16 @@ def _parse_ack(obj: dict[str, object], max_body_bytes: int) -> Ack:
 
 
 def _parse_ping(obj: dict[str, object], max_body_bytes: int) -> Ping:
-    return Ping(ref=obj.get("ref"))
+    ref = obj.get("ref")
+    if isinstance(ref, dict | list):
+        # protocol.md §4: the ref is echoed, so it must encode again; JSON nested deeper
+        # than the encoder goes is refused here, not when the pong is written.
+        try:
+            dumps_bytes(ref)
+        except (TypeError, ValueError):
+            raise ProtocolError("invalid", "ping ref is nested too deeply",
+                                close_code=None) from None
+    return Ping(ref=ref)
 
 
 _PARSERS: Final[dict[str, Callable[[dict[str, object], int], Message]]] = {

@@ -24,6 +24,7 @@ from relaybox.server.errors import access_log, handle_error
 from relaybox.server.errors import request_id as assign_request_id
 from relaybox.server.gateway import Session
 from relaybox.server.hub import Hub
+from relaybox.server.upgrade import raise_open_file_limit
 from relaybox.services import identity
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import EventLog
@@ -43,6 +44,10 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     cfg.PROXIES_COUNT = settings.proxies_count
     cfg.REQUEST_MAX_SIZE = max(1_000_000, settings.gateway_max_body_bytes * 2 + 65536)
     cfg.GRACEFUL_SHUTDOWN_TIMEOUT = 5.0
+    # Connection phases (docs/security.md Limits); upgrade.py adds a deadline for the
+    # whole request head, which Sanic's request timeout restarts on every byte.
+    cfg.KEEP_ALIVE_TIMEOUT = settings.keep_alive_s  # type: ignore[assignment]
+    cfg.REQUEST_TIMEOUT = settings.header_timeout_s  # type: ignore[assignment]
     cfg.ACCESS_LOG = False
     cfg.FALLBACK_ERROR_FORMAT = "json"
     cfg.OAS_UI_DEFAULT = "swagger"
@@ -56,6 +61,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     @app.before_server_start
     async def start(app: Sanic) -> None:
         loop = asyncio.get_running_loop()
+        raise_open_file_limit()
         db = open_database(settings)
         secrets = await loop.run_in_executor(None, _load_secrets)
         node_id = uuid7()

@@ -45,6 +45,7 @@ class Delivery:
     window: int
     streams: dict[str, StreamState]
     inflight: int
+    output_paused: bool
     ready: bool
     close_code: int | None
     wake: asyncio.Event
@@ -94,8 +95,9 @@ class Delivery:
         if ev.device_id == self.device_id:
             st.done = ev.seq  # never delivered to its publisher
             return
-        if self.inflight >= self.window:
-            self.wake.set()  # resumed from the ring or storage as acks arrive
+        if self.inflight >= self.window or self.output_paused:
+            # Resumed from the ring or storage as acks arrive and the peer reads.
+            self.wake.set()
             return
         st.done = ev.seq
         st.inflight.append(ev.seq)
@@ -113,7 +115,8 @@ class Delivery:
             while progressed and self.close_code is None:
                 progressed = False
                 for name, st in list(self.streams.items()):
-                    if st.done >= st.known_head or self.inflight >= self.window:
+                    if (st.done >= st.known_head or self.inflight >= self.window
+                            or self.output_paused):
                         continue
                     if await self._refill(name, st):
                         progressed = True
@@ -154,7 +157,7 @@ class Delivery:
                 st.done = ev.seq
                 sent_any = True
                 continue
-            if self.inflight >= self.window:
+            if self.inflight >= self.window or self.output_paused:
                 break
             st.done = ev.seq
             st.inflight.append(ev.seq)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaybox.gateway")
 
 MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
+MAX_EARLY_MESSAGES = 32  # held before READY; beyond it the session stops reading
 CLOSE_WRITE_TIMEOUT_S = 2.0  # to write what is queued and the close frame
 _background: set[asyncio.Future[Any]] = set()  # wind-downs outliving their handler
 
@@ -61,6 +62,12 @@ class Session(Delivery):
         self.streams: dict[str, StreamState] = {}
         self.inflight = 0
         self.outbox: list[str] = []
+        self.outbox_bytes = 0  # in ``outbox``: queued, not yet handed to the transport
+        # protocol.md §7 max_outbox_bytes: past half of it reading pauses (and live
+        # delivery with it) until the peer has read; past all of it the session closes.
+        self.output_paused = False
+        self._out_max = s.gateway_max_outbox_bytes
+        self._out_high = self._out_max // 2
         self._flush_scheduled = False
         self._sender_idle = asyncio.Event()
         self._sender_idle.set()
@@ -92,6 +99,11 @@ class Session(Delivery):
         if self.close_code is not None:
             return
         self.outbox.append(frame)
+        self.outbox_bytes += len(frame)
+        if self.outbox_bytes > self._out_high:
+            self._check_output()
+            if self.close_code is not None:
+                return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._sender_idle.clear()
@@ -105,23 +117,62 @@ class Session(Delivery):
                 self.outbox[:0] = frames
                 asyncio.get_running_loop().create_task(self._flush())
                 return
+            self.outbox_bytes = 0
         except Exception:
-            self.outbox.clear()
+            self._drop_outbox()
             self.close_soon(CloseCode.NORMAL, "")
         self._flush_scheduled = False
         self._sender_idle.set()
+        if self.output_paused:
+            self._output_drained()
 
     async def _flush(self) -> None:
         try:
             while self.outbox:
                 frames, self.outbox = self.outbox, []
                 await send_frames(self.ws, frames)
+                self.outbox_bytes -= sum(len(f) for f in frames)
         except Exception:
-            self.outbox.clear()
+            self._drop_outbox()
             self.close_soon(CloseCode.NORMAL, "")
         finally:
             self._flush_scheduled = False
             self._sender_idle.set()
+        if self.output_paused:
+            self._output_drained()
+
+    def _drop_outbox(self) -> None:
+        self.outbox.clear()
+        self.outbox_bytes = 0
+
+    # -- the output bound (protocol.md §7 max_outbox_bytes) --------------------------------
+    def _check_output(self) -> None:
+        """After something was queued or written: pause reading past half the bound, close
+        with 4429 past all of it (a peer that sends and never reads)."""
+        if self.close_code is not None:
+            return
+        size = self.outbox_bytes + _write_buffered(self.ws)
+        if size > self._out_max:
+            self._drop_outbox()
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.outbox_overflow()
+            if self.reader is not None:
+                self.reader.pause("closing")  # nothing more is read from this peer
+            self.close_soon(CloseCode.RATE_LIMITED, "outbox_full")
+        elif size > self._out_high and not self.output_paused:
+            self.output_paused = True
+            if self.reader is not None:
+                self.reader.pause("output")
+
+    def _output_drained(self) -> None:
+        """The transport took everything (called after writes and when it resumes writing):
+        read again, and let delivery send what it held back."""
+        if not self.output_paused or self.outbox or not _can_write(self.ws):
+            return
+        self.output_paused = False
+        if self.reader is not None:
+            self.reader.resume("output")
+        self.wake.set()
 
     def close_soon(self, code: int, reason: str) -> None:
         """End the session with ``code`` (after what is already queued is written)."""
@@ -153,12 +204,17 @@ class Session(Delivery):
             original(data)
 
         ws.data_received = data_received
+        io_proto = getattr(ws, "io_proto", None)
+        if io_proto is not None and hasattr(io_proto, "on_drain"):
+            io_proto.on_drain = self._output_drained
         try:
             try:
                 await self._handshake()
                 self._tasks.append(asyncio.create_task(self._pump()))
                 self._start_heartbeat()
                 early, self._early = self._early, []
+                if self.reader is not None:
+                    self.reader.resume("early")
                 for data in early:
                     self._handle(data)
                 # Messages are handled by the reader's callback from here on.
@@ -239,21 +295,31 @@ class Session(Delivery):
         hs = Handshake(ctx.server_id, self.session_id, random_nonce())
         try:
             async with asyncio.timeout(s.gateway_handshake_timeout_s):
-                hs.receive(self._parse(await self.ws.recv()))
+                # Every message goes through this reader from the start, so that one that
+                # came in the same read as `hello` is handled in turn, not lost (§2).
                 self.reader = FrameReader(self.ws, self._on_message, self._on_peer_closed,
-                                          self._touch)
+                                          self._touch, self._check_output)
                 self.reader.install()
+                self._early[:0] = await _take_pending(self.ws)
+                hs.receive(self._parse(await self._next_early()))
                 await send_frames(self.ws, [hs.challenge()])
                 hs.receive(self._parse(await self._next_early()))
+                # A device seen before (devicekeys.py): one Ed25519 check right here costs
+                # less than the hop to a reader thread and back. Any other case, a failed
+                # check included, takes that check plus the database's answer, so that a
+                # failure costs the same for a cached, a known and an unknown device (§2).
                 device = ctx.hub.keys.get(hs.device_id)
-                if device is not None:
-                    # A device seen before (devicekeys.py): one Ed25519 check right here
-                    # costs less than the hop to a reader thread and back.
-                    valid = hs.verify(device.public_key)
+                valid = hs.verify(device.public_key if device is not None
+                                  else UNKNOWN_DEVICE_KEY) and device is not None
+                if valid:
+                    source = "cache"
                 else:
+                    source = "database"
                     device, valid = await ctx.eventlog.read(_check_device, hs)
                     if device is not None and valid:
                         ctx.hub.keys.remember(device)
+                if ctx.metrics is not None:
+                    ctx.metrics.key_lookup(source)
         except TimeoutError:
             if ctx.metrics is not None:
                 ctx.metrics.handshake("timeout")
@@ -338,6 +404,8 @@ class Session(Delivery):
             self._handle(data)
         else:
             self._early.append(data)
+            if len(self._early) >= MAX_EARLY_MESSAGES and self.reader is not None:
+                self.reader.pause("early")  # resumed once READY
             self._wake_early()
 
     def _on_peer_closed(self) -> None:
@@ -364,6 +432,14 @@ class Session(Delivery):
     def _handle(self, data: str | bytes) -> None:
         if self.close_code is not None:
             return
+        try:
+            self._dispatch(data)
+        except Exception:
+            # A bug of ours must not cost the peer its session or what is queued for it.
+            log.exception("session %s: message handling failed", self.session_id)
+            self.send(error_frame("internal", "the server could not handle this message"))
+
+    def _dispatch(self, data: str | bytes) -> None:
         try:
             msg = parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
         except PublishRefused as exc:
@@ -407,7 +483,7 @@ class Session(Delivery):
         if self.pending_publishes >= MAX_PENDING_PUBLISHES and self.reader is not None:
             # Stop reading until commits catch up; the heartbeat deadline is suspended.
             self.paused = True
-            self.reader.pause()
+            self.reader.pause("publishes")
         req = PublishRequest(self.user_id, self.device_id, msg.id, msg.stream, msg.body,
                              msg.key, msg.base_seq)
         client_id = msg.id
@@ -418,7 +494,7 @@ class Session(Delivery):
         if self.paused and self.pending_publishes <= MAX_PENDING_PUBLISHES // 2:
             self.paused = False
             if self.reader is not None:
-                self.reader.resume()
+                self.reader.resume("publishes")
         if isinstance(res, Accepted):
             ev = res.event
             self.send(ack_frame(client_id, ev.stream, ev.seq, ev.ts_text))
@@ -483,6 +559,36 @@ def _check_device(hs: Handshake) -> tuple[queries.DeviceKey | None, bool]:
     # An unknown device costs a signature check too (no enumeration by timing).
     valid = hs.verify(device.public_key if device is not None else UNKNOWN_DEVICE_KEY)
     return device, device is not None and valid
+
+
+async def _take_pending(ws: Any) -> list[str | bytes]:
+    """Messages the connection received before the session's reader was installed."""
+    take = getattr(ws, "take_messages", None)
+    if take is not None:  # our own connection (upgrade.py)
+        return list(take())
+    # Sanic's connection hands each message over through a task: let those run, then
+    # collect what they assembled.
+    pending: list[str | bytes] = []
+    for _ in range(MAX_EARLY_MESSAGES):
+        await asyncio.sleep(0)
+        try:
+            message = await ws.recv(timeout=0)
+        except Exception:
+            break
+        if message is None:
+            break
+        pending.append(message)
+    return pending
+
+
+def _write_buffered(ws: Any) -> int:
+    transport = getattr(getattr(ws, "io_proto", None), "transport", None)
+    return transport.get_write_buffer_size() if transport is not None else 0
+
+
+def _can_write(ws: Any) -> bool:
+    can_write = getattr(getattr(ws, "io_proto", None), "_can_write", None)
+    return can_write is None or can_write.is_set()
 
 
 def _num(value: float) -> int | float:

@@ -39,6 +39,9 @@ HTTP_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0)
 HANDSHAKE_RESULTS = ("ok", "auth_failed", "revoked", "rate_limited", "timeout")
 NACK_CODES = ("invalid", "too_large", "forbidden", "rate_limited", "unavailable", "conflict")
 RATE_LIMITS = ("http", "gateway_publish", "handshake")
+# Connections ended by a limit (docs/security.md Limits).
+CONNECTION_LIMITS = ("outbox_full", "per_address", "max_connections", "header_timeout")
+KEY_SOURCES = ("cache", "database")  # where a handshake found the device's key
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Label "task", not "job": Prometheus adds its own "job" label to every series it scrapes.
 TASKS = ("retention", "backup")  # relaybox/jobs/scheduler.py
@@ -126,6 +129,12 @@ class Metrics:
         self.http_seconds = Histogram("relaybox_http_request_duration_seconds",
                                       "HTTP request latency by route template and method.",
                                       ("route", "method"), registry=reg, buckets=HTTP_BUCKETS)
+        self.conn_limited = family("relaybox_connections_refused_total",
+                                   "Connections refused or closed by a connection limit.",
+                                   "limit", CONNECTION_LIMITS)
+        self.key_lookups = family("relaybox_device_key_lookups_total",
+                                  "Handshakes by where the device's key was checked.",
+                                  "source", KEY_SOURCES)
         self.limited = family("relaybox_rate_limited_total",
                               "Requests refused by a rate limit.", "limit", RATE_LIMITS)
         self.tasks = {
@@ -173,6 +182,15 @@ class Metrics:
         self.closed(key).inc()
         self._set_sessions()
         log.info("session closed: %s %s", key, CLOSE_REASONS.get(int(key), ""))
+
+    def connection_limited(self, limit: str) -> None:
+        self.conn_limited(limit).inc()
+
+    def outbox_overflow(self) -> None:
+        self.conn_limited("outbox_full").inc()
+
+    def key_lookup(self, source: str) -> None:
+        self.key_lookups(source).inc()
 
     def nacked(self, code: str) -> None:
         self.nacks(code).inc()

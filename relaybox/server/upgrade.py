@@ -22,10 +22,12 @@ import email.utils
 import logging
 import os
 import re
+import resource
 import time
 from collections import deque
 from typing import Any
 
+from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.models.server_types import ConnInfo
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
@@ -115,48 +117,165 @@ def _switching(accept: str) -> bytes:
             accept.encode("ascii") + b"\r\n\r\n")
 
 
-class GatewayProtocol(WebSocketProtocol):
-    """Sanic's WebSocket-capable HTTP protocol with a direct path into the gateway."""
+# The answer to a connection over a connection limit (docs/security.md Limits).
+_BUSY_BODY = (b'{"type":"about:blank","title":"Service Unavailable","status":503,'
+              b'"code":"too_many_connections","detail":"too many open connections"}')
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+         b"Retry-After: 5\r\nConnection: close\r\nContent-Length: " +
+         str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+# Open connections of this process per TCP peer address.
+_per_address: dict[str, int] = {}
+# File descriptors kept free for the database, Redis, the writer and log files when
+# limits.max_connections is derived from the open-file limit.
+FD_RESERVE = 128
 
-    __slots__ = ("_first", "_idle_timer")
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; return the new one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def max_connections(configured: int) -> int:
+    """limits.max_connections, or the number derived from the open-file limit."""
+    if configured:
+        return configured
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft - FD_RESERVE)
+
+
+class GatewayProtocol(WebSocketProtocol):
+    """Sanic's WebSocket-capable HTTP protocol with a direct path into the gateway, and
+    relaybox's connection limits (docs/security.md Limits): a deadline for every request
+    head (first byte included), open connections per peer address and per process."""
+
+    __slots__ = ("_first", "_head_count", "_head_timer", "_peer", "_refused", "on_drain")
 
     def connection_made(self, transport: Any) -> None:
         # Sanic's HttpProtocol.connection_made without starting the connection task: the
         # first bytes decide whether Sanic sees this connection at all.
+        self._refused = False
+        self._peer = ""
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_count = 0
+        self.on_drain: Any = None  # the gateway session's, once one runs here
         try:
             transport.set_write_buffer_limits(low=16384, high=65536)
-            self.connections.add(self)
             self.transport = transport
             self.recv_buffer = bytearray()
-            self.conn_info = ConnInfo(transport, unix=self._unix)
             self._first = True
-            # A connection that never sends anything is closed as Sanic closes an idle one.
-            self._idle_timer: asyncio.TimerHandle | None = self.loop.call_later(
-                self.keep_alive_timeout, self._close_if_silent)
+            limit = self._over_limit(transport)
+            if limit is not None:
+                self._refused = True
+                transport.write(_BUSY)
+                transport.close()
+                metrics = getattr(self.app.ctx, "metrics", None)
+                if metrics is not None:
+                    metrics.connection_limited(limit)
+                return
+            if self._peer:
+                _per_address[self._peer] = _per_address.get(self._peer, 0) + 1
+            self.connections.add(self)
+            self.conn_info = ConnInfo(transport, unix=self._unix)
+            self._arm_head_deadline()
         except Exception:
             log.exception("connection setup failed")
 
+    def _over_limit(self, transport: Any) -> str | None:
+        settings = getattr(self.app.ctx, "settings", None)
+        if settings is None:
+            return None
+        if len(self.connections) >= max_connections(settings.max_connections):
+            return "max_connections"
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer and not settings.proxies_count:
+            # Behind a proxy every client shares its address: the proxy limits clients.
+            self._peer = str(peer[0])
+            cap = settings.connections_per_address
+            if cap and _per_address.get(self._peer, 0) >= cap:
+                self._peer = ""
+                return "per_address"
+        return None
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._first:
             self._first = False
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             if self._open_gateway(data):
+                self._cancel_head_deadline()
                 return
             self._task = self.loop.create_task(self.connection_task())
+        else:
+            http = getattr(self, "_http", None)
+            if (http is not None and http.stage is Stage.IDLE and not self.recv_buffer
+                    and self.websocket is None):
+                self._arm_head_deadline()  # the first bytes of the next request
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._cancel_head_deadline()
+        if self._refused:
+            self.transport = None
+            return
+        if self._peer:
+            left = _per_address.get(self._peer, 1) - 1
+            if left > 0:
+                _per_address[self._peer] = left
+            else:
+                _per_address.pop(self._peer, None)
+            self._peer = ""
         super().connection_lost(exc)
 
-    def _close_if_silent(self) -> None:
-        self._idle_timer = None
-        if self._first and self.transport is not None:
-            self.transport.close()
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.on_drain is not None:
+            self.on_drain()
+
+    # -- the request head deadline (limits.header_timeout_s) ---------------------------
+    def _arm_head_deadline(self) -> None:
+        self._cancel_head_deadline()
+        settings = getattr(self.app.ctx, "settings", None)
+        timeout = settings.header_timeout_s if settings is not None else 10.0
+        self._head_count += 1
+        self._head_timer = self.loop.call_later(timeout, self._head_expired,
+                                                self._head_count)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self, count: int) -> None:
+        """Close the connection if the request head it started is still incomplete (a
+        trickled head is not kept alive by each byte, unlike Sanic's request timeout)."""
+        if count != self._head_count:
+            return
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.websocket is not None:
+            return
+        http = getattr(self, "_http", None)
+        if self._first or http is None:
+            waiting = True
+        else:
+            waiting = http.stage is Stage.REQUEST or (
+                http.stage is Stage.IDLE and bool(self.recv_buffer))
+        if waiting:
+            metrics = getattr(self.app.ctx, "metrics", None)
+            if metrics is not None:
+                metrics.connection_limited("header_timeout")
+            transport.close()
 
     def _open_gateway(self, data: bytes) -> bool:
         """Open a gateway session if ``data`` is exactly its upgrade request."""
@@ -234,6 +353,12 @@ class LeanWebsocket:
 
     def data_received(self, data: bytes) -> None:  # replaced by FrameReader.install
         raise NotImplementedError
+
+    def take_messages(self) -> list[str | bytes]:
+        """Messages parsed before the session installed its own reader (in order)."""
+        messages = list(self._messages)
+        self._messages.clear()
+        return messages
 
     # -- what the gateway session calls -----------------------------------------------
     async def recv(self) -> str | bytes | None:

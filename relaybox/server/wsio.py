@@ -25,29 +25,41 @@ class FrameReader:
     """
 
     def __init__(self, ws: Any, on_message: Callable[[str | bytes], None],
-                 on_close: Callable[[], None], on_activity: Callable[[], None]) -> None:
+                 on_close: Callable[[], None], on_activity: Callable[[], None],
+                 on_written: Callable[[], None] | None = None) -> None:
         self.ws = ws
         self.on_message = on_message
         self.on_close = on_close
         self.on_activity = on_activity
+        # Called after the protocol's own replies (pongs, the close reply) were written, so
+        # that the owner can check the connection's output bound (protocol.md §7).
+        self.on_written = on_written
         self._parts: list[bytes] = []
         self._text = True
-        self.paused = False
+        self._reasons: set[str] = set()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
 
     def install(self) -> None:
         self.ws.data_received = self._data_received
 
-    def pause(self) -> None:
-        """Stop reading the socket (back-pressure on a publisher)."""
+    def pause(self, reason: str = "publishes") -> None:
+        """Stop reading the socket (back-pressure) until every reason is resumed."""
         transport = getattr(self.ws.io_proto, "transport", None)
-        if transport is not None and not self.paused:
-            self.paused = True
+        if transport is None or reason in self._reasons:
+            return
+        if not self._reasons:
             transport.pause_reading()
+        self._reasons.add(reason)
 
-    def resume(self) -> None:
+    def resume(self, reason: str = "publishes") -> None:
         transport = getattr(self.ws.io_proto, "transport", None)
-        if transport is not None and self.paused:
-            self.paused = False
+        if transport is None or reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons and not transport.is_closing():
             transport.resume_reading()
 
     def _data_received(self, data: bytes) -> None:
@@ -64,6 +76,8 @@ class FrameReader:
                 fut = asyncio.ensure_future(self.ws.send_data(out))
                 _background.add(fut)
                 fut.add_done_callback(_done)
+            if self.on_written is not None:
+                self.on_written()
         for frame in events:
             op = frame.opcode
             if op is Opcode.TEXT or op is Opcode.BINARY:
@@ -85,13 +99,18 @@ class FrameReader:
             self.on_close()
 
     def _deliver(self, text: bool, data: bytes) -> None:
+        message: str | bytes = bytes(data)
         if text:
             try:
-                self.on_message(data.decode("utf-8"))
-                return
+                message = data.decode("utf-8")
             except UnicodeDecodeError:
                 pass
-        self.on_message(bytes(data))
+        try:
+            self.on_message(message)
+        except Exception:
+            # Nothing a peer sends may escape into the transport's callback: the event loop
+            # would abort the connection (1006) and drop what is queued for it.
+            log.exception("message handling failed")
 
 
 def _done(fut: asyncio.Future[Any]) -> None:
