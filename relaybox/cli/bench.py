@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from relaybox.cli.common import emit_json, err, out
+from relaybox.cli.safe import markup
 
 
 def register(cli: click.Group) -> None:
@@ -38,7 +39,7 @@ def register(cli: click.Group) -> None:
 
         results = b.run_all(events=events, sessions=sessions, catchup_events=catchup_events,
                             handshake_rounds=handshake_rounds, settle_s=settle,
-                            only=set(only) or None, log=lambda m: err.print(f"[dim]{m}[/]"))
+                            only=set(only) or None, log=lambda m: err.print(f"[dim]{markup(m)}[/]"))
         output.write_text(b.to_json(results))
         if as_json:
             emit_json(results)
@@ -51,4 +52,4 @@ def register(cli: click.Group) -> None:
         note = b.stall_note(results.get("latency_at_2000"))
         if note:
             out.print(note)
-        out.print(f"details: {output}")
+        out.print(f"details: {markup(output)}")

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from relaybox.cli.common import CliError, emit_json
-from relaybox.protocol.encoding import is_valid_stream, uuid7
+from relaybox.cli.safe import cell, json_text, markup, visible
+from relaybox.protocol.encoding import check_name, is_valid_stream, uuid7
 
 if TYPE_CHECKING:
     from relaybox.client import Event, Gap, Identity
@@ -41,7 +41,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        # Notices quote what the server sent (close reasons, errors): shown inert.
+        click.echo(visible(self.format(record)), err=True)
 
 
 def _log_to_stderr(level: int) -> None:
@@ -120,17 +121,20 @@ async def _send(identity: Identity, stream: str, body: Any, key: str | None,
 
 # -- tail ---------------------------------------------------------------------------------
 def _show(console: Console, item: Event | Gap) -> None:
+    """One event as a line. Every field came over the wire from other devices, so each
+    goes through ``markup`` (security.md "Terminal output and names")."""
     from relaybox.client import Gap
 
     if isinstance(item, Gap):
-        console.print(f"[yellow]{item.stream}: events {item.after + 1}..{item.next - 1} "
+        console.print(f"[yellow]{markup(item.stream)}: events "
+                      f"{markup(item.after + 1)}..{markup(item.next - 1)} "
                       "were removed by retention before this device received them[/]")
         return
-    sender = (item.from_device or "server")[-8:]
-    key = f" [dim]key[/]={escape(item.key)}" if item.key is not None else ""
-    body = escape(json.dumps(item.body, ensure_ascii=False))
-    console.print(f"[dim]{item.ts}[/] [bold cyan]{item.stream}[/]#{item.seq} "
-                  f"[magenta]{sender}[/]{key} {body}", soft_wrap=True)
+    sender = markup((item.from_device or "server")[-8:])
+    key = f" [dim]key[/]={markup(item.key)}" if item.key is not None else ""
+    body = markup(json_text(item.body))
+    console.print(f"[dim]{markup(item.ts)}[/] [bold cyan]{markup(item.stream)}[/]"
+                  f"#{markup(item.seq)} [magenta]{sender}[/]{key} {body}", soft_wrap=True)
 
 
 async def _tail(identity: Identity, streams: tuple[str, ...], as_json: bool,
@@ -148,7 +152,7 @@ async def _tail(identity: Identity, streams: tuple[str, ...], as_json: bool,
             seen = 0
             async for item in client.events(streams or None):
                 if as_json:
-                    sys.stdout.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+                    sys.stdout.write(json_text(item.to_json()) + "\n")
                     sys.stdout.flush()
                 else:
                     _show(console, item)
@@ -174,10 +178,13 @@ def _devices_table(devices: list[dict[str, Any]], me: str) -> Table:
     for col in ("name", "device_id", "online", "last seen", "revoked"):
         table.add_column(col)
     for d in devices:
-        mark = " [bold](this device)[/]" if d.get("device_id") == me else ""
-        table.add_row(escape(str(d.get("name"))) + mark, str(d.get("device_id")),
+        # The server's answer, names of other devices included: cells are Text.
+        name = cell(d.get("name"))
+        if d.get("device_id") == me:
+            name += cell(" (this device)", "bold")
+        table.add_row(name, cell(d.get("device_id")),
                       "[green]yes[/]" if d.get("online") else "no",
-                      str(d.get("last_seen_at") or "-"),
+                      cell(d.get("last_seen_at") or "-"),
                       "[red]yes[/]" if d.get("revoked") else "no")
     return table
 
@@ -201,6 +208,10 @@ def register(cli: click.Group) -> None:
     def pair_cmd(code: str, server: str, name: str, force: bool, identity_path: Path,
                  as_json: bool) -> None:
         """Claim a pairing code and save this device's identity (mode 0600)."""
+        try:
+            check_name(name)  # the server's rule (api.md Devices), before the code is used
+        except ValueError as exc:
+            raise CliError(f"--name: {exc}") from None
         path = identity_path.expanduser()
         _check_writable(path, force)
         ident = _run(_pair(server, code, name, path))
@@ -211,8 +222,9 @@ def register(cli: click.Group) -> None:
             emit_json(doc)
             return
         Console(highlight=False).print(
-            f"paired [bold]{escape(name)}[/] as device {ident.device_id} with {ident.server}\n"
-            f"identity saved to {path} (keep it private: it holds the device key)")
+            f"paired [bold]{markup(name)}[/] as device {markup(ident.device_id)} with "
+            f"{markup(ident.server)}\nidentity saved to {markup(path)} "
+            "(keep it private: it holds the device key)")
 
     @client_group.command("send")
     @click.argument("stream")
@@ -237,7 +249,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json(doc)
         else:
-            click.echo(doc["seq"])
+            click.echo(visible(doc["seq"]))
 
     @client_group.command("tail")
     @click.argument("streams", nargs=-1, metavar="[STREAM]...")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import click
 import peewee as pw
 from rich.console import Console
 
+from relaybox.cli.safe import json_text, visible
 from relaybox.config import ConfigError, Settings, load_settings
 from relaybox.errors import RelayError
 
@@ -32,7 +32,13 @@ class CliError(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        echo_error(self.message)
+
+
+def echo_error(message: object) -> None:
+    """``error: …`` on stderr, one line whatever the message holds (it may echo input:
+    security.md "Terminal output and names")."""
+    click.echo(f"error: {visible(message)}", err=True)
 
 
 def state() -> CliState:
@@ -46,13 +52,13 @@ def settings_for(overrides: Mapping[str, Any] | None = None, *,
         return load_settings(st.data_dir, overrides=overrides, check_writable=check_writable)
     except ConfigError as exc:
         for line in exc.problems[:-1]:
-            click.echo(f"error: {line}", err=True)
+            echo_error(line)
         raise CliError(exc.problems[-1]) from None
 
 
 def emit_json(doc: Any) -> None:
-    """Exactly one JSON document on stdout."""
-    click.echo(json.dumps(doc, indent=2, default=str))
+    """Exactly one JSON document on stdout, ASCII only, so terminal-safe as well."""
+    click.echo(json_text(doc, indent=2, default=str, ensure_ascii=True))
 
 
 def open_db(settings: Settings, *, must_exist: bool = True) -> pw.Database:
@@ -80,7 +86,7 @@ def run_main(group: click.Group, argv: list[str]) -> Any:
     try:
         return group.main(args=argv, prog_name="relaybox", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+        echo_error("aborted")
         sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -90,20 +96,19 @@ def run_main(group: click.Group, argv: list[str]) -> Any:
     except RelayError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc.detail}", err=True)
+        echo_error(exc.detail)
         sys.exit(1)
     except (pw.OperationalError, pw.InterfaceError, OSError) as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        echo_error(exc)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
         if debug:
             raise
-        click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for details)",
-                   err=True)
+        echo_error(f"{type(exc).__name__}: {exc} (run with --debug for details)")
         sys.exit(1)
 
 

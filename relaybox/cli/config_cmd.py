@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from relaybox.cli.common import emit_json, out, settings_for
+from relaybox.cli.safe import cell, markup
 from relaybox.config import SETTINGS_TABLE, effective
 
 
@@ -22,7 +23,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json({"ok": True, "config": str(settings.config_file)})
         else:
-            out.print(f"[green]ok[/] {settings.config_file}")
+            out.print(f"[green]ok[/] {markup(settings.config_file)}")
 
     @config.command("show")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -35,5 +36,6 @@ def register(cli: click.Group) -> None:
             return
         table = Table("key", "value", "env")
         for row in SETTINGS_TABLE:
-            table.add_row(row.key, str(values[row.key]), row.env)
+            # Values come from the config file and the environment: Text, never markup.
+            table.add_row(row.key, cell(values[row.key]), row.env)
         out.print(table)

@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from relaybox.cli.common import CliError, emit_json, err, out
+from relaybox.cli.safe import cell, markup
 
 if TYPE_CHECKING:
     from relaybox.client import Client
@@ -176,8 +177,11 @@ class View:
         for t, who, what, stream, seq, detail in self.rows:
             style = {"sent": "green", "received": "cyan", "conflict": "yellow"}.get(
                 what.split()[0], "")
-            table.add_row(t, who, Text(what, style=style), stream, seq, detail)
-        head = Text.assemble(("server ", "dim"), self.server, ("   ", ""), (self.status, "bold"))
+            # Streams and bodies came over the wire: Text, never markup (security.md
+            # "Terminal output and names").
+            table.add_row(t, cell(who), cell(what, style), cell(stream), cell(seq), cell(detail))
+        head = Text.assemble(("server ", "dim"), cell(self.server), ("   ", ""),
+                             cell(self.status, "bold"))
         return Panel(Group(head, table), title="relaybox demo", border_style="blue")
 
 
@@ -317,7 +321,7 @@ def run_demo(duration: float, console: Console) -> dict[str, Any]:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         codes = _prepare(server.data_dir)
-        console.print(f"[dim]starting a server on a temporary data dir {root}[/]")
+        console.print(f"[dim]starting a server on a temporary data dir {markup(root)}[/]")
         server.start()
         view = View(server.url)
         with Live(view, console=console, refresh_per_second=10):

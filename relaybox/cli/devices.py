@@ -17,6 +17,7 @@ from relaybox.cli.common import (
     relay_errors,
     settings_for,
 )
+from relaybox.cli.safe import cell, markup
 from relaybox.config import Settings
 from relaybox.store.db import write_transaction
 from relaybox.store.eventlog import StoredEvent
@@ -41,7 +42,7 @@ def announce(settings: Settings, events: list[StoredEvent],
         return True
     except BUS_ERRORS as exc:
         err.print(f"[yellow]warning:[/] the change is saved, but running servers could not "
-                  f"be told ({exc}); live sessions notice on their next connect")
+                  f"be told ({markup(exc)}); live sessions notice on their next connect")
         return False
     finally:
         bus.close()
@@ -79,6 +80,11 @@ def _doc(d: Any, user_name: str | None) -> dict[str, Any]:
     return doc
 
 
+def _who(doc: dict[str, Any]) -> str:
+    """``NAME (ID) of USER`` as markup, the user data in it inert."""
+    return f"{markup(doc['name'])} ({markup(doc['device_id'])}) of {markup(doc['user'])}"
+
+
 def register(cli: click.Group) -> None:
     @cli.group("device")
     def device() -> None:
@@ -113,11 +119,14 @@ def register(cli: click.Group) -> None:
         table = Table("device id", "user", "name", "created", "last seen", "state")
         table.columns[0].no_wrap = True
         for d in docs:
-            state = "[green]active[/]"
+            # Names and reasons are user data: cells are Text, never markup (security.md
+            # "Terminal output and names").
+            state = cell("active", "green")
             if d["revoked"]:
                 reason = f": {d['revoked_reason']}" if d["revoked_reason"] else ""
-                state = f"[red]revoked[/] {_short(d['revoked_at'])}{reason}"
-            table.add_row(d["device_id"], d["user"] or "?", d["name"], _short(d["created_at"]),
+                state = cell("revoked", "red") + cell(f" {_short(d['revoked_at'])}{reason}")
+            table.add_row(cell(d["device_id"]), cell(d["user"] or "?"), cell(d["name"]),
+                          _short(d["created_at"]),
                           _short(d["last_seen_at"]) if d["last_seen_at"] else "never", state)
         print_table(table)
 
@@ -137,7 +146,7 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json(doc)
             return
-        out.print(f"[green]Revoked[/] {doc['name']} ({doc['device_id']}) of {doc['user']}")
+        out.print(f"[green]Revoked[/] {_who(doc)}")
 
     @device.command("unrevoke")
     @click.argument("device_id")
@@ -154,4 +163,4 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json(doc)
             return
-        out.print(f"[green]Unrevoked[/] {doc['name']} ({doc['device_id']}) of {doc['user']}")
+        out.print(f"[green]Unrevoked[/] {_who(doc)}")

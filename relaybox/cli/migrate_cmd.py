@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from relaybox.cli.common import emit_json, open_db, out, settings_for
+from relaybox.cli.safe import cell, markup
 
 
 def register(cli: click.Group) -> None:
@@ -28,9 +29,9 @@ def register(cli: click.Group) -> None:
                     return
                 table = Table("migration", "state")
                 for name in st.applied:
-                    table.add_row(name, "[green]applied[/]")
+                    table.add_row(cell(name), "[green]applied[/]")
                 for name in st.pending:
-                    table.add_row(name, "[yellow]pending[/]")
+                    table.add_row(cell(name), "[yellow]pending[/]")
                 out.print(table)
                 return
             names = migrate.up(db) if action == "up" else migrate.down(db, steps)
@@ -39,7 +40,7 @@ def register(cli: click.Group) -> None:
             elif names:
                 verb = "applied" if action == "up" else "rolled back"
                 for name in names:
-                    out.print(f"{verb} {name}")
+                    out.print(f"{verb} {markup(name)}")
             else:
                 out.print("nothing to do")
         finally:

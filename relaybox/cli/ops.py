@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -18,6 +19,7 @@ from relaybox.cli.common import (
     server_urls,
     settings_for,
 )
+from relaybox.cli.safe import cell, visible
 from relaybox.store.db import write_transaction
 
 
@@ -68,21 +70,26 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json({"url": url, **body})
         else:
+            # Whatever answered at the URL wrote the body: every value is shown as Text
+            # (security.md "Terminal output and names").
             ok = body.get("status") == "ok"
             table = Table(show_header=False, box=None)
-            table.add_row("server", url)
-            table.add_row("status", "[green]ok[/]" if ok else f"[red]{body.get('status')}[/]")
+            table.add_row("server", cell(url))
+            table.add_row("status", cell(body.get("status"), "green" if ok else "red"))
             for key in ("version", "server_id"):
-                table.add_row(key.replace("_", " "), str(body.get(key, "?")))
-            if isinstance(body.get("uptime_s"), int | float):
+                table.add_row(key.replace("_", " "), cell(body.get(key, "?")))
+            uptime = body.get("uptime_s")
+            if isinstance(uptime, int | float) and math.isfinite(uptime):
                 table.add_row("uptime", _duration(body["uptime_s"]))
             for key in ("database", "redis"):
                 value = str(body.get(key, "?"))
-                table.add_row(key, f"[green]{value}[/]" if value == "ok" else f"[red]{value}[/]")
-            table.add_row("connections", str(body.get("connections", "?")))
+                table.add_row(key, cell(value, "green" if value == "ok" else "red"))
+            table.add_row("connections", cell(body.get("connections", "?")))
             print_table(table)
         if code != 200:
-            failing = ", ".join(body.get("failing") or ()) or body.get("status")
+            parts = body.get("failing")
+            failing = (", ".join(map(visible, parts)) if isinstance(parts, list) and parts
+                       else visible(body.get("status")))
             raise CliError(f"the server at {url} is not ready ({failing})")
 
     @cli.command("admin-token")
@@ -146,8 +153,8 @@ def register(cli: click.Group) -> None:
         if report.streams:
             table = Table("user", "stream", verb, "first kept seq")
             for s in report.streams:
-                table.add_row(names.get(s.user_id, s.user_id), s.stream, str(s.removed),
-                              str(s.floor_seq + 1))
+                table.add_row(cell(names.get(s.user_id, s.user_id)), cell(s.stream),
+                              str(s.removed), str(s.floor_seq + 1))
             print_table(table)
         out.print(f"{verb} {report.events} events, {report.pairing_codes} expired pairing "
                   f"codes, {report.refresh_tokens} expired refresh tokens")

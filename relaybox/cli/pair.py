@@ -16,7 +16,8 @@ from relaybox.cli.common import (
     server_urls,
     settings_for,
 )
-from relaybox.protocol.encoding import format_ts
+from relaybox.cli.safe import markup, visible
+from relaybox.protocol.encoding import check_name, format_ts
 from relaybox.store.db import write_transaction
 
 
@@ -39,6 +40,16 @@ def qr_text(data: str) -> str:
     return buf.getvalue()
 
 
+def _default_name(user_name: str, n: int) -> str:
+    """``USER-deviceN``, or ``deviceN`` when that would break the name rule (a long
+    user name, or one stored before the rule)."""
+    name = f"{user_name}-device{n}"
+    try:
+        return check_name(name)
+    except ValueError:
+        return f"device{n}"
+
+
 def register(cli: click.Group) -> None:
     @cli.command("pair")
     @click.argument("user_ref", metavar="USER")
@@ -56,10 +67,13 @@ def register(cli: click.Group) -> None:
         The code is single use and short lived. Prints the claim command to run on
         the new device and the same command as a QR code.
         """
+        from relaybox.services.devices import valid_name
         from relaybox.services.pairing import create_pairing_code
         from relaybox.services.users import find_user
         from relaybox.store.models import Device
 
+        if device_name is not None:
+            valid_name(device_name)  # the claim would refuse it (api.md Devices)
         settings = settings_for()
         db = open_db(settings)
         try:
@@ -75,13 +89,14 @@ def register(cli: click.Group) -> None:
             return
         # Devices use public_url (the proxy) when set; else where this server listens.
         url = settings.public_url.rstrip("/") or server_urls(settings)[0]
-        line = claim_line(code, url, device_name or f"{user.name}-device{n + 1}")
+        line = claim_line(code, url, device_name or _default_name(user.name, n + 1))
         left = max(0, round(expires_at / 1000 - time.time()))
         local = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(expires_at / 1000))
-        out.print(f"Pairing code for [bold]{user.name}[/]: [bold yellow]{code}[/]")
+        out.print(f"Pairing code for [bold]{markup(user.name)}[/]: [bold yellow]{code}[/]")
         out.print(f"  expires {local} (in {left // 60} min {left % 60} s); single use")
         if not no_qr:
             click.echo(qr_text(line), nl=False)
         out.print("On the new device run:")
         # Plain echo: rich would wrap or restyle a line meant to be copied exactly.
-        click.echo(f"  {line}")
+        # visible: public_url comes from the config file and is printed too.
+        click.echo(f"  {visible(line)}")

@@ -16,6 +16,7 @@ from relaybox.cli.common import (
     relay_errors,
     settings_for,
 )
+from relaybox.cli.safe import cell, markup
 from relaybox.protocol.encoding import format_ts
 from relaybox.store.db import write_transaction
 
@@ -46,8 +47,8 @@ def register(cli: click.Group) -> None:
         if as_json:
             emit_json({"user_id": u.id, "name": u.name, "created_at": format_ts(u.created_at)})
             return
-        out.print(f"[green]Added user[/] {u.name} ({u.id})")
-        out.print(f"  pair a device: relaybox pair {u.name}")
+        out.print(f"[green]Added user[/] {markup(u.name)} ({u.id})")
+        out.print(f"  pair a device: relaybox pair {markup(u.name)}")
 
     @user.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -86,7 +87,10 @@ def register(cli: click.Group) -> None:
         for d in docs:
             revoked = d["devices"] - d["active_devices"]
             count = f"{d['active_devices']}" + (f" (+{revoked} revoked)" if revoked else "")
-            table.add_row(d["name"], d["user_id"], count, d["created_at"][:16].replace("T", " "))
+            # Names stored before the name rule may hold anything (security.md
+            # "Terminal output and names"): cells are Text, never markup.
+            table.add_row(cell(d["name"]), cell(d["user_id"]), count,
+                          d["created_at"][:16].replace("T", " "))
         print_table(table)
 
     @user.command("remove")
@@ -119,4 +123,4 @@ def register(cli: click.Group) -> None:
             emit_json({"user_id": u.id, "name": u.name, "removed_devices": device_ids,
                        "server_notified": notified})
             return
-        out.print(f"[green]Removed user[/] {u.name} and {len(device_ids)} device(s)")
+        out.print(f"[green]Removed user[/] {markup(u.name)} and {len(device_ids)} device(s)")

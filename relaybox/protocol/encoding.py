@@ -233,3 +233,37 @@ def dumps(obj: object) -> str:
         return orjson.dumps(obj).decode("utf-8")
     except orjson.JSONEncodeError:
         return _exact_dumps(obj)
+
+
+# --- names shown to people (api.md Devices: Names) ---------------------------
+
+NAME_MAX_CHARS: Final = 64
+# Characters that hide, reorder or restyle text on a screen instead of showing as
+# themselves (security.md "Terminal output and names"), as regex class text that
+# Python, pydantic and JSON Schema (ECMA-262) read alike: C0 controls, DEL, C1
+# controls, soft hyphen, Arabic letter mark, Mongolian vowel separator, zero-width
+# characters and LRM/RLM, line and paragraph separators, bidi embeddings and
+# overrides, word joiner, invisible operators and bidi isolates, BOM, interlinear
+# annotation.
+HIDDEN_CHARS: Final = (r"\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                       r"\u2060-\u206f\ufeff\ufff9-\ufffb")
+# Beyond what a JSON Schema pattern can name: the invisible tag characters, and lone
+# surrogates (a command line argument that is not UTF-8 arrives as them).
+HIDDEN_RE: Final = re.compile(f"[{HIDDEN_CHARS}\\U000e0000-\\U000e007f\\ud800-\\udfff]")
+
+
+def check_name(name: object, max_chars: int = NAME_MAX_CHARS) -> str:
+    """Return ``name`` if it is a valid name for people to read, else raise ValueError.
+
+    Names are 1 to ``max_chars`` characters, none of them in HIDDEN_RE. The message
+    names the first bad character by code point and never repeats the name itself.
+    """
+    if not isinstance(name, str):
+        raise ValueError("a name must be a string")
+    if not 1 <= len(name) <= max_chars:
+        raise ValueError(f"names are 1-{max_chars} characters")
+    bad = HIDDEN_RE.search(name)
+    if bad is not None:
+        raise ValueError("names may not contain control, bidirectional or invisible "
+                         f"characters (found U+{ord(bad.group()):04X})")
+    return name

@@ -9,7 +9,7 @@ from typing import Any
 import peewee as pw
 
 from relaybox.errors import InvalidInput, NotFound
-from relaybox.protocol.encoding import dumps, format_ts, now_ms, parse_uuid, uuid7
+from relaybox.protocol.encoding import check_name, dumps, format_ts, now_ms, parse_uuid, uuid7
 from relaybox.store.db import write_transaction
 from relaybox.store.eventlog import Accepted, PublishRequest, StoredEvent, append_now
 from relaybox.store.models import Device, User
@@ -44,6 +44,15 @@ def device_json(d: Device, online: bool = False) -> dict[str, Any]:
     }
 
 
+def valid_name(name: str) -> str:
+    """``name`` if it follows the name rule (api.md Devices), else 422 ``invalid_name``."""
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise InvalidInput(f"name: {exc}", code="invalid_name",
+                           errors=[{"field": "name", "message": str(exc)}]) from None
+
+
 def get_device(device_id: str) -> Device | None:
     try:
         device_id = parse_uuid(device_id)
@@ -76,6 +85,7 @@ def notice(db: pw.Database, user_id: str, kind: str, device: Device,
 
 def add_device(db: pw.Database, user: User, name: str, public_key: bytes,
                clock: Callable[[], int] = now_ms) -> tuple[Device, Change]:
+    name = valid_name(name)
     with write_transaction(db):
         device = Device.create(id=uuid7(), user=user, name=name, public_key=public_key,
                                created_at=clock())
@@ -84,7 +94,7 @@ def add_device(db: pw.Database, user: User, name: str, public_key: bytes,
 
 def rename_device(db: pw.Database, device: Device, name: str,
                   clock: Callable[[], int] = now_ms) -> Change:
-    device.name = name
+    device.name = valid_name(name)
     device.save()
     return Change(events=[notice(db, _uid(device), "device_renamed", device, clock)])
 

@@ -15,7 +15,7 @@ from relaybox.config import Settings
 from relaybox.errors import Conflict, InvalidInput, NotFound
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.handshake import parse_public_key
-from relaybox.services.devices import Change, add_device
+from relaybox.services.devices import Change, add_device, valid_name
 from relaybox.services.users import find_user
 from relaybox.store.db import write_transaction
 from relaybox.store.models import Device, Meta, PairingCode, User
@@ -163,8 +163,9 @@ def claim_code(db: pw.Database, text: str, public_key: str, name: str,
 
     Exactly one of several concurrent claims of one code wins: the code is marked used by
     an UPDATE that matches only while it is unused, inside a write transaction. A refused
-    claim (bad key, key already registered) leaves the code usable.
+    claim (bad key, key already registered) leaves the code usable, and so does a bad name.
     """
+    name = valid_name(name)  # before the code is consumed
     try:
         key_bytes: bytes | None = parse_public_key(public_key)
     except ValueError:

@@ -12,11 +12,14 @@ from relaybox.protocol.encoding import now_ms, uuid7
 from relaybox.store.db import write_transaction
 from relaybox.store.models import Cursor, Device, Event, PairingCode, StreamHead, User
 
+# User names appear in commands and URLs, so they are stricter than device names
+# (api.md Admin); being ASCII, they pass the name rule of check_name too.
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 def add_user(db: pw.Database, name: str, clock: Callable[[], int] = now_ms) -> User:
-    if not USER_NAME_RE.match(name):
+    # fullmatch: with match, "$" would also accept a trailing newline.
+    if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name):
         raise InvalidInput("user names are 1-64 letters, digits, '.', '_', '@' or '-', "
                            "starting with a letter or digit", code="invalid_user_name")
     with write_transaction(db):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 from sanic import Request
 
 from relaybox.errors import InvalidInput, RelayError
-from relaybox.protocol.encoding import loads
+from relaybox.protocol.encoding import HIDDEN_CHARS, NAME_MAX_CHARS, check_name, loads
 from relaybox.services.users import USER_NAME_RE
 
 # Canonical lowercase UUID text (protocol.md §1 Identifiers).
@@ -25,11 +26,25 @@ PUBLIC_KEY_RE = r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"
 # Shown as XXXX-XXXX; read case-insensitively, hyphen optional (http-api.md Pairing).
 CODE_IN_RE = r"^[0-9A-Za-z]{4}-?[0-9A-Za-z]{4}$"
 CODE_OUT_RE = r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$"
-# Names are shown to people: no control characters.
-NAME_RE = r"^[^\x00-\x1f\x7f]{1,64}$"
+# Names are shown to people: no control, bidi or invisible characters (api.md Devices).
+NAME_RE = f"^[^{HIDDEN_CHARS}]{{1,{NAME_MAX_CHARS}}}$"
 NO_NUL_RE = r"^[^\x00]*$"
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _check_name(value: str) -> str:
+    # check_name says which character is refused; a bare pattern would not.
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_name", str(exc)) from None
+
+
+# The pattern is for the schema (clients, schemathesis); the validator enforces it.
+DeviceName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS,
+                                  json_schema_extra={"pattern": NAME_RE}),
+                       AfterValidator(_check_name)]
 
 
 def _uuid(description: str | None = None) -> Any:
@@ -64,7 +79,7 @@ class RefreshRequest(In):
 
 
 class RenameRequest(In):
-    name: str = Field(pattern=NAME_RE, min_length=1, max_length=64)
+    name: DeviceName
 
 
 class PairingOptions(In):
@@ -77,7 +92,7 @@ class ClaimRequest(In):
     code: str = Field(pattern=CODE_IN_RE, description="The pairing code, XXXX-XXXX.")
     public_key: str = Field(pattern=PUBLIC_KEY_RE,
                             description="The new device's Ed25519 public key (base64url).")
-    name: str = Field(pattern=NAME_RE, min_length=1, max_length=64)
+    name: DeviceName
 
 
 class PublishBody(In):
