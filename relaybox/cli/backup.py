@@ -18,6 +18,7 @@ from relaybox.cli.common import (
     relay_errors,
     settings_for,
 )
+from relaybox.cli.safe import cell, markup
 
 
 def _size(n: int) -> str:
@@ -38,7 +39,7 @@ def _when(ts: Any) -> str:
 def _show_counts(counts: dict[str, int]) -> None:
     table = Table("table", "rows")
     for name, n in counts.items():
-        table.add_row(name, str(n))
+        table.add_row(cell(name), cell(n))
     print_table(table)
 
 
@@ -67,7 +68,7 @@ def register(cli: click.Group) -> None:
             return
         with err.status("backing up and verifying…"):
             made = create_backup(settings, output)
-        out.print(f"[green]Backup written and verified[/] {made.file}", soft_wrap=True)
+        out.print(f"[green]Backup written and verified[/] {markup(made.file)}", soft_wrap=True)
         out.print(f"  {_size(made.bytes)}, sha256 {made.sha256}", soft_wrap=True)
         _show_counts(made.counts)
 
@@ -94,7 +95,7 @@ def register(cli: click.Group) -> None:
             emit_json(docs)
             return
         if not docs:
-            out.print(f"no backups in {settings.backups_path}")
+            out.print(f"no backups in {markup(settings.backups_path)}")
             return
         table = Table("file", "created", "size", "events", "kind")
         for d in docs:
@@ -102,10 +103,10 @@ def register(cli: click.Group) -> None:
             kind = "scheduled" if d["scheduled"] else "manual"
             if d["problem"]:
                 kind = "[red]unreadable[/]"
-            table.add_row(Path(d["file"]).name, _when(d["created_at"]), _size(d["bytes"]),
-                          events, kind)
+            table.add_row(cell(Path(d["file"]).name), cell(_when(d["created_at"])),
+                          _size(d["bytes"]), cell(events), kind)
         print_table(table)
-        out.print(f"[dim]{settings.backups_path}[/]", soft_wrap=True)
+        out.print(f"[dim]{markup(settings.backups_path)}[/]", soft_wrap=True)
 
     @backup.command("verify")
     @click.argument("file", type=click.Path(path_type=Path))
@@ -124,10 +125,11 @@ def register(cli: click.Group) -> None:
         with err.status("verifying…"):
             checked = verify_backup(file)
         m = checked.manifest
-        out.print(f"[green]ok[/] {file}", soft_wrap=True)
-        out.print(f"  made {_when(m.get('created_at'))} by relaybox {m.get('relaybox_version')}"
-                  f", server {m.get('server_id')}, migration {m.get('migration')}",
-                  soft_wrap=True)
+        # The manifest is the archive's own text: shown inert (security.md Terminal output).
+        out.print(f"[green]ok[/] {markup(file)}", soft_wrap=True)
+        out.print(f"  made {markup(_when(m.get('created_at')))} by relaybox "
+                  f"{markup(m.get('relaybox_version'))}, server {markup(m.get('server_id'))}, "
+                  f"migration {markup(m.get('migration'))}", soft_wrap=True)
         _show_counts(checked.counts)
 
     @cli.command("restore")
@@ -160,10 +162,11 @@ def register(cli: click.Group) -> None:
             return
         with err.status("verifying and restoring…"):
             done = restore_backup(settings, file, serving)
-        out.print(f"[green]Restored[/] {file} into {settings.data_dir}", soft_wrap=True)
-        out.print(f"  server id {done.server_id}")
+        out.print(f"[green]Restored[/] {markup(file)} into {markup(settings.data_dir)}",
+                  soft_wrap=True)
+        out.print(f"  server id {markup(done.server_id)}")
         if done.migrations_applied:
-            out.print(f"  applied migrations: {', '.join(done.migrations_applied)}")
+            out.print(f"  applied migrations: {markup(', '.join(done.migrations_applied))}")
         if done.config == "restored":
             out.print("  relaybox.toml restored from the backup")
         elif done.config == "kept":

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from relaybox.config import Settings
+from relaybox.protocol.encoding import HIDDEN_RE
 
 if TYPE_CHECKING:  # the writer process logs through this module without loading Sanic
     from sanic import Request, Sanic
@@ -123,8 +124,11 @@ class PlainFormatter(logging.Formatter):
     """``2026-11-25T16:52:52.123Z INFO relaybox.gateway: msg [session_id=… device_id=…]``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # A message may carry what a peer sent (a name, a path, an error text): its control
+        # and invisible characters are written as escapes, so that a log line can neither
+        # act on the terminal showing it nor forge another line (security.md).
         line = (f"{_iso(record.created, record.msecs)} {record.levelname} {record.name}: "
-                f"{record.getMessage()}")
+                f"{_inert(record.getMessage())}")
         ids = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_KEYS
                        if getattr(record, k, None) and f"{k}=" not in line)
         if ids:
@@ -134,6 +138,15 @@ class PlainFormatter(logging.Formatter):
         elif record.exc_text:
             line = f"{line}\n{record.exc_text}"
         return redact(line)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    n = ord(match.group())
+    return f"\\x{n:02x}" if n <= 0xFF else f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
+def _inert(text: str) -> str:
+    return HIDDEN_RE.sub(_escape_char, text)
 
 
 def make_handler(settings: Settings, stream: Any = None) -> logging.Handler:

@@ -418,3 +418,31 @@ def hostile_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileApi
         srv.stop()
         srv.kill()
     assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.mark.parametrize("name", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_backup_list_shows_hostile_file_names_inert(data_dir: Path, name: str) -> None:
+    """Files in the backups folder are named by whoever can write there; `backup list`
+    shows such a name (an unreadable archive) without acting on the terminal."""
+    backups = data_dir / "backups"
+    backups.mkdir(exist_ok=True)
+    from relaybox.services.backup import SUFFIX
+
+    (backups / f"relaybox-{name.replace('/', '_')}{SUFFIX}").write_bytes(b"not an archive")
+    shown = assert_inert(run(data_dir, "backup", "list"))
+    assert "unreadable" in shown
+
+
+@pytest.mark.parametrize("name", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_server_log_lines_are_inert(name: str) -> None:
+    """A log message that carries peer text cannot act on the terminal nor forge a line."""
+    import logging
+
+    from relaybox.server.logs import PlainFormatter
+
+    record = logging.LogRecord("relaybox.test", logging.INFO, __file__, 1,
+                               "refused %s", (name + "\nFAKE ERROR line",), None)
+    line = PlainFormatter().format(record)
+    assert "\n" not in line
+    for ch in RAW:
+        assert ch not in line
