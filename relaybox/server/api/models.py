@@ -232,6 +232,15 @@ class StatusOut(Out):
     failing: list[str] | None = Field(None, description="The parts that are down (503 only).")
 
 
+class HealthOut(Out):
+    status: Literal["ok", "ready", "unavailable", "stopping"]
+    database: Literal["ok", "down"] | None = Field(
+        None, description="Readiness only: the database answers (what readiness needs).")
+    redis: Literal["ok", "down"] | None = Field(
+        None, description="Readiness only: informative; a node whose Redis is down still "
+                          "stores and delivers to its own sessions, so it stays ready.")
+
+
 # -- parsing -------------------------------------------------------------------------------
 def json_body(request: Request) -> object:
     """The request body as JSON; 400 when it is not JSON at all (http-api.md Conventions)."""
