@@ -25,7 +25,7 @@ from relaybox.server.delivery import Delivery, StreamState
 from relaybox.server.ratelimit import UNLIMITED
 from relaybox.server.wsio import FrameReader, send_frames, write_frames_now
 from relaybox.store import queries
-from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult
+from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult, Refused
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
@@ -502,6 +502,12 @@ class Session(Delivery):
             self.send(nack_frame(client_id, "conflict", stream=res.stream,
                                  head_seq=res.head_seq))
             self._count_nack("conflict")
+        elif isinstance(res, Refused):
+            # protocol.md §3 Publish: a value storage cannot hold is `invalid`; a publish
+            # over a quota is `forbidden` and names the quota (docs/protocol.md §3 Quotas).
+            extra = {"quota": res.quota} if res.quota is not None else {}
+            self.send(nack_frame(client_id, res.code, **extra, message=res.message))
+            self._count_nack(res.code)
         else:
             self.send(nack_frame(client_id, "unavailable",
                                  message="storage is unavailable; retry with the same id"))

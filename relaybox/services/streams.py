@@ -15,6 +15,7 @@ from relaybox.store.eventlog import (
     Conflicted,
     PublishRequest,
     PublishResult,
+    Refused,
     StoredEvent,
 )
 from relaybox.store.models import StreamHead
@@ -92,4 +93,7 @@ def publish_outcome(result: PublishResult) -> tuple[int, dict[str, Any]]:
     if isinstance(result, Conflicted):
         raise Conflict(f"stream {result.stream!r} moved past base_seq", code="conflict",
                        stream=result.stream, head_seq=result.head_seq)
+    if isinstance(result, Refused):
+        # A value the database cannot store (store/intake.py): the gateway's nack code.
+        raise _REFUSALS.get(result.code, InvalidInput)(result.message, code=result.code)
     raise Unavailable("storage is unavailable; retry with the same id", code="unavailable")

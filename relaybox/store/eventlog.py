@@ -19,6 +19,7 @@ from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.frames import event_frame
 from relaybox.store.checkpoint import JOURNAL_SIZE_LIMIT, WalCheckpointer
 from relaybox.store.db import is_postgres, write_transaction
+from relaybox.store.intake import publish_problem
 
 log = logging.getLogger("relaybox.store")
 
@@ -84,15 +85,29 @@ class Conflicted:
 
 
 @dataclass(slots=True, frozen=True)
+class Refused:
+    """Not stored, and never will be as sent: ``code`` is the nack code (protocol.md §3
+    Publish), ``invalid`` for a value the database refuses."""
+
+    code: str
+    message: str
+    quota: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
 class Failed:
+    """Not stored because storage failed; safe to retry with the same id."""
+
     reason: str
 
 
-PublishResult = Accepted | Conflicted | Failed
+PublishResult = Accepted | Conflicted | Refused | Failed
 _STOP = object()
 # INSERT … RETURNING needs SQLite 3.35 (PostgreSQL has it); older SQLite takes the general path.
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _ROWS_PER_INSERT = 100  # 800 parameters: under SQLite's oldest limit of 999
+# peewee's own: driver exceptions become pw.IntegrityError, pw.OperationalError…
+_EXCEPTION_WRAPPER = pw.__exception_wrapper__  # type: ignore[attr-defined]
 #: The newest seq of a key in a stream (compare-and-set by key), through the partial
 #: index of keyed events: "key = ?" implies "key IS NOT NULL" for both databases.
 KEY_HEAD_SQL = "SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} AND key = {p}"
@@ -320,6 +335,10 @@ class EventLog:
         # that repeats a stored event (a retry after a lost ack), and only then is the
         # batch redone with the duplicate query (one statement fewer per batch).
         assume_new = True
+        # When the database refuses a value (data_error), the batch is written again with
+        # each publish, cursor and touch in a savepoint, so that only the item at fault
+        # fails and everything else commits.
+        isolate = False
         attempt = 0
         error: Exception | None = None
         while attempt < 3:
@@ -329,28 +348,42 @@ class EventLog:
                 if self.checkpointer is not None and self.checkpointer.restart_wanted:
                     self.checkpointer.restart(self.db)
                 with self._transaction():
-                    results, new_events = self._write_publishes(pubs, assume_new)
-                    self._write_cursors(cursors)
-                    touch_results = self._write_touches(touches)
+                    if isolate:
+                        results, new_events = self._write_publishes_alone(pubs)
+                        self._write_cursors_alone(cursors)
+                        touch_results = self._write_touches_alone(touches)
+                    else:
+                        results, new_events = self._write_publishes(pubs, assume_new)
+                        self._write_cursors(cursors)
+                        touch_results = self._write_touches(touches)
                     call_results = [self._run_call(fn) for fn in calls]
                 error = None
                 self.healthy = True
                 if self.checkpointer is not None:
                     self.checkpointer.committed()
                 break
-            except (pw.IntegrityError, pw.OperationalError, pw.InterfaceError) as exc:
+            except Exception as exc:
                 if assume_new and isinstance(exc, pw.IntegrityError):
                     assume_new = False  # rolled back; redo with the duplicate query
                     attempt -= 1
                     continue
-                # A concurrent writer in another process (same id twice) or a lock
-                # timeout: re-evaluate the whole batch; after that, report unavailable.
-                log.warning("commit failed (attempt %d): %s", attempt, exc)
+                if not isolate and data_error(exc):
+                    # One item's value, not the database: the connection is fine.
+                    log.warning("the database refused a value; writing the batch again "
+                                "item by item: %s", exc)
+                    isolate = True
+                    attempt -= 1
+                    continue
+                if isinstance(exc, pw.IntegrityError | pw.OperationalError |
+                              pw.InterfaceError):
+                    # A concurrent writer in another process (same id twice), a lock
+                    # timeout or a lost connection: re-evaluate the whole batch; after
+                    # that, report unavailable (safe to retry).
+                    log.warning("commit failed (attempt %d): %s", attempt, exc)
+                else:
+                    log.exception("commit failed: %s", exc)
+                    attempt = 3  # not worth retrying
                 error = exc
-            except Exception as exc:
-                log.exception("commit failed: %s", exc)
-                error = exc
-                attempt = 3  # not worth retrying
             self._reset_connection()
             self.healthy = False
         if error is not None:
@@ -427,15 +460,75 @@ class EventLog:
     ) -> tuple[list[PublishResult], list[StoredEvent]]:
         return append(self.db, reqs, self.clock(), assume_new=assume_new)
 
+    def _write_publishes_alone(self, reqs: list[PublishRequest]
+                               ) -> tuple[list[PublishResult], list[StoredEvent]]:
+        """Publishes in savepoints: a part the database refuses is halved until the
+        publish at fault is alone (a few savepoints per refused publish, in order)."""
+        results: list[PublishResult] = []
+        new_events: list[StoredEvent] = []
+        ts = self.clock()
+        pending = [(0, len(reqs))]
+        while pending:
+            lo, hi = pending.pop()
+            try:
+                with self.db.atomic():  # a savepoint
+                    part, events = append(self.db, reqs[lo:hi], ts)
+            except Exception as exc:
+                if not data_error(exc):
+                    raise
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    pending += [(mid, hi), (lo, mid)]  # the first half first
+                    continue
+                log.warning("publish %s refused by the database: %s", reqs[lo].client_id, exc)
+                part, events = [Refused("invalid", "storage cannot hold a value of this "
+                                                   "event")], []
+            results += part
+            new_events += events
+        return results, new_events
+
+    def _write_cursors_alone(self, cursors: dict[tuple[str, str], int]) -> None:
+        """Cursors in a savepoint; if the database refuses one, each in a savepoint of
+        its own, and the refused ones are dropped (an ack is only a position)."""
+        if len(cursors) > 1:
+            try:
+                with self.db.atomic():
+                    self._write_cursors(cursors)
+                return
+            except Exception as exc:
+                if not data_error(exc):
+                    raise
+        for k, seq in cursors.items():
+            try:
+                with self.db.atomic():
+                    self._write_cursors({k: seq})
+            except Exception as exc:
+                if not data_error(exc):
+                    raise
+                log.warning("cursor %r refused by the database: %s", k, exc)
+
+    def _write_touches_alone(self, touches: list[tuple[str, str | None]]
+                             ) -> list[tuple[Any, Exception | None]]:
+        out: list[tuple[Any, Exception | None]] = []
+        for touch in touches:
+            try:
+                with self.db.atomic():
+                    out += self._write_touches([touch])
+            except Exception as exc:
+                if not data_error(exc):
+                    raise
+                log.warning("touch of %s refused by the database: %s", touch[0], exc)
+                out.append((None, exc))
+        return out
+
     def _write_touches(self, touches: list[tuple[str, str | None]]
                        ) -> list[tuple[Any, Exception | None]]:
         if not touches:
             return []
         p = self._p
         now = self.clock()
-        self.db.cursor().executemany(
-            f"UPDATE device SET last_seen_at = {p} WHERE id = {p}",
-            [(now, d) for d in {device_id for device_id, _ in touches}])
+        executemany(self.db, f"UPDATE device SET last_seen_at = {p} WHERE id = {p}",
+                    [(now, d) for d in {device_id for device_id, _ in touches}])
         return [(positions(self.db, user_id, device_id) if user_id else None, None)
                 for device_id, user_id in touches]
 
@@ -443,12 +536,47 @@ class EventLog:
         if not cursors:
             return
         p = self._p
-        self.db.cursor().executemany(
+        executemany(
+            self.db,
             f'INSERT INTO "cursor" (device_id, stream, acked_seq) VALUES ({p}, {p}, {p}) '
             "ON CONFLICT (device_id, stream) DO UPDATE SET acked_seq = "
             'CASE WHEN excluded.acked_seq > "cursor".acked_seq THEN excluded.acked_seq '
             'ELSE "cursor".acked_seq END',
             [(d, s, q) for (d, s), q in cursors.items()])
+
+
+def executemany(db: pw.Database, sql: str, rows: list[Any]) -> None:
+    """``cursor.executemany`` with the driver's errors turned into peewee's (as
+    ``execute_sql`` does), so that every failure of a batch is classified alike."""
+    with _EXCEPTION_WRAPPER:
+        db.cursor().executemany(sql, rows)
+
+
+def data_error(exc: BaseException) -> bool:
+    """Whether the database (or its driver) refused a value: the fault of one item of a
+    batch, not of the database. A lock timeout, a lost connection or a database that is
+    down raise OperationalError or InterfaceError instead, and a unique violation is
+    another writer storing the same (device, id) at the same time: those fail (or
+    re-evaluate) the whole batch."""
+    # The drivers refuse some values before sending them: text that is not UTF-8 (both),
+    # a NUL (psycopg2), an integer beyond 64 bits (sqlite3). Any other ValueError is
+    # taken for a fault of the writer, not of one item.
+    if isinstance(exc, UnicodeError | OverflowError):
+        return True
+    if type(exc) is ValueError and "NUL" in str(exc):
+        return True
+    orig = getattr(exc, "orig", exc)  # peewee keeps the driver's exception
+    pgcode = getattr(orig, "pgcode", None)
+    if pgcode is not None:
+        # SQLSTATE classes 22 (data exception: too long for varchar(n), out of range…),
+        # 23 (integrity; 23505 is the unique violation) and 54 (program limit exceeded:
+        # an index row too large) are the value's fault; 08, 40, 53, 55, 57… are not.
+        return pgcode[:2] in ("22", "54") or (pgcode[:2] == "23" and pgcode != "23505")
+    if isinstance(exc, pw.DataError):
+        return True  # SQLite: string or blob too big
+    if isinstance(exc, pw.IntegrityError):
+        return "UNIQUE constraint failed" not in str(orig)
+    return False
 
 
 def append(db: pw.Database, reqs: list[PublishRequest], ts: int, *,
@@ -466,6 +594,14 @@ def append(db: pw.Database, reqs: list[PublishRequest], ts: int, *,
     """
     if not reqs:
         return [], []
+    problems = [publish_problem(r) for r in reqs]
+    if any(problems):
+        # Refused before the batch is written (store/intake.py): the rest goes on.
+        ok = [r for r, problem in zip(reqs, problems, strict=True) if problem is None]
+        stored, events = append(db, ok, ts, assume_new=assume_new)
+        it = iter(stored)
+        return [next(it) if problem is None else Refused("invalid", problem)
+                for problem in problems], events
     pg = is_postgres(db)
     p = "%s" if pg else "?"
     ts_text = format_ts(ts)  # formatted once per batch
@@ -554,9 +690,8 @@ def _append_general(db: pw.Database, p: str, pg: bool, reqs: list[PublishRequest
     pairs = list({(r.user_id, r.stream) for r in reqs})
     heads: dict[tuple[str, str], int] = {}
     conflict_clause = "ON CONFLICT (user_id, stream) DO NOTHING"
-    db.cursor().executemany(
-        f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
-        f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
+    executemany(db, f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
+                f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
     lock = " FOR UPDATE" if pg else ""
     for chunk_start in range(0, len(pairs), 400):
         pair_chunk = pairs[chunk_start:chunk_start + 400]
@@ -605,13 +740,12 @@ def _append_general(db: pw.Database, p: str, pg: bool, reqs: list[PublishRequest
             known[(r.device_id, r.client_id)] = ev  # a repeat inside this same batch
 
     if rows:
-        db.cursor().executemany(
-            "INSERT INTO event (user_id, stream, seq, device_id, client_id, key, body, ts) "
-            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", rows)
+        executemany(db, "INSERT INTO event (user_id, stream, seq, device_id, client_id, "
+                    f"key, body, ts) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", rows)
         touched = {(e.user_id, e.stream) for e in new_events}
-        db.cursor().executemany(
-            f"UPDATE stream_head SET head_seq = {p} WHERE user_id = {p} AND stream = {p}",
-            [(heads[k], k[0], k[1]) for k in touched])
+        executemany(db, f"UPDATE stream_head SET head_seq = {p} "
+                    f"WHERE user_id = {p} AND stream = {p}",
+                    [(heads[k], k[0], k[1]) for k in touched])
     return [r for r in results if r is not None], new_events
 
 

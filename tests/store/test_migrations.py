@@ -97,8 +97,9 @@ def test_the_newest_seq_of_a_key_is_read_through_the_key_index(make_db: MakeDb) 
 
 def test_002_keeps_every_event_and_indexes_only_the_keyed_ones(make_db: MakeDb) -> None:
     db = make_db()
-    migrate.up(db)
-    assert migrate.down(db, steps=1) == ["002_fewer_event_indexes"]  # back to 001
+    applied = migrate.up(db)
+    undone = migrate.down(db, steps=len(applied) - 1)  # back to 001
+    assert undone[-1] == "002_fewer_event_indexes"
     p = "%s" if isinstance(db, pw.PostgresqlDatabase) else "?"
     rows = [("u", "s", seq, "d", f"id-{seq}", "k" if seq % 3 == 0 else None, "{}", seq)
             for seq in range(1, 31)]
@@ -107,7 +108,7 @@ def test_002_keeps_every_event_and_indexes_only_the_keyed_ones(make_db: MakeDb) 
         db.execute_sql("INSERT INTO event (user_id, stream, seq, device_id, client_id, key, "
                        f"body, ts) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", row)
     db.execute_sql("COMMIT")
-    assert migrate.up(db) == ["002_fewer_event_indexes"]
+    assert migrate.up(db) == applied[1:]
     assert db.execute_sql("SELECT COUNT(*) FROM event").fetchone()[0] == 30
     head = db.execute_sql(eventlog.KEY_HEAD_SQL.format(p=p), ("u", "s", "k")).fetchone()[0]
     assert head == 30
