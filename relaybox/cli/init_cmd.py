@@ -50,9 +50,11 @@ def initialise(settings: Settings, *, force: bool = False) -> InitResult:
         _write_private(cfg, render_config_file(settings))
     db = open_db(settings, must_exist=False)
     try:
-        migrate.up(db)
-        created = not identity.is_initialised(db)
-        secrets, token = identity.initialise(db)
+        # Several nodes may set up one empty database at the same moment: one at a time.
+        with migrate.exclusive(db):
+            migrate.up(db)
+            created = not identity.is_initialised(db)
+            secrets, token = identity.initialise(db)
     finally:
         db.close()
     if db_path is not None and db_path.exists():

@@ -45,11 +45,13 @@ def serve(settings: Settings) -> None:
         show_init(res, stderr=True)
     db = open_db(settings, must_exist=False)
     try:
-        applied = migrate.up(db)
-        if not identity.is_initialised(db):
-            _, token = identity.initialise(db)
-            if token:
-                err.print(f"admin token [bold yellow]{token}[/] (shown once)")
+        # Nodes started together on one empty database set it up one at a time.
+        with migrate.exclusive(db):
+            applied = migrate.up(db)
+            if not identity.is_initialised(db):
+                _, token = identity.initialise(db)
+                if token:
+                    err.print(f"admin token [bold yellow]{token}[/] (shown once)")
     finally:
         db.close()
     if applied:
