@@ -8,6 +8,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,21 +110,25 @@ class BenchServer:
         self.proc = None
 
 
-def seed_devices(data_dir: Path, per_user: int, users: int = 1) -> list[list[Device]]:
-    """Initialise ``data_dir`` and create users with devices (before the server starts)."""
+def seed_devices(data_dir: Path, per_user: int, users: int = 1,
+                 env: Mapping[str, str] | None = None) -> list[list[Device]]:
+    """Initialise ``data_dir`` and create users with devices (before the server starts),
+    in the database the server will use (``env``: its RELAYBOX_* settings). Names are new
+    on every run, so that a shared PostgreSQL database can be measured again."""
     from relaybox.cli.init_cmd import initialise
     from relaybox.config import load_settings
     from relaybox.services.devices import add_device
     from relaybox.services.users import add_user
     from relaybox.store.db import open_database
 
-    settings = load_settings(data_dir, env={})
+    settings = load_settings(data_dir, env=env or {})
     initialise(settings)
     db = open_database(settings)
     out = []
+    tag = secrets.token_hex(3)
     try:
         for u in range(users):
-            user = add_user(db, f"bench{u}")
+            user = add_user(db, f"bench{u}-{tag}")
             devs = []
             for i in range(per_user):
                 sk = nacl.signing.SigningKey.generate()
@@ -656,11 +661,16 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     server = BenchServer(tmp / "data", env=env or {})
+    # The server's settings (this environment and ``env``): seeding must write into the
+    # database the server reads, PostgreSQL included.
+    server_env = {**os.environ, **(env or {})}
+    results["database"] = ("postgresql" if server_env.get("RELAYBOX_DATABASE_URL", "")
+                           .startswith("postgres") else "sqlite")
     try:
         n_idle = sessions if "idle" in want else 0
         log("seeding devices…")
-        users = seed_devices(server.data_dir, per_user=4)
-        extra = seed_devices_more(server.data_dir, max(n_idle, 200)) if (
+        users = seed_devices(server.data_dir, per_user=4, env=server_env)
+        extra = seed_devices_more(server.data_dir, max(n_idle, 200), env=server_env) if (
             "idle" in want or "handshakes" in want) else []
         server.start()
         url = server.ws_url
@@ -714,7 +724,8 @@ def run_all(*, events: int = 50000, sessions: int = 5000, catchup_events: int = 
     return results
 
 
-def seed_devices_more(data_dir: Path, n: int) -> list[Device]:
+def seed_devices_more(data_dir: Path, n: int,
+                      env: Mapping[str, str] | None = None) -> list[Device]:
     """``n`` more devices, spread over users of 50 devices (after ``seed_devices``)."""
     from relaybox.config import load_settings
     from relaybox.protocol.encoding import uuid7
@@ -722,10 +733,11 @@ def seed_devices_more(data_dir: Path, n: int) -> list[Device]:
     from relaybox.store.models import Device as DeviceRow
     from relaybox.store.models import User
 
-    settings = load_settings(data_dir, env={})
+    settings = load_settings(data_dir, env=env or {})
     db = open_database(settings)
     out = []
     now = int(time.time() * 1000)
+    tag = secrets.token_hex(3)
     try:
         with db.atomic():
             user_id = ""
@@ -733,7 +745,7 @@ def seed_devices_more(data_dir: Path, n: int) -> list[Device]:
             for i in range(n):
                 if i % 50 == 0:
                     user_id = uuid7()
-                    User.create(id=user_id, name=f"idle{i // 50}", created_at=now)
+                    User.create(id=user_id, name=f"idle{i // 50}-{tag}", created_at=now)
                 sk = nacl.signing.SigningKey.generate()
                 did = uuid7()
                 rows.append({"id": did, "user": user_id, "name": f"idle-{i}",
