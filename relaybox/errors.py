@@ -36,6 +36,12 @@ class Forbidden(RelayError):
     title = "Forbidden"
 
 
+class QuotaExceeded(Forbidden):
+    """A publish over one of the user's quotas; ``quota`` names it (configuration.md)."""
+
+    code = "quota_exceeded"
+
+
 class NotFound(RelayError):
     status_code = 404
     code = "not_found"

@@ -11,6 +11,7 @@ from typing import Any
 import peewee as pw
 
 from relaybox.config import Settings
+from relaybox.store import quotas
 from relaybox.store.db import write_transaction
 from relaybox.store.models import Event, PairingCode, RefreshToken, StreamHead, User
 
@@ -129,12 +130,17 @@ def _drop_events(db: pw.Database, user_id: str, stream: str, floor: int, cut: in
         # Seqs are dense above the floor, so a seq window holds at most ``chunk`` rows.
         upto = min(cut, upto + chunk)
         with write_transaction(db):
+            # The bytes quota counts what is stored: what goes is given back (the keys
+            # counter stays, an upper bound; store/quotas.py).
+            freed = quotas.freed_bytes(db, user_id, stream, upto)
             removed += (Event.delete()
                         .where((Event.user_id == user_id) & (Event.stream == stream)
                                & (Event.seq <= upto)).execute())
             (StreamHead.update(floor_seq=upto)
              .where((StreamHead.user_id == user_id) & (StreamHead.stream == stream)
                     & (StreamHead.floor_seq < upto)).execute())
+            if freed:
+                quotas.release_bytes(user_id, freed)  # after the head: the writer's order
         if upto < cut:
             if should_stop():
                 break

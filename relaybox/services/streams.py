@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from relaybox.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge, Unavailable
+from relaybox.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+    Unavailable,
+)
 from relaybox.protocol.encoding import dumps, format_ts, is_valid_stream
 from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.messages import Publish, parse_message
@@ -94,6 +102,9 @@ def publish_outcome(result: PublishResult) -> tuple[int, dict[str, Any]]:
         raise Conflict(f"stream {result.stream!r} moved past base_seq", code="conflict",
                        stream=result.stream, head_seq=result.head_seq)
     if isinstance(result, Refused):
+        if result.quota is not None:
+            # Over a quota (store/quotas.py): 403 quota_exceeded, naming it (api.md).
+            raise QuotaExceeded(result.message, quota=result.quota)
         # A value the database cannot store (store/intake.py): the gateway's nack code.
         raise _REFUSALS.get(result.code, InvalidInput)(result.message, code=result.code)
     raise Unavailable("storage is unavailable; retry with the same id", code="unavailable")

@@ -5,112 +5,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
 
-from relaybox.protocol.encoding import format_ts, now_ms
-from relaybox.protocol.frames import event_frame
+from relaybox.protocol.encoding import now_ms
+from relaybox.store.append import (
+    KEY_HEAD_SQL,
+    Positions,
+    append,
+    append_now,
+    data_error,
+    executemany,
+    positions,
+)
 from relaybox.store.checkpoint import JOURNAL_SIZE_LIMIT, WalCheckpointer
-from relaybox.store.db import is_postgres, write_transaction
-from relaybox.store.intake import publish_problem
+from relaybox.store.db import is_postgres
+from relaybox.store.events import (
+    Accepted,
+    Conflicted,
+    Failed,
+    PublishRequest,
+    PublishResult,
+    Refused,
+    StoredEvent,
+)
+from relaybox.store.quotas import OverQuota, Quotas
+
+__all__ = [  # the event types and the append functions are used from here too
+    "KEY_HEAD_SQL", "Accepted", "BatchOutcome", "BatchStats", "Conflicted", "EventLog",
+    "Failed", "Positions", "PublishRequest", "PublishResult", "Refused", "StoredEvent",
+    "append", "append_now", "data_error", "positions",
+]
 
 log = logging.getLogger("relaybox.store")
 
 
-@dataclass(slots=True)
-class StoredEvent:
-    """An event as committed; ``frame`` is its gateway `event` message, built once."""
-
-    user_id: str
-    stream: str
-    seq: int
-    id: str
-    device_id: str | None
-    key: str | None
-    ts: int
-    body: str
-    _ts_text: str | None = field(default=None, repr=False)
-    _frame: str | None = field(default=None, repr=False)
-
-    @property
-    def ts_text(self) -> str:
-        """``ts`` as RFC 3339 (shared by every event of a commit batch)."""
-        if self._ts_text is None:
-            self._ts_text = format_ts(self.ts)
-        return self._ts_text
-
-    @property
-    def frame(self) -> str:
-        if self._frame is None:
-            self._frame = event_frame(self.stream, self.seq, self.id, self.device_id, self.key,
-                                      self.ts_text, self.body)
-        return self._frame
-
-    def as_json(self) -> dict[str, Any]:
-        import orjson
-
-        return {"type": "event", "stream": self.stream, "seq": self.seq, "id": self.id,
-                "from": self.device_id, "key": self.key, "ts": self.ts_text,
-                "body": orjson.loads(self.body) if self.body else None}
-
-
-@dataclass(slots=True)
-class PublishRequest:
-    user_id: str
-    device_id: str | None  # None: a server-made event (sys.* streams)
-    client_id: str
-    stream: str
-    body: str
-    key: str | None = None
-    base_seq: int | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class Accepted:
-    event: StoredEvent
-    duplicate: bool
-
-
-@dataclass(slots=True, frozen=True)
-class Conflicted:
-    stream: str
-    head_seq: int
-
-
-@dataclass(slots=True, frozen=True)
-class Refused:
-    """Not stored, and never will be as sent: ``code`` is the nack code (protocol.md §3
-    Publish), ``invalid`` for a value the database refuses."""
-
-    code: str
-    message: str
-    quota: str | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class Failed:
-    """Not stored because storage failed; safe to retry with the same id."""
-
-    reason: str
-
-
-PublishResult = Accepted | Conflicted | Refused | Failed
 _STOP = object()
-# INSERT … RETURNING needs SQLite 3.35 (PostgreSQL has it); older SQLite takes the general path.
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-_ROWS_PER_INSERT = 100  # 800 parameters: under SQLite's oldest limit of 999
-# peewee's own: driver exceptions become pw.IntegrityError, pw.OperationalError…
-_EXCEPTION_WRAPPER = pw.__exception_wrapper__  # type: ignore[attr-defined]
-#: The newest seq of a key in a stream (compare-and-set by key), through the partial
-#: index of keyed events: "key = ?" implies "key IS NOT NULL" for both databases.
-KEY_HEAD_SQL = "SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} AND key = {p}"
+_KEYS_KEPT = 65536  # keys remembered by the writer (about 10 MiB at most)
 
 
 @dataclass(slots=True)
@@ -130,11 +67,6 @@ class _Touch:
     device_id: str
     user_id: str | None  # set: read the user's positions after the batch's cursors
     fut: asyncio.Future[Any]
-
-
-#: {stream: (head_seq, floor_seq)} of a user, {stream: acked_seq} of a device, and whether
-#: the device is revoked (or gone) as of the same transaction.
-Positions = tuple[dict[str, tuple[int, int]], dict[str, int], bool]
 
 
 @dataclass(slots=True)
@@ -180,8 +112,16 @@ class EventLog:
         on_committed: Callable[[list[StoredEvent]], None] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         clock: Callable[[], int] = now_ms,
+        quotas: Quotas | None = None,
     ) -> None:
         self.db = db
+        self.quotas = quotas or Quotas()  # store/quotas.py; none by default
+        # Users whose last batch passed a quota: their batches are checked publish by
+        # publish at once, rather than written, found over and written again.
+        self._over: set[str] = set()
+        # Keys this writer stored (user_id, stream, key): not looked up again for the keys
+        # quota. Only committed ones, so the count of a stream's keys never misses one.
+        self._keys: set[tuple[str, str, str]] = set()
         self.batch_max = batch_max
         self.on_committed = on_committed
         self.on_batch = on_batch
@@ -339,6 +279,8 @@ class EventLog:
         # each publish, cursor and touch in a savepoint, so that only the item at fault
         # fails and everything else commits.
         isolate = False
+        # Over a quota (store/quotas.py), the batch is written again checking each publish.
+        careful = bool(self._over) and any(r.user_id in self._over for r in pubs)
         attempt = 0
         error: Exception | None = None
         while attempt < 3:
@@ -349,11 +291,12 @@ class EventLog:
                     self.checkpointer.restart(self.db)
                 with self._transaction():
                     if isolate:
-                        results, new_events = self._write_publishes_alone(pubs)
+                        results, new_events = self._write_publishes_alone(pubs, careful)
                         self._write_cursors_alone(cursors)
                         touch_results = self._write_touches_alone(touches)
                     else:
-                        results, new_events = self._write_publishes(pubs, assume_new)
+                        results, new_events = self._write_publishes(pubs, assume_new,
+                                                                    careful)
                         self._write_cursors(cursors)
                         touch_results = self._write_touches(touches)
                     call_results = [self._run_call(fn) for fn in calls]
@@ -363,6 +306,13 @@ class EventLog:
                     self.checkpointer.committed()
                 break
             except Exception as exc:
+                if isinstance(exc, OverQuota) and not careful:
+                    if len(self._over) > 10000:
+                        self._over.clear()  # a bound; a user is added back if still over
+                    self._over |= exc.users
+                    careful = True  # rolled back; redo checking each publish
+                    attempt -= 1
+                    continue
                 if assume_new and isinstance(exc, pw.IntegrityError):
                     assume_new = False  # rolled back; redo with the duplicate query
                     attempt -= 1
@@ -390,6 +340,16 @@ class EventLog:
             results, new_events = [Failed(str(error))] * len(pubs), []
             touch_results = [(None, error)] * len(touches)
             call_results = [(None, error)] * len(calls)
+        else:
+            if len(self._keys) > _KEYS_KEPT:
+                self._keys.clear()
+            self._keys.update((e.user_id, e.stream, e.key) for e in new_events
+                              if e.key is not None)
+        if error is None and careful:
+            # Users with no publish refused for a quota here go back to the fast path.
+            still = {r.user_id for r, res in zip(pubs, results, strict=True)
+                     if isinstance(res, Refused) and res.quota is not None}
+            self._over -= {r.user_id for r in pubs} - still
         elapsed = time.perf_counter() - started
         if pubs:
             self.stats.record(len(pubs), len(new_events), elapsed)
@@ -456,11 +416,12 @@ class EventLog:
             pass
 
     def _write_publishes(
-        self, reqs: list[PublishRequest], assume_new: bool = False
+        self, reqs: list[PublishRequest], assume_new: bool = False, careful: bool = False
     ) -> tuple[list[PublishResult], list[StoredEvent]]:
-        return append(self.db, reqs, self.clock(), assume_new=assume_new)
+        return append(self.db, reqs, self.clock(), assume_new=assume_new, quotas=self.quotas,
+                      careful=careful, seen_keys=self._keys)
 
-    def _write_publishes_alone(self, reqs: list[PublishRequest]
+    def _write_publishes_alone(self, reqs: list[PublishRequest], careful: bool = False
                                ) -> tuple[list[PublishResult], list[StoredEvent]]:
         """Publishes in savepoints: a part the database refuses is halved until the
         publish at fault is alone (a few savepoints per refused publish, in order)."""
@@ -472,7 +433,8 @@ class EventLog:
             lo, hi = pending.pop()
             try:
                 with self.db.atomic():  # a savepoint
-                    part, events = append(self.db, reqs[lo:hi], ts)
+                    part, events = append(self.db, reqs[lo:hi], ts, quotas=self.quotas,
+                                          careful=careful, seen_keys=self._keys)
             except Exception as exc:
                 if not data_error(exc):
                     raise
@@ -545,237 +507,3 @@ class EventLog:
             [(d, s, q) for (d, s), q in cursors.items()])
 
 
-def executemany(db: pw.Database, sql: str, rows: list[Any]) -> None:
-    """``cursor.executemany`` with the driver's errors turned into peewee's (as
-    ``execute_sql`` does), so that every failure of a batch is classified alike."""
-    with _EXCEPTION_WRAPPER:
-        db.cursor().executemany(sql, rows)
-
-
-def data_error(exc: BaseException) -> bool:
-    """Whether the database (or its driver) refused a value: the fault of one item of a
-    batch, not of the database. A lock timeout, a lost connection or a database that is
-    down raise OperationalError or InterfaceError instead, and a unique violation is
-    another writer storing the same (device, id) at the same time: those fail (or
-    re-evaluate) the whole batch."""
-    # The drivers refuse some values before sending them: text that is not UTF-8 (both),
-    # a NUL (psycopg2), an integer beyond 64 bits (sqlite3). Any other ValueError is
-    # taken for a fault of the writer, not of one item.
-    if isinstance(exc, UnicodeError | OverflowError):
-        return True
-    if type(exc) is ValueError and "NUL" in str(exc):
-        return True
-    orig = getattr(exc, "orig", exc)  # peewee keeps the driver's exception
-    pgcode = getattr(orig, "pgcode", None)
-    if pgcode is not None:
-        # SQLSTATE classes 22 (data exception: too long for varchar(n), out of range…),
-        # 23 (integrity; 23505 is the unique violation) and 54 (program limit exceeded:
-        # an index row too large) are the value's fault; 08, 40, 53, 55, 57… are not.
-        return pgcode[:2] in ("22", "54") or (pgcode[:2] == "23" and pgcode != "23505")
-    if isinstance(exc, pw.DataError):
-        return True  # SQLite: string or blob too big
-    if isinstance(exc, pw.IntegrityError):
-        return "UNIQUE constraint failed" not in str(orig)
-    return False
-
-
-def append(db: pw.Database, reqs: list[PublishRequest], ts: int, *,
-           assume_new: bool = False) -> tuple[list[PublishResult], list[StoredEvent]]:
-    """Store publishes inside the caller's write transaction (one ``ts`` per batch).
-
-    Assigns seq per (user, stream) without gaps, deduplicates by (device, id) and applies
-    compare-and-set. On SQLite the transaction must hold the write lock (BEGIN IMMEDIATE);
-    on PostgreSQL the heads are locked here with SELECT … FOR UPDATE.
-
-    ``assume_new``: skip the query for stored duplicates (duplicates within ``reqs`` are
-    still found) when there is no compare-and-set; a publish that repeats a stored event
-    then makes the insert raise ``IntegrityError`` and the caller, after rolling back,
-    calls again without it.
-    """
-    if not reqs:
-        return [], []
-    problems = [publish_problem(r) for r in reqs]
-    if any(problems):
-        # Refused before the batch is written (store/intake.py): the rest goes on.
-        ok = [r for r, problem in zip(reqs, problems, strict=True) if problem is None]
-        stored, events = append(db, ok, ts, assume_new=assume_new)
-        it = iter(stored)
-        return [next(it) if problem is None else Refused("invalid", problem)
-                for problem in problems], events
-    pg = is_postgres(db)
-    p = "%s" if pg else "?"
-    ts_text = format_ts(ts)  # formatted once per batch
-    plain = _HAS_RETURNING and all(r.base_seq is None for r in reqs)
-    if assume_new and plain:
-        return _append_plain(db, p, reqs, ts, ts_text, {})
-
-    # Deduplicate by (device, id): one query per batch (protocol.md §3 Publish).
-    ids = list({r.client_id for r in reqs if r.device_id is not None})
-    known: dict[tuple[str, str], StoredEvent] = {}
-    for chunk_start in range(0, len(ids), 500):
-        chunk = ids[chunk_start:chunk_start + 500]
-        sql = ("SELECT user_id, stream, seq, client_id, device_id, key, ts, body FROM event "
-               f"WHERE client_id IN ({','.join([p] * len(chunk))})")
-        for row in db.execute_sql(sql, chunk).fetchall():
-            ev = StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
-            if ev.device_id is not None:
-                known[(ev.device_id, ev.id)] = ev
-
-    if plain:
-        return _append_plain(db, p, reqs, ts, ts_text, known)
-    return _append_general(db, p, pg, reqs, ts, ts_text, known)
-
-
-def _append_plain(db: pw.Database, p: str, reqs: list[PublishRequest], ts: int, ts_text: str,
-                  known: dict[tuple[str, str], StoredEvent]
-                  ) -> tuple[list[PublishResult], list[StoredEvent]]:
-    """No compare-and-set in the batch: each stream's seqs come from one upsert of its head
-    (… RETURNING head_seq, which also locks the row on PostgreSQL) and the events go in with
-    one multi-row INSERT: a handful of statements per batch, whatever its size."""
-    first: dict[tuple[str, str], int] = {}  # (device, id) -> index of its first publish
-    counts: dict[tuple[str, str], int] = {}
-    fresh: list[int] = []
-    for i, r in enumerate(reqs):
-        if r.device_id is not None:
-            k = (r.device_id, r.client_id)
-            if k in known or k in first:
-                continue  # a duplicate of a stored event or of an earlier one in this batch
-            first[k] = i
-        fresh.append(i)
-        hk = (r.user_id, r.stream)
-        counts[hk] = counts.get(hk, 0) + 1
-    next_seq: dict[tuple[str, str], int] = {}
-    for (user_id, stream), n in counts.items():
-        (head,) = db.execute_sql(
-            f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
-            f"VALUES ({p}, {p}, {p}, 0) ON CONFLICT (user_id, stream) DO UPDATE SET "
-            "head_seq = stream_head.head_seq + excluded.head_seq RETURNING head_seq",
-            (user_id, stream, n)).fetchone()
-        next_seq[(user_id, stream)] = int(head) - n + 1
-    events: dict[int, StoredEvent] = {}
-    rows: list[Any] = []
-    for i in fresh:
-        r = reqs[i]
-        hk = (r.user_id, r.stream)
-        seq = next_seq[hk]
-        next_seq[hk] = seq + 1
-        events[i] = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts,
-                                r.body, ts_text)
-        rows.extend((r.user_id, r.stream, seq, r.device_id, r.client_id, r.key, r.body, ts))
-    values = f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
-    for start in range(0, len(fresh), _ROWS_PER_INSERT):
-        n = min(_ROWS_PER_INSERT, len(fresh) - start)
-        db.execute_sql(
-            "INSERT INTO event (user_id, stream, seq, device_id, client_id, key, body, ts) "
-            f"VALUES {', '.join([values] * n)}", rows[start * 8:(start + n) * 8])
-    results: list[PublishResult] = []
-    for i, r in enumerate(reqs):
-        ev = events.get(i)
-        if ev is not None:
-            results.append(Accepted(ev, duplicate=False))
-        else:
-            assert r.device_id is not None
-            k = (r.device_id, r.client_id)
-            prior = known.get(k) or events[first[k]]
-            results.append(Accepted(prior, duplicate=True))
-    return results, [events[i] for i in fresh]
-
-
-def _append_general(db: pw.Database, p: str, pg: bool, reqs: list[PublishRequest], ts: int,
-                    ts_text: str, known: dict[tuple[str, str], StoredEvent]
-                    ) -> tuple[list[PublishResult], list[StoredEvent]]:
-    """Any batch (compare-and-set included): heads read under lock, checked one by one."""
-    results: list[PublishResult | None] = [None] * len(reqs)
-    # Lock and read the heads of every stream this batch touches.
-    pairs = list({(r.user_id, r.stream) for r in reqs})
-    heads: dict[tuple[str, str], int] = {}
-    conflict_clause = "ON CONFLICT (user_id, stream) DO NOTHING"
-    executemany(db, f"INSERT INTO stream_head (user_id, stream, head_seq, floor_seq) "
-                f"VALUES ({p}, {p}, 0, 0) {conflict_clause}", pairs)
-    lock = " FOR UPDATE" if pg else ""
-    for chunk_start in range(0, len(pairs), 400):
-        pair_chunk = pairs[chunk_start:chunk_start + 400]
-        where = " OR ".join([f"(user_id = {p} AND stream = {p})"] * len(pair_chunk))
-        flat = [v for pair in pair_chunk for v in pair]
-        for u, s, h in db.execute_sql(
-                f"SELECT user_id, stream, head_seq FROM stream_head WHERE {where}{lock}",
-                flat).fetchall():
-            heads[(u, s)] = h
-
-    key_heads: dict[tuple[str, str, str], int] = {}
-    rows: list[tuple[Any, ...]] = []
-    new_events: list[StoredEvent] = []
-    for i, r in enumerate(reqs):
-        if r.device_id is not None:
-            prior = known.get((r.device_id, r.client_id))
-            if prior is not None:
-                results[i] = Accepted(prior, duplicate=True)
-                continue
-        hk = (r.user_id, r.stream)
-        head = heads[hk]
-        if r.base_seq is not None:
-            # Compare-and-set (protocol.md §3 Conflicts).
-            if r.key is None:
-                current = head
-            else:
-                kk = (r.user_id, r.stream, r.key)
-                if kk not in key_heads:
-                    row = db.execute_sql(KEY_HEAD_SQL.format(p=p),
-                                         (r.user_id, r.stream, r.key)).fetchone()
-                    key_heads[kk] = int(row[0]) if row and row[0] is not None else 0
-                current = key_heads[kk]
-            if current > r.base_seq:
-                results[i] = Conflicted(r.stream, current)
-                continue
-        seq = head + 1
-        heads[hk] = seq
-        if r.key is not None:
-            key_heads[(r.user_id, r.stream, r.key)] = seq
-        ev = StoredEvent(r.user_id, r.stream, seq, r.client_id, r.device_id, r.key, ts, r.body,
-                         ts_text)
-        rows.append((r.user_id, r.stream, seq, r.device_id, r.client_id, r.key, r.body, ts))
-        new_events.append(ev)
-        results[i] = Accepted(ev, duplicate=False)
-        if r.device_id is not None:
-            known[(r.device_id, r.client_id)] = ev  # a repeat inside this same batch
-
-    if rows:
-        executemany(db, "INSERT INTO event (user_id, stream, seq, device_id, client_id, "
-                    f"key, body, ts) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", rows)
-        touched = {(e.user_id, e.stream) for e in new_events}
-        executemany(db, f"UPDATE stream_head SET head_seq = {p} "
-                    f"WHERE user_id = {p} AND stream = {p}",
-                    [(heads[k], k[0], k[1]) for k in touched])
-    return [r for r in results if r is not None], new_events
-
-
-def positions(db: pw.Database, user_id: str, device_id: str) -> Positions:
-    """A user's stream heads (streams with events), a device's cursors, and whether the
-    device was revoked or removed meanwhile."""
-    p = "%s" if is_postgres(db) else "?"
-    # One statement (each one hands the GIL back and forth with the event loop).
-    rows = db.execute_sql(
-        f"SELECT 'd', NULL, revoked_at, NULL FROM device WHERE id = {p} "
-        f"UNION ALL SELECT 'h', stream, head_seq, floor_seq FROM stream_head "
-        f"WHERE user_id = {p} AND head_seq > 0 "
-        f'UNION ALL SELECT \'c\', stream, acked_seq, NULL FROM "cursor" WHERE device_id = {p}',
-        (device_id, user_id, device_id)).fetchall()
-    heads: dict[str, tuple[int, int]] = {}
-    cursors: dict[str, int] = {}
-    revoked = True  # also when the device row is gone
-    for kind, stream, value, floor in rows:
-        if kind == "h":
-            heads[stream] = (value, floor)
-        elif kind == "c":
-            cursors[stream] = value
-        else:
-            revoked = value is not None
-    return heads, cursors, revoked
-
-
-def append_now(db: pw.Database, reqs: list[PublishRequest],
-               clock: Callable[[], int] = now_ms) -> list[PublishResult]:
-    """Store publishes in a transaction of their own (CLI and jobs; not the hot path)."""
-    with write_transaction(db):
-        results, _ = append(db, reqs, clock())
-    return results

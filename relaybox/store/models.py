@@ -24,6 +24,9 @@ class User(BaseModel):
     id = pw.CharField(primary_key=True, max_length=36)
     name = pw.CharField(unique=True, max_length=64)
     created_at = pw.BigIntegerField()
+    # Bytes of the bodies of the user's stored events, sys. streams aside (the
+    # stored_bytes quota); kept by the writer and by retention.
+    stored_bytes = pw.BigIntegerField(default=0)
 
 
 class Device(BaseModel):
@@ -67,12 +70,14 @@ Event.add_index(Event.index(Event.user_id, Event.stream, Event.key, Event.seq,
 
 
 class StreamHead(BaseModel):
-    """head_seq: last seq given out; floor_seq: last seq removed by retention (0 = none)."""
+    """head_seq: last seq given out; floor_seq: last seq removed by retention (0 = none);
+    key_count: distinct keys ever written (the keys quota; retention leaves it)."""
 
     user_id = pw.CharField(max_length=36)
     stream = pw.CharField(max_length=64)
     head_seq = pw.BigIntegerField(default=0)
     floor_seq = pw.BigIntegerField(default=0)
+    key_count = pw.BigIntegerField(default=0)
 
     class Meta:
         primary_key = pw.CompositeKey("user_id", "stream")

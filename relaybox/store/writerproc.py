@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from relaybox.store.eventlog import (
     PublishResult,
     StoredEvent,
 )
+from relaybox.store.quotas import Quotas
 
 log = logging.getLogger("relaybox.store")
 
@@ -71,11 +73,14 @@ class WriterGone(RuntimeError):
 
 
 def database_spec(db: pw.Database, settings: Any) -> dict[str, Any]:
-    """What the writer process needs: the same database, and the server's log settings."""
-    logs = {"log_format": settings.log_format, "log_level": settings.log_level}
+    """What the writer process needs: the same database, the server's log settings and
+    the quotas it enforces (store/quotas.py)."""
+    common = {"log_format": settings.log_format, "log_level": settings.log_level,
+              "quotas": astuple(Quotas.from_settings(settings))}
     if isinstance(db, pw.SqliteDatabase):
-        return {"sqlite": str(db.database), "synchronous": settings.sqlite_synchronous, **logs}
-    return {"url": settings.database_url, **logs}
+        return {"sqlite": str(db.database), "synchronous": settings.sqlite_synchronous,
+                **common}
+    return {"url": settings.database_url, **common}
 
 
 def _encode(obj: Any) -> bytes:
@@ -366,7 +371,8 @@ def _noop() -> None:
 
 def serve(sock: socket.socket, spec: dict[str, Any], buf: bytearray | None = None) -> None:
     """Answer batches until the socket closes (``buf``: bytes already read from it)."""
-    writer = EventLog(_open(spec), batch_max=int(spec["batch_max"]), read_threads=1)
+    writer = EventLog(_open(spec), batch_max=int(spec["batch_max"]), read_threads=1,
+                      quotas=Quotas(*spec.get("quotas", ())))
     writer.readers.shutdown(wait=False)
     if writer.checkpointer is not None:
         writer.checkpointer.start()

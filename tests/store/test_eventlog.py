@@ -94,9 +94,9 @@ def accepted(results: list[PublishResult]) -> list[int]:
 @pytest.fixture(params=["upsert-returning", "general"])
 def append_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Plain batches take the upsert … RETURNING path; SQLite before 3.35 the general one."""
-    from relaybox.store import eventlog
+    from relaybox.store import append
 
-    monkeypatch.setattr(eventlog, "_HAS_RETURNING", request.param == "upsert-returning")
+    monkeypatch.setattr(append, "_HAS_RETURNING", request.param == "upsert-returning")
     return str(request.param)
 
 

@@ -78,6 +78,7 @@ class _PgError(Exception):
     (pw.DataError(sqlite3.DataError("string or blob too big")), True),
     (pw.IntegrityError(sqlite3.IntegrityError("CHECK constraint failed: x")), True),
     (pw.IntegrityError(sqlite3.IntegrityError("UNIQUE constraint failed: event.seq")), False),
+    (pw.IntegrityError(sqlite3.IntegrityError("NOT NULL constraint failed: x.y")), False),
     (pw.OperationalError(sqlite3.OperationalError("database is locked")), False),
     (pw.OperationalError(sqlite3.OperationalError("disk I/O error")), False),
     (pw.InterfaceError(sqlite3.InterfaceError("connection closed")), False),
@@ -85,6 +86,7 @@ class _PgError(Exception):
     (pw.DataError(_PgError("22003")), True),  # numeric value out of range
     (pw.IntegrityError(_PgError("23514")), True),  # check violation
     (pw.IntegrityError(_PgError("23505")), False),  # unique: a concurrent writer
+    (pw.IntegrityError(_PgError("23502")), False),  # not null: the writer's own fault
     (pw.OperationalError(_PgError("54000")), True),  # index row too large
     (pw.OperationalError(_PgError("08006")), False),  # connection failure
     (pw.OperationalError(_PgError("40P01")), False),  # deadlock

@@ -56,7 +56,9 @@ async def read_events(request: Request, stream: str) -> HTTPResponse:
 @bp.post("/<stream>/events")
 @doc("Publish an event over HTTP (same rules as a gateway publish)", auth="device",
      description="201 when stored; a replayed id is 200 with the original event's seq; "
-                 "a compare-and-set conflict is 409 with head_seq; sys. streams are 403.",
+                 "a compare-and-set conflict is 409 with head_seq; sys. streams are 403; "
+                 "a publish over one of the user's quotas is 403 quota_exceeded, with "
+                 "quota naming it (streams, keys or bytes).",
      params=[_STREAM], body=(PublishBody, ex.PUBLISH), ok=(201, ref(PublishOut), ex.PUBLISHED),
      extra=[(200, ref(PublishOut), ex.PUBLISHED)],
      errors=(400, 403, 404, 409, 413, 422, 429))

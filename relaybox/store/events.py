@@ -1,0 +1,89 @@
+"""Event types: a publish request, a stored event, and what the writer answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from relaybox.protocol.encoding import format_ts
+from relaybox.protocol.frames import event_frame
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """An event as committed; ``frame`` is its gateway `event` message, built once."""
+
+    user_id: str
+    stream: str
+    seq: int
+    id: str
+    device_id: str | None
+    key: str | None
+    ts: int
+    body: str
+    _ts_text: str | None = field(default=None, repr=False)
+    _frame: str | None = field(default=None, repr=False)
+
+    @property
+    def ts_text(self) -> str:
+        """``ts`` as RFC 3339 (shared by every event of a commit batch)."""
+        if self._ts_text is None:
+            self._ts_text = format_ts(self.ts)
+        return self._ts_text
+
+    @property
+    def frame(self) -> str:
+        if self._frame is None:
+            self._frame = event_frame(self.stream, self.seq, self.id, self.device_id, self.key,
+                                      self.ts_text, self.body)
+        return self._frame
+
+    def as_json(self) -> dict[str, Any]:
+        import orjson
+
+        return {"type": "event", "stream": self.stream, "seq": self.seq, "id": self.id,
+                "from": self.device_id, "key": self.key, "ts": self.ts_text,
+                "body": orjson.loads(self.body) if self.body else None}
+
+
+@dataclass(slots=True)
+class PublishRequest:
+    user_id: str
+    device_id: str | None  # None: a server-made event (sys.* streams)
+    client_id: str
+    stream: str
+    body: str
+    key: str | None = None
+    base_seq: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Accepted:
+    event: StoredEvent
+    duplicate: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Conflicted:
+    stream: str
+    head_seq: int
+
+
+@dataclass(slots=True, frozen=True)
+class Refused:
+    """Not stored, and never will be as sent: ``code`` is the nack code (protocol.md §3
+    Publish), ``invalid`` for a value the database refuses."""
+
+    code: str
+    message: str
+    quota: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Failed:
+    """Not stored because storage failed; safe to retry with the same id."""
+
+    reason: str
+
+
+PublishResult = Accepted | Conflicted | Refused | Failed
