@@ -69,8 +69,12 @@ def limiter(request: Request) -> RateLimiter:
 
 async def limit_address(request: Request, scope: str, per_min: int) -> None:
     """Count a request against the caller's address (shared by every server process)."""
-    await limiter(request).hit(scope, client_address(request), per_min,
-                               fail_open=request.method in ("GET", "HEAD"))
+    await limiter(request).hit(scope, client_address(request), per_min)
+
+
+async def limit_device(request: Request, scope: str, device_id: str, per_min: int) -> None:
+    """Count a request against the calling device (shared by every server process)."""
+    await limiter(request).hit(scope, device_id, per_min)
 
 
 async def remember_nonce(request: Request, device_id: str, nonce: str) -> None:

@@ -1,4 +1,4 @@
-"""HTTP rate limits shared by every server process through Redis (the ``limits`` library)."""
+"""HTTP rate limits: shared through Redis (the ``limits`` library), per process while it is down."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from relaybox.errors import RateLimited, Unavailable
+from relaybox.errors import RateLimited
 
 log = logging.getLogger("relaybox.http")
 
@@ -33,46 +33,58 @@ class RateLimiter:
     """Moving-window limits per (scope, who); one storage per server process.
 
     With a Redis URL every process and node counts together; without one (a bare app in a
-    test) the counts are per process.
+    test) the counts are per process. While Redis is unreachable each process counts on
+    its own with the same limits (docs/api.md Rate limits): an outage neither lifts a
+    limit nor refuses requests that are within it.
     """
 
-    def __init__(self, redis_url: str | None) -> None:
+    #: Seconds a failed Redis is left alone before the next try: meanwhile requests are
+    #: counted here without paying for a connection attempt each.
+    RETRY_REDIS_S = 1.0
+
+    def __init__(self, redis_url: str | None, clock: Any = time.monotonic) -> None:
         self._pool: aioredis.ConnectionPool | None = None
-        storage: Storage
+        self._shared: MovingWindowRateLimiter | None = None
         if redis_url:
             # Short timeouts: a dead Redis must cost a request little, never hang it.
             self._pool = aioredis.ConnectionPool.from_url(
                 redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
             pool: dict[str, Any] = {"connection_pool": self._pool}
-            storage = RedisStorage(limits_uri(redis_url), implementation="redispy",
-                                   key_prefix=KEY_PREFIX, **pool)
-        else:
-            storage = MemoryStorage()
-        self._limiter = MovingWindowRateLimiter(storage)
-        self._warned = False
+            storage: Storage = RedisStorage(limits_uri(redis_url), implementation="redispy",
+                                            key_prefix=KEY_PREFIX, **pool)
+            self._shared = MovingWindowRateLimiter(storage)
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._clock = clock
+        self._redis_down_until = 0.0
 
-    async def hit(self, scope: str, who: str, per_min: int, *, fail_open: bool) -> None:
+    async def hit(self, scope: str, who: str, per_min: int, *, fail_open: bool = False) -> None:
         """Count one request; RateLimited (429) past ``per_min`` within the last minute.
 
-        When the storage is unreachable a read proceeds (``fail_open``) and a write is
-        refused with 503: never a 500 (http-api.md Rate limits).
+        ``fail_open`` is no longer used: with the local fallback no request is let
+        through unlimited, and none is refused for want of Redis.
         """
         item = RateLimitItemPerMinute(per_min)
-        try:
-            allowed = await self._limiter.hit(item, scope, who)
-            if allowed:
-                self._warned = False
-                return
-            stats = await self._limiter.get_window_stats(item, scope, who)
-        except Exception as exc:
-            if not self._warned:
-                log.warning("rate limit storage unavailable: %s", exc)
-                self._warned = True
-            if fail_open:
-                return
-            raise Unavailable("rate limiting is unavailable; retry shortly",
-                              code="rate_limiter_unavailable") from None
-        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        limiter = self._local
+        if self._shared is not None and self._clock() >= self._redis_down_until:
+            try:
+                if await self._shared.hit(item, scope, who):
+                    self._redis_down_until = 0.0
+                    return
+                stats = await self._shared.get_window_stats(item, scope, who)
+                self._refuse(scope, stats.reset_time)
+            except RateLimited:
+                raise
+            except Exception as exc:
+                if not self._redis_down_until:
+                    log.warning("rate limit storage unavailable (%s); counting per process "
+                                "until it is back", exc)
+                self._redis_down_until = self._clock() + self.RETRY_REDIS_S
+        if not await limiter.hit(item, scope, who):
+            self._refuse(scope, (await limiter.get_window_stats(item, scope, who)).reset_time)
+
+    @staticmethod
+    def _refuse(scope: str, reset_time: float) -> None:
+        wait = max(1, math.ceil(reset_time - time.time()))
         raise RateLimited(f"too many {scope} requests; retry in {wait} s", retry_after_s=wait)
 
     async def close(self) -> None:

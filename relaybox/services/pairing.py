@@ -12,12 +12,12 @@ from typing import Any, Final, cast
 import peewee as pw
 
 from relaybox.config import Settings
-from relaybox.errors import Conflict, InvalidInput, NotFound
+from relaybox.errors import Conflict, Forbidden, InvalidInput, NotFound
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.handshake import parse_public_key
 from relaybox.services.devices import Change, add_device, valid_name
 from relaybox.services.users import find_user
-from relaybox.store.db import write_transaction
+from relaybox.store.db import is_postgres, write_transaction
 from relaybox.store.models import Device, Meta, PairingCode, User
 
 # Crockford base32 (no I, L, O, U); http-api.md: 8 characters shown as XXXX-XXXX.
@@ -94,18 +94,22 @@ def create_pairing_code(
 ) -> tuple[str, int]:
     """Make a single-use code for ``user`` (a User, or a user's name or id).
 
-    Returns (``XXXX-XXXX``, expires_at in ms). Only the code's hash is stored.
+    Returns (``XXXX-XXXX``, expires_at in ms). Only the code's hash is stored. A user
+    holds at most ``quotas.pairing_codes_per_user`` unused, unexpired codes, however they
+    were made (device, admin API or CLI): past it, Forbidden ``quota_exceeded``.
     """
     _check_options(payload, ttl_s)
     if isinstance(user, str):
         user = find_user(user)
+    settings = settings or Settings()
     if ttl_s is None:
-        ttl_s = (settings or Settings()).pairing_ttl_s
+        ttl_s = settings.pairing_ttl_s
     key = _pairing_key()
     now = clock()
     expires_at = now + ttl_s * 1000
     with write_transaction(db):
         PairingCode.delete().where(PairingCode.expires_at < now - _KEEP_EXPIRED_MS).execute()
+        _check_quota(db, user, settings.quota_pairing_codes_per_user, now)
         while True:
             raw = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
             inserted = PairingCode.insert(
@@ -114,6 +118,21 @@ def create_pairing_code(
             ).on_conflict_ignore().execute()
             if inserted:  # 40 random bits: a clash with a live code is rare but possible
                 return format_code(raw), expires_at
+
+
+def _check_quota(db: pw.Database, user: User, quota: int, now: int) -> None:
+    """Refuse a code past the user's quota of live ones (inside the write transaction)."""
+    if is_postgres(db):
+        # Makers of codes for one user take turns, so that two cannot both pass the count.
+        User.select(User.id).where(User.id == user.id).for_update().execute()
+    live = (PairingCode.select()
+            .where((PairingCode.user == user.id) & PairingCode.used_at.is_null()
+                   & (PairingCode.expires_at > now))
+            .count())
+    if live >= quota:
+        raise Forbidden(f"user {user.name!r} already holds {live} unused pairing codes, the "
+                        "most allowed (quotas.pairing_codes_per_user); use one or wait for "
+                        "one to expire", code="quota_exceeded")
 
 
 def _find(key: bytes, text: str, now: int) -> dict[str, Any] | None:

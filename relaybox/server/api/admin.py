@@ -104,10 +104,12 @@ async def create_user(request: Request) -> HTTPResponse:
 @bp.post("/users/<user>/pairing")
 @doc("Make a pairing code for a user (first-device bootstrap)", auth="admin",
      params=[path_param("user", "The user's name or id.", pattern=USER_NAME_RE.pattern)],
-     description="An empty body means no payload and the default lifetime.",
+     description="An empty body means no payload and the default lifetime. A user "
+                 "holding as many unused, unexpired codes as the quota allows gets 403 "
+                 "quota_exceeded.",
      body=(PairingOptions, ex.PAIRING_OPTIONS), optional_body=True,
      ok=(201, ref(PairingCodeOut), ex.PAIRING_CODE),
-     errors=(400, 404, 422))
+     errors=(400, 403, 404, 422))
 async def user_pairing(request: Request, user: str) -> HTTPResponse:
     await admin_auth(request)
     ctx = relay(request)

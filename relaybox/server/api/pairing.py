@@ -18,7 +18,7 @@ from relaybox.server.api.models import (
     parse_body,
     parse_optional_body,
 )
-from relaybox.server.auth import device_auth, limit_address, relay
+from relaybox.server.auth import device_auth, limit_address, limit_device, relay
 from relaybox.services import pairing
 
 bp = Blueprint("pairing", url_prefix="/api/v1/pairing")
@@ -27,13 +27,17 @@ bp = Blueprint("pairing", url_prefix="/api/v1/pairing")
 @bp.post("/store")
 @doc("Make a pairing code for the caller's user", auth="device",
      description="The code is single use and short lived; only its hash is stored. "
-                 "An empty body means no payload and the default lifetime.",
+                 "An empty body means no payload and the default lifetime. Rate limited "
+                 "per device (429); a user holding as many unused, unexpired codes as "
+                 "the quota allows gets 403 quota_exceeded.",
      body=(PairingOptions, ex.PAIRING_OPTIONS), optional_body=True,
      ok=(201, ref(PairingCodeOut), ex.PAIRING_CODE),
-     errors=(400, 422))
+     errors=(400, 403, 422, 429))
 async def store(request: Request) -> HTTPResponse:
     claims = await device_auth(request)
     ctx = relay(request)
+    await limit_device(request, "pairing_store", claims.device_id,
+                       ctx.settings.rate_pairing_store_per_min)
     req = parse_optional_body(request, PairingOptions)
     code, expires_at = await ctx.run_sync(
         pairing.create_pairing_code, ctx.db, claims.user_id, claims.device_id, req.payload,
