@@ -7,9 +7,11 @@ handing a lookup and the check to a reader thread and back, which costs more CPU
 the check itself (docs/performance.md, Handshakes).
 
 Whether the device is *revoked* is never taken from here. A revocation, or the removal
-of the device's user, is announced to every process and forgets the entry; and the
-writer re-reads the device row in the transaction that starts the session (the
-handshake's ``touch``), so a notice that never arrived still ends in 4403.
+of the device's user, is announced to every process and forgets the entry; each process
+also re-reads its live sessions' devices every ``gateway.revocation_check_s`` and
+forgets the ones revoked since (hub.py, protocol.md §5); and the writer re-reads the
+device row in the transaction that starts the session (the handshake's ``touch``), so a
+notice that never arrived still ends in 4403.
 """
 
 from __future__ import annotations

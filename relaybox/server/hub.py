@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, Bus
@@ -13,6 +14,7 @@ from relaybox.protocol.frames import error_frame, presence_frame
 from relaybox.server.devicekeys import DeviceKeys
 from relaybox.server.peers import Peers
 from relaybox.server.ratelimit import UNLIMITED, TokenBucket
+from relaybox.services.devices import revoked_among
 from relaybox.services.fanout import decode_control, decode_events, encode_events
 from relaybox.store.eventlog import StoredEvent
 
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from relaybox.server.gateway import Session
 
 log = logging.getLogger("relaybox.gateway")
+
+#: Runs a blocking read in the reader pool (``EventLog.read``).
+Reader = Callable[..., Awaitable[Any]]
 
 RING_SIZE = 1024  # recent events kept per stream so a lagging session resumes without a read
 
@@ -78,6 +83,8 @@ class Hub:
         self.buckets: dict[str, TokenBucket] = {}
         # Keys of devices that authenticated here (revocation notices forget them).
         self.keys = DeviceKeys()
+        # The database re-check of live sessions' devices (protocol.md §5 Revocation).
+        self._revocation_checks: asyncio.Task[None] | None = None
 
     # -- sessions ----------------------------------------------------------------
     def register(self, session: Session) -> Session | None:
@@ -88,6 +95,8 @@ class Hub:
             self._drop(old)
         self.by_device[session.device_id] = session
         self.by_user.setdefault(session.user_id, set()).add(session)
+        self._watch_revocations(session.ctx.settings.gateway_revocation_check_s,
+                                session.ctx.eventlog.read)
         return old
 
     def announce_online(self, session: Session) -> None:
@@ -224,11 +233,7 @@ class Hub:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         elif kind == "revoke" and isinstance(device_id, str):
-            self.keys.forget(device_id)
-            session = self.by_device.get(device_id)
-            if session is not None:
-                session.send(error_frame("revoked", "this device was revoked"))
-                session.close_soon(CloseCode.REVOKED, "revoked")
+            self.end_revoked(device_id)
         elif kind == "session" and isinstance(device_id, str) and node != self.node_id:
             if isinstance(node, str):
                 self.remote[device_id] = node
@@ -250,10 +255,55 @@ class Hub:
                 self._presence_local(user_id, device_id, bool(msg.get("online")))
         elif kind == "user_removed":
             for did in msg.get("device_ids") or ():
-                self.keys.forget(did)
-                session = self.by_device.get(did)
-                if session is not None:
-                    session.close_soon(CloseCode.REVOKED, "revoked")
+                self.end_revoked(did, user_removed=True)
+
+    # -- revocation (protocol.md §5) ----------------------------------------------------------
+    def end_revoked(self, device_id: str, *, user_removed: bool = False) -> None:
+        """The device was revoked (or its user removed): forget its key and close its
+        live session here with 4403, after an ``error`` ``revoked`` unless the user is
+        gone (protocol.md §5 Revocation)."""
+        self.keys.forget(device_id)
+        session = self.by_device.get(device_id)
+        if session is not None:
+            if not user_removed:
+                session.send(error_frame("revoked", "this device was revoked"))
+            session.close_soon(CloseCode.REVOKED, "revoked")
+
+    def _watch_revocations(self, interval_s: float, read: Reader) -> None:
+        """Start the periodic re-check while this process holds sessions."""
+        task = self._revocation_checks
+        if task is None or task.done():
+            self._revocation_checks = asyncio.get_running_loop().create_task(
+                self._revocation_loop(interval_s, read), name="relaybox-revocation-check")
+
+    async def _revocation_loop(self, interval_s: float, read: Reader) -> None:
+        """A revocation whose notice never arrived (Redis down when it was made, or this
+        process not subscribed at that moment) still closes the session within
+        ``interval_s`` plus one database read: protocol.md §5 Revocation. Ends when the
+        last session does; the next registration starts it again."""
+        while self.by_device:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.recheck_revocations(read)
+            except Exception as exc:  # the database is down: the next round tries again
+                log.warning("revocation re-check failed: %s", exc)
+
+    async def recheck_revocations(self, read: Reader) -> None:
+        """Read the revoked state of every live session's device (one query per 500, in
+        the reader pool) and end the sessions of those no longer standing, as a notice
+        would."""
+        live = dict(self.by_device)
+        if not live:
+            return
+        ended: dict[str, bool] = await read(revoked_among, list(live))
+        for device_id, revoked in ended.items():
+            # Only the session that was read (a newer one made its own check, in touch),
+            # and only if it is not closing already (a notice came after all).
+            session = live[device_id]
+            if self.by_device.get(device_id) is session and session.close_code is None:
+                log.info("device %s: %s while its notice was missed; closing its session",
+                         device_id, "revoked" if revoked else "removed")
+                self.end_revoked(device_id, user_removed=not revoked)
 
     # -- a device moving between processes (protocol.md §3 Delivery) ------------------------
     async def replaced_elsewhere(self, session: Session, timeout_s: float = 3.0) -> None:
@@ -297,6 +347,8 @@ class Hub:
         await self.on_control({"kind": "revoke", "device_id": device_id})
 
     async def close_all(self, code: int, reason: str) -> None:
+        if self._revocation_checks is not None:
+            self._revocation_checks.cancel()
         sessions = list(self.by_device.values())
         for s in sessions:
             s.close_soon(code, reason)

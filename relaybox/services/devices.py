@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -108,7 +108,10 @@ def revoke_device(db: pw.Database, device: Device, reason: str | None = None,
     from relaybox.store.models import RefreshToken
 
     with write_transaction(db):
-        Device.update(revoked_at=clock(), revoked_reason=reason).where(
+        # A new token epoch: tokens issued until now stay invalid even after an
+        # unrevoke (protocol.md §5 Revocation).
+        Device.update(revoked_at=clock(), revoked_reason=reason,
+                      token_epoch=Device.token_epoch + 1).where(
             Device.id == device.id).execute()
         RefreshToken.update(revoked_at=clock()).where(
             (RefreshToken.device == device.id) & RefreshToken.revoked_at.is_null()).execute()
@@ -137,6 +140,28 @@ def list_devices(user_id: str | None = None, revoked: bool | None = None) -> lis
     elif revoked is False:
         q = q.where(Device.revoked_at.is_null())
     return list(q)
+
+
+#: Ids per query of ``revoked_among`` (well under SQLite's bound on query parameters).
+_IDS_PER_QUERY = 500
+
+
+def revoked_among(device_ids: list[str]) -> dict[str, bool]:
+    """Of ``device_ids``, those no longer standing: id → True when revoked, False when
+    gone (its user was removed). One indexed query per 500 ids (blocking: run it in a
+    reader thread); the gateway's re-check of its live sessions (protocol.md §5)."""
+    out: dict[str, bool] = {}
+    for i in range(0, len(device_ids), _IDS_PER_QUERY):
+        chunk = device_ids[i:i + _IDS_PER_QUERY]
+        q = (Device.select(Device.id, Device.revoked_at).where(Device.id.in_(chunk))
+             .tuples())
+        found = dict(cast("Iterable[tuple[str, int | None]]", q))
+        for device_id in chunk:
+            if device_id not in found:
+                out[device_id] = False
+            elif found[device_id] is not None:
+                out[device_id] = True
+    return out
 
 
 def touch(device_id: str, clock: Callable[[], int] = now_ms) -> None:

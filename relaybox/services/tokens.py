@@ -19,13 +19,16 @@ from relaybox.protocol.handshake import (
     verify_signature,
 )
 from relaybox.services import identity
-from relaybox.store.db import write_transaction
+from relaybox.store.db import is_postgres, write_transaction
 from relaybox.store.models import Device, RefreshToken
 
 # The one algorithm an access token may carry (http-api.md: "pinned to one algorithm").
 JWT_ALGORITHM: Final = "HS256"
 JWT_ISSUER: Final = "relaybox"
 REFRESH_PREFIX: Final = "rbr_"
+# The device's token epoch a token was issued under (protocol.md §5 Revocation). Tokens
+# from before this claim existed count as epoch 0.
+EPOCH_CLAIM: Final = "tep"
 NONCE_TTL_S: Final = 600  # http-api.md Signing strings: replays refused for 10 minutes
 SIGNATURE_BYTES: Final = 64
 
@@ -49,6 +52,7 @@ class AccessClaims:
     device_id: str
     expires_at_ms: int
     jti: str
+    token_epoch: int = 0
 
 
 def audience(server_id: str) -> str:
@@ -100,7 +104,8 @@ def issue_access_token(device: Device, settings: Settings,
     ttl = settings.access_token_ttl_s
     claims = {"iss": JWT_ISSUER, "aud": audience(keys.server_id), "sub": device.id,
               "uid": device.user_id,  # type: ignore[attr-defined]  # peewee FK id
-              "iat": now_s, "exp": now_s + ttl, "jti": uuid7()}
+              "iat": now_s, "exp": now_s + ttl, "jti": uuid7(),
+              EPOCH_CLAIM: device.token_epoch}
     secret = bytes.fromhex(keys.jwt_keys[keys.jwt_kid])
     token = jwt.encode(claims, secret, algorithm=JWT_ALGORITHM, headers={"kid": keys.jwt_kid})
     return token, ttl
@@ -117,15 +122,31 @@ def _new_refresh(device_id: str, family_id: str, settings: Settings, now: int) -
 
 def issue_pair(db: pw.Database, device: Device, settings: Settings,
                clock: Callable[[], int] = now_ms) -> TokenPair:
-    """A fresh access token and the first refresh token of a new family (blocking)."""
+    """A fresh access token and the first refresh token of a new family (blocking).
+
+    The device is read again in the transaction that stores the refresh token: a
+    revocation that landed since the signed request was checked either comes first (and
+    the request is refused) or comes after and revokes this refresh token too; the
+    access token carries the epoch read here, so it cannot outlive that revocation.
+    """
     with write_transaction(db):
+        device = _standing_device(db, device.id)
         refresh = _new_refresh(device.id, uuid7(), settings, clock())
     access, ttl = issue_access_token(device, settings, clock)
     return TokenPair(access, ttl, refresh)
 
 
-def _standing_device(device_id: str) -> Device:
-    device = Device.get_or_none(Device.id == device_id)
+def _standing_device(db: pw.Database, device_id: str) -> Device:
+    """The device, unrevoked, read inside the caller's write transaction.
+
+    On PostgreSQL the row is share-locked, so that a concurrent revocation's update of it
+    waits for this transaction (and then revokes what it wrote); SQLite's write
+    transaction already serialises the two.
+    """
+    q = Device.select().where(Device.id == device_id)
+    if is_postgres(db):
+        q = q.for_update("FOR SHARE")  # type: ignore[arg-type]  # peewee takes the clause
+    device = q.get_or_none()
     if device is None or device.revoked_at is not None:
         raise Unauthorized("this device was revoked", code="device_revoked")
     return device
@@ -134,9 +155,9 @@ def _standing_device(device_id: str) -> Device:
 def refresh(db: pw.Database, token: str, settings: Settings,
             clock: Callable[[], int] = now_ms) -> TokenPair:
     """Rotate a refresh token (blocking). A reused token revokes its whole family."""
-    now = clock()
     # The write lock first, so that two refreshes of one token serialise.
     with write_transaction(db):
+        now = clock()
         row = RefreshToken.get_or_none(RefreshToken.token_hash == identity.hash_token(token))
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise Unauthorized("unknown, expired or revoked refresh token",
@@ -144,7 +165,8 @@ def refresh(db: pw.Database, token: str, settings: Settings,
         claimed = (RefreshToken.update(used_at=now)
                    .where((RefreshToken.token_hash == row.token_hash)
                           & RefreshToken.used_at.is_null()).execute())
-        device = _standing_device(row.device_id) if claimed == 1 else None  # type: ignore[attr-defined]
+        device = (_standing_device(db, row.device_id)  # type: ignore[attr-defined]
+                  if claimed == 1 else None)
         if device is not None:
             new = _new_refresh(device.id, row.family_id, settings, now)
         else:
@@ -184,15 +206,17 @@ def decode_access_token(token: str, server_id: str, keys: dict[str, str],
     except jwt.PyJWTError:
         raise _bad_token() from None
     exp, iat, sub, uid, jti = (claims.get(k) for k in ("exp", "iat", "sub", "uid", "jti"))
+    epoch = claims.get(EPOCH_CLAIM, 0)
     if not (type(exp) is int and type(iat) is int and isinstance(sub, str)
-            and isinstance(uid, str) and isinstance(jti, str)):
+            and isinstance(uid, str) and isinstance(jti, str) and type(epoch) is int):
         raise _bad_token()
     now_s = clock() // 1000
     if exp <= now_s:
         raise _bad_token("the access token has expired")
     if iat > now_s + 60:
         raise _bad_token()
-    return AccessClaims(user_id=uid, device_id=sub, expires_at_ms=exp * 1000, jti=jti)
+    return AccessClaims(user_id=uid, device_id=sub, expires_at_ms=exp * 1000, jti=jti,
+                        token_epoch=epoch)
 
 
 def verify_access(token: str, clock: Callable[[], int] = now_ms) -> AccessClaims:
@@ -208,5 +232,8 @@ def verify_access(token: str, clock: Callable[[], int] = now_ms) -> AccessClaims
         raise _bad_token()
     if device.revoked_at is not None:
         raise Unauthorized("this device was revoked", code="device_revoked")
+    if claims.token_epoch != device.token_epoch:
+        # Issued before a revocation: unrevoking the device does not bring it back.
+        raise _bad_token("this token was issued before the device was revoked")
     return claims
 

@@ -38,6 +38,9 @@ class Device(BaseModel):
     last_seen_at = pw.BigIntegerField(null=True)
     revoked_at = pw.BigIntegerField(null=True)
     revoked_reason = pw.TextField(null=True)
+    # Bumped by each revocation; tokens carry the value they were issued under, so a
+    # token from before a revocation stays invalid after an unrevoke (protocol.md §5).
+    token_epoch = pw.IntegerField(default=0)
 
 
 class Event(BaseModel):

@@ -70,8 +70,9 @@ async def test_revocation_ends_sessions_and_tokens(api: Api) -> None:
                           ).status_code == 200
         assert dev.device_id not in {d["device_id"] for d in
                                      admin.get("/admin/revoked-devices").json()}
-    assert httpx.get(api.url + "/devices", headers={
-        "Authorization": f"Bearer {token}"}).status_code == 200
+    # Issued before the revocation: it stays invalid after the unrevoke (protocol.md §5).
+    assert_problem(httpx.get(api.url + "/devices", headers={
+        "Authorization": f"Bearer {token}"}), 401, "invalid_token")
 
 
 def test_revoking_an_unknown_device(api: Api) -> None:
