@@ -18,7 +18,7 @@ from relaybox.errors import Unavailable
 from relaybox.jobs import scheduler
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
-from relaybox.server import metrics, tracing
+from relaybox.server import metrics, tracing, webapp
 from relaybox.server.context import ServerContext
 from relaybox.server.errors import access_log, handle_error
 from relaybox.server.errors import request_id as assign_request_id
@@ -53,6 +53,9 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     cfg.OAS_UI_DEFAULT = "swagger"
     cfg.OAS_URL_PREFIX = "/docs"
     cfg.OAS_UI_REDOC = False
+    # Swagger UI is served by webapp.py from vendored files: sanic-ext's own page loads
+    # it from a CDN (blank offline), and its oauth2 page fetches from one at run time.
+    cfg.OAS_UI_SWAGGER = False
     cfg.TOUCHUP = True
     app.ctx.settings = settings
     # sanic-ext: the OpenAPI document at /docs/openapi.json and Swagger UI at /docs.
@@ -140,6 +143,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     from relaybox.server.api import register_blueprints
 
     register_blueprints(app)
+    webapp.install(app)
     metrics.install(app, settings)
     tracing.install(app, settings)
     return app

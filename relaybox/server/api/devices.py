@@ -7,7 +7,7 @@ from typing import Any
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from relaybox.errors import NotFound
+from relaybox.errors import Forbidden, NotFound
 from relaybox.server.api import examples as ex
 from relaybox.server.api.docs import doc, path_param, ref
 from relaybox.server.api.models import UUID_RE, DeviceOut, RenameRequest, parse_body
@@ -51,3 +51,25 @@ async def rename_device(request: Request, device_id: str) -> HTTPResponse:
         raise NotFound(f"no device {device_id}", code="device_unknown")
     await ctx.announce(await ctx.run_sync(devices.rename_device, ctx.db, device, req.name))
     return json(_out(ctx, device))
+
+
+@bp.post("/devices/<device_id>/revoke")
+@doc("Revoke the calling device itself", auth="device",
+     description="A device may end its own access (the web app's \"Forget this device\"); "
+                 "revoking another device needs the admin API. Idempotent; the caller's "
+                 "tokens and session stop at once. Another device is 403, another user's "
+                 "404.",
+     params=[path_param("device_id", "The calling device.", format="uuid", pattern=UUID_RE)],
+     ok=(200, ref(DeviceOut), {**ex.DEVICE, "revoked": True}), errors=(403, 404))
+async def revoke_self(request: Request, device_id: str) -> HTTPResponse:
+    claims = await device_auth(request)
+    ctx = relay(request)
+    device = await ctx.run_sync(devices.get_device, device_id)
+    if device is None or device.user_id != claims.user_id:
+        raise NotFound(f"no device {device_id}", code="device_unknown")
+    if device.id != claims.device_id:
+        raise Forbidden("a device may revoke only itself; use the admin API for others",
+                        code="not_this_device")
+    await ctx.announce(await ctx.run_sync(devices.revoke_device, ctx.db, device,
+                                          "revoked by the device itself"))
+    return json(_out(ctx, await ctx.run_sync(devices.get_device, device_id)))
