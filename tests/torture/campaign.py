@@ -222,7 +222,7 @@ async def crash_campaign(base: Path, budget: Budget,
     ledger.notes.append(f"seed {budget.seed}")
     data = base / "data"
     disk = DiskFull(data, budget.disk_mb)
-    kinds = CRASH_FAULTS
+    kinds: tuple[str, ...] = CRASH_FAULTS
     why = disk.try_mount()
     if why is not None:
         ledger.notes.append(f"disk-full left out: {why}")
