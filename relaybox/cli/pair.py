@@ -1,4 +1,5 @@
-"""``relaybox pair USER``: a pairing code, its expiry, a QR code and the claim command."""
+"""``relaybox pair USER``: a pairing code, its expiry, a QR code of the web app's pairing
+link, and the claim command for a terminal device."""
 
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ def claim_line(code: str, url: str, name: str) -> str:
     """The command the new device runs (cli.md, device side)."""
     return (f"relaybox client pair {code} --server {shlex.quote(url)} "
             f"--name {shlex.quote(name)}")
+
+
+def pair_link(code: str, url: str) -> str:
+    """The web app's pairing link (docs/client-js.md): the code rides in the fragment,
+    which a browser never sends, so it stays out of server and proxy logs."""
+    return f"{url}/app/#pair={code}"
+
+
+def _needs_https(url: str) -> bool:
+    """True when a phone opening ``url`` gets no WebCrypto: plain http to another host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1")
 
 
 def qr_text(data: str) -> str:
@@ -64,8 +79,9 @@ def register(cli: click.Group) -> None:
              as_json: bool) -> None:
         """Make a code that pairs a device with USER.
 
-        The code is single use and short lived. Prints the claim command to run on
-        the new device and the same command as a QR code.
+        The code is single use and short lived. Prints a QR code of the web app's
+        pairing link (scan it with a phone), the link itself, and the claim command
+        for a terminal device.
         """
         from relaybox.services.devices import valid_name
         from relaybox.services.pairing import create_pairing_code
@@ -84,19 +100,27 @@ def register(cli: click.Group) -> None:
             n = Device.select().where(Device.user == user.id).count()
         finally:
             db.close()
-        if as_json:
-            emit_json({"code": code, "expires_at": format_ts(expires_at), "user": user.name})
-            return
         # Devices use public_url (the proxy) when set; else where this server listens.
         url = settings.public_url.rstrip("/") or server_urls(settings)[0]
+        link = pair_link(code, url)
+        if as_json:
+            emit_json({"code": code, "expires_at": format_ts(expires_at), "user": user.name,
+                       "link": link})
+            return
         line = claim_line(code, url, device_name or _default_name(user.name, n + 1))
         left = max(0, round(expires_at / 1000 - time.time()))
         local = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(expires_at / 1000))
         out.print(f"Pairing code for [bold]{markup(user.name)}[/]: [bold yellow]{code}[/]")
         out.print(f"  expires {local} (in {left // 60} min {left % 60} s); single use")
         if not no_qr:
-            click.echo(qr_text(line), nl=False)
-        out.print("On the new device run:")
+            click.echo(qr_text(link), nl=False)
+        out.print("On a phone or browser: scan the QR code, or open")
         # Plain echo: rich would wrap or restyle a line meant to be copied exactly.
         # visible: public_url comes from the config file and is printed too.
+        click.echo(f"  {visible(link)}")
+        if _needs_https(url):
+            out.print("  [yellow]note:[/] browsers allow the web app only over https (or on "
+                      "localhost): set tls.cert_file and tls.key_file, or public_url behind "
+                      "a TLS proxy (docs/deployment.md, TLS)")
+        out.print("On a terminal device run:")
         click.echo(f"  {visible(line)}")
