@@ -107,10 +107,11 @@ class Settings:
                                     "Publishes a device may send at once above the rate.",
                                     lo=1, hi=1_000_000)
     gateway_max_outbox_bytes: int = _s(
-        "gateway.max_outbox_bytes", 1048576,
-        "Bytes waiting to be sent to one connection (events, replies, pongs). Past half of "
-        "it the server stops reading that connection; past all of it the connection is "
-        "closed with 4429.", lo=65536, hi=1 << 30)
+        "gateway.max_outbox_bytes", 262144,
+        "Bytes waiting to be sent to one connection (events, replies, pongs) before the "
+        "server stops reading it and holds delivery back; a connection whose queue still "
+        "reaches twice this plus one largest frame is closed with 4429.",
+        lo=65536, hi=1 << 30)
     gateway_revocation_check_s: float = _s(
         "gateway.revocation_check_s", 2.0,
         "Seconds between each process's database re-check of its live sessions' devices: "

@@ -28,6 +28,7 @@ from relaybox.server.upgrade import raise_open_file_limit
 from relaybox.services import identity
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import EventLog
+from relaybox.store.quotas import Quotas
 from relaybox.store.writerproc import ProcessEventLog, database_spec
 
 log = logging.getLogger("relaybox.server")
@@ -78,7 +79,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
                                        on_committed=hub.committed)
         else:
             eventlog = EventLog(db, batch_max=settings.commit_batch_max,
-                                read_threads=settings.read_threads, on_committed=hub.committed)
+                                read_threads=settings.read_threads, on_committed=hub.committed,
+                                quotas=Quotas.from_settings(settings))
         eventlog.start(loop)
         await eventlog.ready()
         ctx = ServerContext(settings=settings, db=db, eventlog=eventlog, hub=hub, bus=bus,
@@ -125,6 +127,12 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
             # request handled then can be cancelled under it (a bare 500). Until the
             # process is fully started it is simply not ready yet.
             raise Unavailable("the server is starting; retry shortly", code="starting")
+        if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") and (
+                request.headers.get("content-length", "0") != "0"
+                or "transfer-encoding" in request.headers):
+            # A body where the route reads none: read it (bounded by REQUEST_MAX_SIZE) and
+            # ignore it, or the framework logs an error line for every such request.
+            await request.receive_body()
 
     @app.on_response
     async def add_request_id(request: Request, response: HTTPResponse) -> None:

@@ -63,11 +63,13 @@ class Session(Delivery):
         self.inflight = 0
         self.outbox: list[str] = []
         self.outbox_bytes = 0  # in ``outbox``: queued, not yet handed to the transport
-        # protocol.md §7 max_outbox_bytes: past half of it reading pauses (and live
-        # delivery with it) until the peer has read; past all of it the session closes.
+        # protocol.md §7 max_outbox_bytes: past it reading pauses (and live delivery with
+        # it) until the peer has read. What was read before the pause may still be
+        # answered (one read of pongs, acks of pending publishes, the one event that
+        # crossed the mark): past twice the bound plus one frame the session closes.
         self.output_paused = False
-        self._out_max = s.gateway_max_outbox_bytes
-        self._out_high = self._out_max // 2
+        self._out_high = s.gateway_max_outbox_bytes
+        self._out_max = 2 * s.gateway_max_outbox_bytes + s.gateway_max_frame_bytes
         self._flush_scheduled = False
         self._sender_idle = asyncio.Event()
         self._sender_idle.set()
@@ -147,8 +149,8 @@ class Session(Delivery):
 
     # -- the output bound (protocol.md §7 max_outbox_bytes) --------------------------------
     def _check_output(self) -> None:
-        """After something was queued or written: pause reading past half the bound, close
-        with 4429 past all of it (a peer that sends and never reads)."""
+        """After something was queued or written: pause reading past the bound, close with
+        4429 far past it (a peer that sends and never reads)."""
         if self.close_code is not None:
             return
         size = self.outbox_bytes + _write_buffered(self.ws)
@@ -186,6 +188,9 @@ class Session(Delivery):
         """After the session ended and its connection is gone: drop the references from
         the session to its tasks and reader (each refers back to the session)."""
         self._tasks.clear()
+        io_proto = getattr(self.ws, "io_proto", None)
+        if getattr(io_proto, "on_drain", None) == self._output_drained:
+            io_proto.on_drain = None  # type: ignore[union-attr]
         self._stop_heartbeat()
         self._hb_pinging = None
         self._main = None
@@ -255,6 +260,11 @@ class Session(Delivery):
                 with contextlib.suppress(BaseException):
                     await t
             await self._finish()
+            if self.close_code is None:
+                # The WebSocket layer itself may have closed (1009 for an oversized frame).
+                sent = getattr(getattr(self.ws, "ws_proto", None), "close_sent", None)
+                if sent is not None and sent.code not in (CloseCode.NORMAL, 1005):
+                    self.close_code = sent.code
             if self.registered:
                 await self._flush_cursors()
                 if self.ctx.metrics is not None:
@@ -390,9 +400,18 @@ class Session(Delivery):
             ctx.metrics.session_opened()
 
     def _parse(self, data: Any) -> Any:
+        """A handshake message: anything refused here is a protocol violation (§2), so a
+        publish or ack with bad fields is `bad_request` too, not its non-fatal code."""
         if data is None:
             raise Closing(CloseCode.NORMAL, "")
-        return parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
+        try:
+            return parse_message(data,
+                                 max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
+        except ProtocolError as exc:
+            if exc.close_code is not None and not isinstance(exc, PublishRefused):
+                raise
+            raise ProtocolError("bad_request", "only hello and auth are allowed before "
+                                "the handshake completes") from None
 
     # -- receiving (READY) ----------------------------------------------------------------
     def _touch(self) -> None:

@@ -348,6 +348,7 @@ class LeanWebsocket:
         self.session: Any = None  # the running session (set by GatewayProtocol)
         self._ended: Any = None  # the finished session, until the connection is gone
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._eof_sent = False
         # Messages before the session installs its reader go to ``recv``.
         FrameReader(self, self._message, self._peer_closed, _nothing).install()
 
@@ -414,10 +415,9 @@ class LeanWebsocket:
             else:
                 self.ws_proto.fail(code, reason)
             for chunk in self.ws_proto.data_to_send():
-                if chunk:
+                if chunk and not self._eof_sent:
                     transport.write(chunk)
-        transport.close()
-        self._abort_later()
+        self._end_stream(transport)
         return True
 
     def end_connection(self, code: int = 1000, reason: str = "") -> None:
@@ -447,7 +447,7 @@ class LeanWebsocket:
             return
         self._ended = session
         if self.ws_proto.state is State.CLOSED:
-            transport.close()
+            self._end_stream(transport)
         else:
             self._abort_later()
 
@@ -475,14 +475,28 @@ class LeanWebsocket:
     # -- internals ----------------------------------------------------------------------
     def _write(self, chunks: list[bytes]) -> None:
         transport = self.io_proto.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._eof_sent:
             return
         for chunk in chunks:
             if chunk:
                 transport.write(chunk)
-            else:  # end of the stream: the close handshake is done, the server closes TCP
-                transport.close()
+            else:  # end of the stream (after our close frame): the server ends TCP
+                self._end_stream(transport)
                 return
+
+    def _end_stream(self, transport: Any) -> None:
+        """Half-close: send FIN after what is queued, and let the peer close its side (or
+        drop the connection after the close timeout). Closing outright while the peer's
+        bytes are still unread (frames it sent after an oversized one) makes the kernel
+        send a reset, and the peer loses our close frame (1006 instead of 1009)."""
+        if self._eof_sent:
+            return
+        self._eof_sent = True
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._abort_later()
+        else:
+            transport.close()
 
     def _message(self, data: str | bytes) -> None:
         self._messages.append(data)

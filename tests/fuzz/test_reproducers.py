@@ -24,8 +24,6 @@ def api(start_server: StartServer) -> Api:
     return start_server({}, check_log=False)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway: after an oversized frame the server closes "
-                   "the socket with input unread; the reset can cost the peer the 1009")
 def test_frames_after_an_oversized_frame_keep_the_1009(api: Api) -> None:
     """protocol.md Transport: a frame over max_frame_bytes is refused with close 1009,
     also when the client has sent more after it. Closing the socket while that input is
@@ -50,8 +48,6 @@ def test_frames_after_an_oversized_frame_keep_the_1009(api: Api) -> None:
     assert codes.count(1009) == len(codes), codes
 
 
-@pytest.mark.xfail(strict=True, reason="http: a GET with a body logs 'ERROR sanic.error: "
-                   "... body not consumed.' for every such request")
 def test_get_with_a_body_logs_no_error(api: Api) -> None:
     """Any client can write ERROR lines into the server log (and set off alerts on
     them) by sending a body with a GET; the request itself is answered normally."""

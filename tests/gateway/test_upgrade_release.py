@@ -107,8 +107,10 @@ async def test_a_released_session_needs_no_cyclic_gc(no_cyclic_gc: None) -> None
     from relaybox.server.gateway import Session
     from relaybox.server.wsio import FrameReader
 
-    settings = SimpleNamespace(gateway_window=8, gateway_publish_rate_per_s=0,
-                               gateway_publish_burst=1)
+    from relaybox.config import Settings
+
+    settings = Settings(gateway_window=8, gateway_publish_rate_per_s=0,
+                        gateway_publish_burst=1)
     session = Session(SimpleNamespace(settings=settings), None, "127.0.0.1")  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     # As in a real session: tasks whose coroutines refer to the session, cancelled at the

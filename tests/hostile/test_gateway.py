@@ -182,23 +182,6 @@ def test_websocket_pings_before_auth_cannot_grow_server_memory(
     assert grown < 48 * MiB, f"server memory grew by {grown / MiB:.0f} MiB"
 
 
-async def test_a_session_past_the_outbox_bound_is_closed_4429(
-        module_servers: MakeServer) -> None:
-    """The hard bound: replies that pass max_outbox_bytes (a single read's worth of pings
-    with big refs) close the session with 4429, not 1011 nor 1006."""
-    srv = module_servers(gateway_max_outbox_bytes=65536)
-    (dev,) = users(srv, 1)[0]
-    sock = upgrade(srv, "127.0.0.3")
-    authenticate(sock, dev)
-    # One write of pings whose pongs are four times the bound: the server reads them in
-    # one go, before it can pause.
-    ping = text({"type": "ping", "ref": "y" * 60_000})
-    sock.sendall(ping * 5)
-    _, code = read_frames(sock, 15)
-    sock.close()
-    assert code == 4429
-
-
 async def test_delivery_waits_for_a_slow_reader_and_loses_nothing(
         module_servers: MakeServer) -> None:
     """Past the outbox bound live delivery holds back (like a full window) and resumes
@@ -423,3 +406,22 @@ async def test_the_gateway_still_works_with_websockets_clients(
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "challenge"
     await ca.close()
     await cb.close()
+
+
+@pytest.mark.parametrize("frame_", [
+    {"type": "publish", "id": "not-a-uuid", "stream": "s", "body": 1},
+    {"type": "ack", "stream": "BAD", "seq": -1},
+    {"type": "publish", "id": "018f0000-0000-7000-8000-000000000002", "stream": "sys.x",
+     "body": 1},
+], ids=["bad-publish", "bad-ack", "forbidden-publish"])
+def test_a_bad_message_before_the_handshake_is_a_bad_request(module_servers: MakeServer,
+                                                             frame_: dict[str, Any]) -> None:
+    """Only hello and auth are allowed before READY (protocol.md §2): a publish or an ack
+    with bad fields there is `bad_request` and 4400, not its non-fatal code as a reason."""
+    srv = module_servers()
+    sock = upgrade(srv, "127.0.0.9")
+    sock.sendall(text(frame_))
+    frames, code = read_frames(sock, 10)
+    sock.close()
+    assert [f.get("code") for f in frames] == ["bad_request"]
+    assert code == 4400

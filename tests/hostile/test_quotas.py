@@ -136,3 +136,17 @@ async def test_sys_streams_written_by_the_server_are_exempt(server: Server) -> N
     assert notices[-1]["body"]["event"] == "device_added"
     await ca.close()
     await cb.close()
+
+
+async def test_quotas_hold_with_the_writer_thread_too(module_servers: MakeServer) -> None:
+    """storage.writer_process = false commits in a thread of the server process: the same
+    quotas apply there."""
+    srv = module_servers(gateway_publish_rate_per_s=0, writer_process="false",
+                         quota_streams_per_user=2)
+    [[a]] = users(srv, 1)
+    ca = await connect_synced(srv, a)
+    replies = await publish_all(ca, [{"id": uuid4(), "stream": f"t{i}", "body": i}
+                                     for i in range(5)])
+    assert [r["type"] for r in replies] == ["ack", "ack", "nack", "nack", "nack"]
+    assert {r.get("quota") for r in replies[2:]} == {"streams"}
+    await ca.close()
