@@ -57,11 +57,12 @@ class RateLimiter:
         self._clock = clock
         self._redis_down_until = 0.0
 
-    async def hit(self, scope: str, who: str, per_min: int, *, fail_open: bool = False) -> None:
+    async def hit(self, scope: str, who: str, per_min: int) -> None:
         """Count one request; RateLimited (429) past ``per_min`` within the last minute.
 
-        ``fail_open`` is no longer used: with the local fallback no request is let
-        through unlimited, and none is refused for want of Redis.
+        Counted in Redis (shared by every process and node); while Redis is down, in this
+        process (the same limit per process), so that no request is let through unlimited
+        and none is refused for want of Redis.
         """
         item = RateLimitItemPerMinute(per_min)
         limiter = self._local

@@ -65,8 +65,7 @@ async def read_events(request: Request, stream: str) -> HTTPResponse:
 async def publish(request: Request, stream: str) -> HTTPResponse:
     claims = await device_auth(request)
     ctx = relay(request)
-    await limiter(request).hit("publish", claims.device_id, ctx.settings.rate_publish_per_min,
-                               fail_open=False)
+    await limiter(request).hit("publish", claims.device_id, ctx.settings.rate_publish_per_min)
     obj = json_body(request)
     if not isinstance(obj, dict):
         raise InvalidInput("the request body must be a JSON object")
