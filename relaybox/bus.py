@@ -219,8 +219,24 @@ def url_from_socket(socket_path: str) -> str:
     return f"unix://{socket_path}"
 
 
-def _client_kwargs(url: str) -> dict[str, Any]:
-    return {"health_check_interval": 0, "socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+def _client_kwargs(url: str, *, asynchronous: bool = True) -> dict[str, Any]:
+    return {"health_check_interval": 0, "socket_connect_timeout": 2.0, "socket_timeout": 5.0,
+            **reconnect_once(asynchronous=asynchronous)}
+
+
+def reconnect_once(*, asynchronous: bool = True) -> dict[str, Any]:
+    """Client options that retry a command once on a fresh connection when its pooled
+    connection turns out dead (Redis restarted since it was opened): without them the
+    first command after a restart fails although Redis is back. A Redis that is really
+    down fails the retry at once too (connection refused), so nothing waits longer."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    kind = AsyncRetry if asynchronous else Retry
+    return {"retry": kind(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            "retry_on_error": [RedisConnectionError]}
 
 
 class Bus:
@@ -339,7 +355,7 @@ class SyncBus:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis = redis.Redis.from_url(url, **_client_kwargs(url))
+        self.redis = redis.Redis.from_url(url, **_client_kwargs(url, asynchronous=False))
 
     def publish_control(self, kind: str, **data: Any) -> int:
         msg = json.dumps({"kind": kind, "node": "cli", **data}).encode()

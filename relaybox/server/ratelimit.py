@@ -13,6 +13,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from relaybox.bus import reconnect_once
 from relaybox.errors import RateLimited
 
 log = logging.getLogger("relaybox.http")
@@ -48,7 +49,8 @@ class RateLimiter:
         if redis_url:
             # Short timeouts: a dead Redis must cost a request little, never hang it.
             self._pool = aioredis.ConnectionPool.from_url(
-                redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+                redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                **reconnect_once())
             pool: dict[str, Any] = {"connection_pool": self._pool}
             storage: Storage = RedisStorage(limits_uri(redis_url), implementation="redispy",
                                             key_prefix=KEY_PREFIX, **pool)
