@@ -22,7 +22,7 @@ const state = {
   streams: new Map(), // stream → {events: [], seqs: Set, head, historyLoaded}
   selected: null,
   renderLimit: RENDER_STEP,
-  rendered: { stream: null, top: 0, bottom: 0, count: 0 },
+  rendered: { stream: null, seqs: [], notices: 0 },
   dirty: false,
   devices: new Map(), // device_id → device JSON
   notify: false,
@@ -429,19 +429,17 @@ function renderEvents() {
   const shown = ev.slice(Math.max(0, ev.length - state.renderLimit)).reverse();
   title.textContent = `${name}: ${ev.length} event${ev.length === 1 ? "" : "s"} here, ` +
     `latest #${s.head || 0}`;
+  // Only the rows newer than those on show are made, and the oldest fall off the end,
+  // when what is on show is otherwise unchanged; anything else renders afresh.
   const r = state.rendered;
-  const top = shown.length ? shown[0] : null;
-  const canExtend = r.stream === name && r.limit === state.renderLimit && top !== null &&
-    !top.pendingId && r.pending === 0 && shown.length >= r.count &&
-    shown.some((e) => e.seq === r.top);
+  let fresh = 0;
+  while (fresh < shown.length && shown[fresh].seq > (r.seqs[0] ?? Infinity)) fresh += 1;
+  const rest = shown.slice(fresh);
+  const canExtend = r.stream === name && r.seqs.length > 0 && rest.length <= r.seqs.length &&
+    s.notices.length === 0 && rest.every((e, i) => e.seq === r.seqs[i]) &&
+    shown.every((e) => e.pendingId === undefined);
   if (canExtend) {
-    // Only the rows newer than the top one are made; the oldest fall off the end.
-    const fresh = [];
-    for (const e of shown) {
-      if (e.seq === r.top) break;
-      fresh.push(eventRow(e));
-    }
-    list.prepend(...fresh);
+    list.prepend(...shown.slice(0, fresh).map(eventRow));
     while (list.children.length > shown.length) list.lastElementChild.remove();
   } else {
     const rows = s.notices.map((text) => {
@@ -452,8 +450,7 @@ function renderEvents() {
     });
     list.replaceChildren(...shown.map(eventRow), ...rows);
   }
-  state.rendered = { stream: name, top: top ? top.seq : 0, count: shown.length,
-    limit: state.renderLimit, pending: shown.filter((e) => e.pendingId).length };
+  state.rendered = { stream: name, seqs: shown.map((e) => e.seq), notices: s.notices.length };
   $("older").hidden = ev.length <= state.renderLimit;
 }
 
@@ -692,7 +689,7 @@ async function forgetLocally() {
   state.streams.clear();
   state.selected = null;
   state.devices.clear();
-  state.rendered = { stream: null, top: 0, count: 0 };
+  state.rendered = { stream: null, seqs: [], notices: 0 };
   $("events").replaceChildren();
   $("stream-list").replaceChildren();
   hideNotice();
