@@ -355,17 +355,33 @@ class Session(Delivery):
         self.registered = True
         self.bucket = ctx.hub.bucket_for(self.device_id, s.gateway_publish_rate_per_s,
                                          s.gateway_publish_burst)
-        if old is not None:
-            old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
-            await old.finished.wait()
-        if ctx.bus is not None and ctx.bus.healthy and ctx.hub.peers.present:
-            # A session of this device on another process is closed with 4409 and, like
-            # a local one, wound down (acks stored) before this catch-up reads positions.
-            await ctx.hub.replaced_elsewhere(self)
-        # Acks of this device's earlier session may still wait in the writer's queue; they
-        # must be durable before this catch-up starts (protocol.md §3 Delivery), so the
-        # writer reads the positions in the batch that also records last_seen.
-        heads, cursors, revoked = await ctx.eventlog.touch(self.device_id, self.user_id)
+        # The rest of the handshake is bounded too (a hanging hand-over or a slow database
+        # must not leave a session that never gets `welcome` nor a close), and a close
+        # that came meanwhile (replaced, revoked) ends it even if an await swallowed the
+        # cancellation.
+        try:
+            async with asyncio.timeout(s.gateway_handshake_timeout_s):
+                if old is not None:
+                    old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
+                    await old.finished.wait()
+                self._raise_if_closing()
+                if ctx.bus is not None and ctx.bus.healthy and ctx.hub.peers.present:
+                    # A session of this device on another process is closed with 4409
+                    # and, like a local one, wound down (acks stored) before this
+                    # catch-up reads positions.
+                    await ctx.hub.replaced_elsewhere(self)
+                self._raise_if_closing()
+                # Acks of this device's earlier session may still wait in the writer's
+                # queue; they must be durable before this catch-up starts (protocol.md §3
+                # Delivery), so the writer reads the positions in the batch that also
+                # records last_seen.
+                heads, cursors, revoked = await ctx.eventlog.touch(self.device_id,
+                                                                   self.user_id)
+        except TimeoutError:
+            if ctx.metrics is not None:
+                ctx.metrics.handshake("timeout")
+            raise Closing(CloseCode.HANDSHAKE_TIMEOUT, "handshake_timeout") from None
+        self._raise_if_closing()
         if revoked:
             # Revoked (or removed) after the key was read, or a known key whose revoke
             # notice never reached this process: the notice may have found no session to
@@ -398,6 +414,10 @@ class Session(Delivery):
         if ctx.metrics is not None:
             ctx.metrics.handshake("ok")
             ctx.metrics.session_opened()
+
+    def _raise_if_closing(self) -> None:
+        if self.close_code is not None:
+            raise Closing(self.close_code, self.close_reason)
 
     def _parse(self, data: Any) -> Any:
         """A handshake message: anything refused here is a protocol violation (§2), so a

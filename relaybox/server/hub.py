@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -238,7 +239,17 @@ class Hub:
             if isinstance(node, str):
                 self.remote[device_id] = node
             session = self.by_device.get(device_id)
-            if session is not None and session.session_id != msg.get("session_id"):
+            other = str(msg.get("session_id") or "")
+            if (session is not None and session.session_id != other
+                    and session.session_id > other and session.close_code is None):
+                # Two processes got the same device at the same moment: the newer session
+                # (session ids are UUIDv7, ordered by time) stays; ours is the newer one,
+                # so it says so again, and the other process closes its older session
+                # (which it had registered before announcing it). Without this order each
+                # process closed its own session on the other's notice.
+                if isinstance(node, str):
+                    self._spawn(self._reannounce(session))
+            elif session is not None and session.session_id != other:
                 session.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
                 if msg.get("wait_for") == self.node_id:
                     self._spawn(self._hand_over(session, node, msg.get("session_id")))
@@ -331,6 +342,12 @@ class Hub:
                 del self.remote[session.device_id]  # that process is gone or stuck
         finally:
             self._handovers.pop(session.session_id, None)
+
+    async def _reannounce(self, session: Session) -> None:
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.publish_control("session", device_id=session.device_id,
+                                               session_id=session.session_id)
 
     async def _hand_over(self, session: Session | None, node: Any, session_id: Any) -> None:
         if session is not None:

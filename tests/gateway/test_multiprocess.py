@@ -116,3 +116,38 @@ async def test_a_device_moving_to_the_other_process_resumes_after_its_last_ack(
     assert first_frame["streams"]["moves"] == 50
     for c in (cp, new):
         await c.close()
+
+
+async def _attempt(server: Server, dev: object) -> tuple[str, int | None, Client | None]:
+    """Connect; ("welcome", None, client) or ("closed", code, None)."""
+    try:
+        c = await Client.connect(server, dev)  # type: ignore[arg-type]
+    except Exception:
+        return "closed", None, None
+    return "welcome", None, c
+
+
+async def test_the_same_device_on_two_processes_at_once_keeps_exactly_one_session(
+        pair: tuple[Server, Server]) -> None:
+    """Both processes get the device at the same moment, many times over: the newer
+    session stays, the other is closed with 4409, whichever order the notices cross in.
+    Each connection ends in a live session or a close, never hangs, never both closed."""
+    first, second = pair
+    (dev,) = users(first, 1)[0]
+    for _ in range(12):
+        got = await asyncio.gather(_attempt(first, dev), _attempt(second, dev))
+        live = [c for _, _, c in got if c is not None]
+        assert live, got  # at least one was welcomed
+        if len(live) == 2:
+            # One of the two is closed (4409) as soon as the notices have crossed.
+            waits = [asyncio.ensure_future(c.closed_code(timeout=10)) for c in live]
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            (closed,) = done
+            assert closed.result() == 4409
+            survivor = live[1 - waits.index(closed)]
+            waits[1 - waits.index(closed)].cancel()
+        else:
+            survivor = live[0]
+        # The other one lives and works: a ping is answered (a hung session would not).
+        await survivor.barrier(timeout=10)
+        await survivor.close()
