@@ -26,6 +26,14 @@ log = logging.getLogger("relaybox.bus")
 
 EVENTS_CHANNEL = "relaybox:events"
 CONTROL_CHANNEL = "relaybox:control"
+#: Every server process also subscribes to a channel named after itself, on which nothing
+#: is published: Redis drops the subscription when the process's connection dies, so the
+#: channel's subscriber count says whether that process still runs.
+NODE_CHANNEL_PREFIX = "relaybox:node:"
+
+
+def node_channel(node_id: str) -> str:
+    return NODE_CHANNEL_PREFIX + node_id
 
 Handler = Callable[[str, bytes], Awaitable[None] | None]
 # What a failed Redis call raises; callers outside this module catch these.
@@ -278,9 +286,17 @@ class Bus:
         msg = json.dumps({"kind": kind, "node": self.node_id, **data}).encode()
         return await self.publish(CONTROL_CHANNEL, msg)
 
-    def start_listening(self, handler: Handler, channels: tuple[str, ...] = (
-            EVENTS_CHANNEL, CONTROL_CHANNEL)) -> None:
+    async def node_alive(self, node_id: str) -> bool:
+        """Does the server process ``node_id`` still hold its Redis subscription? (False
+        within moments of it dying: its connection closes with it.)"""
+        counts = await self.redis.pubsub_numsub(node_channel(node_id))
+        return bool(counts and int(counts[0][1]) > 0)
+
+    def start_listening(self, handler: Handler,
+                        channels: tuple[str, ...] | None = None) -> None:
         """Run ``handler(channel, data)`` for every message, reconnecting with backoff."""
+        if channels is None:
+            channels = (EVENTS_CHANNEL, CONTROL_CHANNEL, node_channel(self.node_id))
         self._sub_task = asyncio.get_running_loop().create_task(
             self._listen(handler, channels), name="relaybox-bus-listener")
 

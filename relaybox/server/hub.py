@@ -324,6 +324,12 @@ class Hub:
             return
         holder = self.remote.get(session.device_id)
         waiter: asyncio.Future[None] | None = None
+        if holder is not None and not await self._holder_alive(holder, timeout_s):
+            # The process that held the device died (a crash leaves no goodbye): nobody
+            # will hand over, so the device is not kept waiting for one.
+            if self.remote.get(session.device_id) == holder:
+                del self.remote[session.device_id]
+            holder = None
         if holder is not None:
             waiter = asyncio.get_running_loop().create_future()
             self._handovers[session.session_id] = waiter
@@ -342,6 +348,15 @@ class Hub:
                 del self.remote[session.device_id]  # that process is gone or stuck
         finally:
             self._handovers.pop(session.session_id, None)
+
+    async def _holder_alive(self, node: str, timeout_s: float) -> bool:
+        if self.bus is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.bus.node_alive(node)
+        except Exception:
+            return True  # unknown: wait for the hand-over as before (bounded)
 
     async def _reannounce(self, session: Session) -> None:
         if self.bus is not None:

@@ -151,3 +151,23 @@ async def test_the_same_device_on_two_processes_at_once_keeps_exactly_one_sessio
         # The other one lives and works: a ping is answered (a hung session would not).
         await survivor.barrier(timeout=10)
         await survivor.close()
+
+
+async def test_a_device_of_a_crashed_process_is_not_kept_waiting_elsewhere(
+        servers: MakeServer) -> None:
+    """The process holding a device is SIGKILLed: the device reconnects to the other
+    process, which sees the holder's Redis subscription gone and does not wait for a
+    hand-over that can never come (it waited 3 s before)."""
+    first = servers(gateway_publish_rate_per_s=0)
+    second = servers(first.data_dir, gateway_publish_rate_per_s=0)
+    (dev,) = users(first, 1)[0]
+    held = await connect_synced(second, dev)
+    await held.barrier()
+    assert second.proc is not None
+    second.proc.kill()  # the process only: the embedded Redis belongs to the first
+    second.proc.wait()
+    second.proc = None
+    again = await connect_synced(first, dev)
+    await again.barrier()
+    await again.close()
+    assert "no hand-over" not in first.log()
