@@ -67,6 +67,12 @@ class Settings:
     log_format: str = _s("log_format", "plain", "Log line format.", choices=("plain", "json"))
     log_level: str = _s("log_level", "info", "Lowest level logged.",
                         choices=("debug", "info", "warning", "error"))
+    # -- TLS (docs/deployment.md "TLS"): the web app needs https away from localhost
+    tls_cert_file: str = _s("tls.cert_file", "",
+                            "PEM certificate chain for https/wss; empty = plain http. "
+                            "Reloaded on SIGHUP.")
+    tls_key_file: str = _s("tls.key_file", "",
+                           "PEM private key of tls.cert_file. Reloaded on SIGHUP.")
     # -- storage
     sqlite_synchronous: str = _s(
         "storage.sqlite_synchronous", "full",
@@ -217,7 +223,11 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_enabled else 'http'}://{host}:{self.port}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_file and self.tls_key_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +355,8 @@ def _check_urls_unsafe(s: Settings) -> list[str]:
         else:
             problems.append(f"redis_url = {mask_url(s.redis_url)!r}: "
                             "scheme must be redis, rediss or unix")
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        problems.append("tls.cert_file and tls.key_file: set both (https) or neither (http)")
     if s.backup_time:
         hh, _, mm = s.backup_time.partition(":")
         if not (len(hh) in (1, 2) and len(mm) == 2 and hh.isascii() and mm.isascii()

@@ -6,19 +6,50 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import time
 from functools import partial
+from typing import Any
 
 import click
 
+from relaybox import __version__
 from relaybox.cli.common import CliError, err, open_db, settings_for
 from relaybox.config import Settings
+
+
+class _StartupNoise(logging.Filter):
+    """Drops the web framework's start-up and shutdown chatter (workers starting, its
+    extensions listed) and each migration step: ``serve`` prints one line of its own."""
+
+    QUIET = frozenset(("sanic.root", "sanic.server", "relaybox.migrate"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name in self.QUIET and record.levelno <= logging.INFO)
 
 
 def setup_logging(settings: Settings) -> None:
     from relaybox.server.logs import configure
 
     configure(settings)
+    if settings.log_level != "debug":
+        for handler in logging.getLogger("relaybox").handlers:
+            handler.addFilter(_StartupNoise())
+
+
+def ready_lines(settings: Settings, users: int) -> list[str]:
+    """What ``serve`` prints once it accepts connections: the URLs, and for a server
+    without users the next step."""
+    base = settings.base_url
+    lines = [f"relaybox {__version__} ready: app {base}/app/ · API {base}/api/v1 · "
+             f"docs {base}/docs"]
+    if users == 0:
+        lines.append("next: relaybox user add NAME, then relaybox pair NAME "
+                     "(its QR code pairs a phone)")
+    if settings.host in ("0.0.0.0", "::") and not settings.public_url:
+        lines.append("other machines reach it at this machine's address; set public_url "
+                     "so that pairing links and QR codes carry it")
+    return lines
 
 
 def serve(settings: Settings) -> None:
@@ -39,6 +70,7 @@ def serve(settings: Settings) -> None:
     problem = tracing.check(settings)
     if problem is not None:
         raise CliError(problem)
+    tls_ctx = _tls_context(settings)
     fresh = settings.sqlite_path is not None and not settings.sqlite_path.exists()
     if fresh or not settings.data_dir.exists():
         res = initialise(settings)
@@ -52,6 +84,9 @@ def serve(settings: Settings) -> None:
                 _, token = identity.initialise(db)
                 if token:
                     err.print(f"admin token [bold yellow]{token}[/] (shown once)")
+        from relaybox.services.users import list_users
+
+        users = len(list_users())
     finally:
         db.close()
     if applied:
@@ -84,7 +119,7 @@ def serve(settings: Settings) -> None:
         # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
         metrics_dir = prom.prepare_multiprocess(settings.run_dir) \
             if settings.metrics_enabled else None
-        _run_sanic(settings)
+        _run_sanic(settings, tls_ctx, ready_lines(settings, users))
     finally:
         if metrics_dir is not None:
             prom.cleanup_multiprocess(metrics_dir)
@@ -94,20 +129,63 @@ def serve(settings: Settings) -> None:
             embedded.stop()
 
 
-def _run_sanic(settings: Settings) -> None:
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context, checked before anything starts (docs/deployment.md "TLS")."""
+    if not settings.tls_enabled:
+        return None
+    from relaybox.server import tls
+
+    try:
+        return tls.server_context(settings)
+    except tls.TlsError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None = None,
+               ready: list[str] | None = None) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
+    from relaybox.server import tls
     from relaybox.server.app import create_app
     from relaybox.server.upgrade import GatewayProtocol
 
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
-    kwargs = dict(host=settings.host, port=settings.port, access_log=False, motd=False,
-                  single_process=settings.workers == 1, protocol=GatewayProtocol)
+    kwargs: dict[str, Any] = dict(host=settings.host, port=settings.port, access_log=False,
+                                  motd=False, single_process=settings.workers == 1,
+                                  protocol=GatewayProtocol)
+    if tls_ctx is not None:
+        # One process: our context, reloaded in place. Worker processes build their own
+        # from the files (a context cannot be handed to another process).
+        kwargs["ssl"] = tls_ctx if settings.workers == 1 else {
+            "cert": settings.tls_cert_file, "key": settings.tls_key_file}
     if settings.workers > 1:
         kwargs["workers"] = settings.workers
-    app.prepare(**kwargs)  # type: ignore[arg-type]
+
+    def announce(*_: object) -> None:
+        for line in ready or ():
+            click.echo(line, err=True)
+
+    # Once, when connections are accepted: by the one process, or by the main process
+    # once its workers are up.
+    if settings.workers == 1:
+        app.after_server_start(announce)
+    else:
+        app.main_process_ready(announce)
+
+    def on_hup(signum: int, _frame: object) -> None:
+        log = logging.getLogger("relaybox.server")
+        if tls_ctx is None:
+            log.info("SIGHUP: no TLS certificate to reload")
+        elif settings.workers == 1:
+            tls.reload(tls_ctx, settings)
+        else:
+            log.info("SIGHUP: restarting the workers to load the TLS certificate again")
+            app.manager.restart()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    app.prepare(**kwargs)
     if settings.workers == 1:
         Sanic.serve_single(primary=app)
     else:
