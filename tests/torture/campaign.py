@@ -207,11 +207,15 @@ class _Cycles:
             await inject(kind, fault)
             if not fault.heal:
                 fault.heal = now()
+            probing = now()
             await self.fleet.probe(fault)
+            probed = now()
             if between is not None:
                 await between()
             self.say(f"cycle {len(self.ledger.faults)}: {kind}({fault.target}) "
-                     f"acked {len(self.ledger.acks)} violations {len(self.ledger.violations)}")
+                     f"fault {fault.heal - fault.start:.1f} s, probe {probed - probing:.1f} s, "
+                     f"then {now() - probed:.1f} s; acked {len(self.ledger.acks)} "
+                     f"violations {len(self.ledger.violations)}")
 
 
 # -- one node: SQLite, embedded Redis, writer process ----------------------------------------

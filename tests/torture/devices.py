@@ -275,6 +275,10 @@ class Subscriber:
             # protocol.md §3 Delivery: acks received before a normal close are durable
             # before the next catch-up; only a crash in between may lose them.
             crashed = self.ledger.crash_between(self.floor_at, opened)
+            if crashed:
+                # The cursor may have lost anything since: only normal closes from now on
+                # say where the next catch-ups must start.
+                self.floor = {}
             s = _Session(ws, opened, {} if crashed else dict(self.floor))
             self.session = s
             self.welcomed.set()
@@ -321,7 +325,8 @@ class Subscriber:
             if seq <= floor:
                 self.ledger.violation(
                     f"{where}: cursor regression: catch-up started at seq {seq} although "
-                    f"seq {floor} was acked before a normal close (no crash in between)")
+                    f"seq {floor} was acked before a normal close (no crash in between; "
+                    f"faults since that close: {self.ledger.faults_since(self.floor_at)})")
             if seq > have + 1:
                 self.ledger.violation(f"{where}: session starts at seq {seq}, seqs "
                                       f"{have + 1}..{seq - 1} were never delivered")

@@ -100,3 +100,7 @@ class Ledger:
         active = [f"{f.kind}({f.target})" for f in self.faults
                   if f.start <= t and (f.heal == 0.0 or t <= f.heal + 5)]
         return ", ".join(active) or "no fault"
+
+    def faults_since(self, t: float) -> str:
+        kinds = [f"{f.kind}({f.target})" for f in self.faults if (f.heal or now()) >= t]
+        return ", ".join(kinds) or "none"

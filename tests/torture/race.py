@@ -97,11 +97,12 @@ async def race(a: Node, b: Node, dev: DeviceKey, ledger: Ledger) -> None:
         if isinstance(c, str) and not c.endswith("with 4409"):
             ledger.violation(f"{where}: {c}")
     try:
-        if conns:
-            # Wait for the replacement to close one of them.
+        if len(conns) > 1:
+            # Both were welcomed: wait for the replacement to close one of them.
             await asyncio.wait([c.closed for c in conns], timeout=BOUND_S,
                                return_when=asyncio.FIRST_COMPLETED)
-            # Whatever is still open must answer, and keep answering for a moment.
+        if conns:
+            # Whatever is still open must stay open a moment, and then answer a ping.
             await asyncio.wait([c.closed for c in conns], timeout=GRACE_S)
         live = []
         for c in conns:
