@@ -227,9 +227,10 @@ def url_from_socket(socket_path: str) -> str:
     return f"unix://{socket_path}"
 
 
-def _client_kwargs(url: str, *, asynchronous: bool = True) -> dict[str, Any]:
+def _client_kwargs(url: str, *, asynchronous: bool = True, retry: bool = True
+                   ) -> dict[str, Any]:
     return {"health_check_interval": 0, "socket_connect_timeout": 2.0, "socket_timeout": 5.0,
-            **reconnect_once(asynchronous=asynchronous)}
+            **(reconnect_once(asynchronous=asynchronous) if retry else {})}
 
 
 def reconnect_once(*, asynchronous: bool = True) -> dict[str, Any]:
@@ -254,6 +255,11 @@ class Bus:
         self.url = url
         self.node_id = node_id
         self.redis: aioredis.Redis = aioredis.Redis.from_url(url, **_client_kwargs(url))
+        # The subscription has a client of its own that never reconnects behind our back:
+        # a lost subscription must be noticed (messages may have been missed, docs/
+        # architecture.md), not silently resumed.
+        self._sub_redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, **_client_kwargs(url, retry=False))
         self._sub_task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self.healthy = True
@@ -303,7 +309,7 @@ class Bus:
     async def _listen(self, handler: Handler, channels: tuple[str, ...]) -> None:
         delay = 0.05
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             self._pubsub = pubsub
             try:
                 await pubsub.subscribe(*channels)
@@ -364,6 +370,8 @@ class Bus:
             self._sub_task = None
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+        with contextlib.suppress(Exception):
+            await self._sub_redis.aclose()
 
 
 class SyncBus:
