@@ -16,15 +16,24 @@ ts, and the loop rebuilds the event from the request it kept.
 
 The writer process stops when the socket closes (the server stopped or died): it
 finishes the batch it is writing, so it never leaves a transaction half done, and
-exits. If it dies, every item still waiting for it fails (publishes are nacked as
-``unavailable`` and are safe to retry), the event log reports itself unhealthy and a new
-writer process is started.
+exits. If it dies, the event log reports itself unhealthy, starts a new writer process
+at once and sends it, first and in their order, the items the dead one had not answered:
+it may have committed some of them, and each is safe to write again (a cursor save is a
+max-update, a touch only reads positions and sets last_seen, a device's publish is
+deduplicated by its id). So the acks of a session closed normally are durable before
+the device's next catch-up even when a writer died with them (protocol.md §3 Delivery),
+and a touch never overtakes the cursor saves sent before it. An item that every one of
+``MAX_ATTEMPTS`` writer processes died with is given up (a publish is nacked
+``unavailable``), and so is a publish that cannot be deduplicated (a server-made one,
+without a device). Only writers that die soon after they started, one after the other,
+are restarted after a pause (a crash loop); the first is restarted at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import pickle
 import signal
@@ -56,6 +65,14 @@ log = logging.getLogger("relaybox.store")
 _LEN = struct.Struct("!I")
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
+#: Writer processes an item may be sent to: one that all of them died with is given up
+#: (it may be what kills them).
+MAX_ATTEMPTS = 3
+#: A writer process that dies sooner than this after it started, or before it answered
+#: anything, counts towards a crash loop; one that lived longer ends it.
+QUICK_DEATH_S = 5.0
+#: Pauses before restarting the 2nd, 3rd… writer process of a crash loop (the 1st: none).
+RESTART_PAUSES_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 # Items on the wire are plain tuples (cheap to pickle), tagged by their first element:
@@ -129,7 +146,8 @@ class ProcessEventLog(EventLog):
                  read_threads: int = 4,
                  on_committed: Callable[[list[Any]], None] | None = None,
                  on_batch: Callable[[int, float], None] | None = None,
-                 module: str = "relaybox.server.writer") -> None:
+                 module: str = "relaybox.server.writer",
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(db, batch_max=batch_max, read_threads=read_threads,
                          on_committed=on_committed, on_batch=on_batch)
         self.module = module  # run with ``python -m``; it calls ``run`` (below)
@@ -139,14 +157,17 @@ class ProcessEventLog(EventLog):
         self._link: _Link | None = None
         self._out: list[Any] = []
         self._flush_scheduled = False
-        # One entry per item sent and not answered, in order:
-        # (kind, callback or future, the PublishRequest of a publish).
-        self._pending: collections.deque[tuple[str, Any, Any]] = collections.deque()
+        # One entry per item sent and not answered, in order: (kind, callback or future,
+        # the PublishRequest of a publish, the item, writer processes that died with it).
+        self._pending: collections.deque[tuple[str, Any, Any, tuple[Any, ...], int]] = \
+            collections.deque()
         self._stopping = False
         self._was_ready = False  # a writer that never opened the database is not restarted
-        self.restarts = 0  # restarts in a row, each within 30 s of the one before
+        self.monotonic = monotonic  # for restart pauses (tests move it)
+        self.quick_deaths = 0  # writer processes in a row that died soon after starting
         self.started = 0  # writer processes started
-        self._last_restart = -1e9
+        self._started_at = 0.0  # when the running writer process was started (clock)
+        self._answered = False  # whether the running writer process answered anything
         self._respawn: asyncio.TimerHandle | None = None
 
     @property
@@ -183,6 +204,8 @@ class ProcessEventLog(EventLog):
     def _spawn(self) -> None:
         assert self._loop is not None
         self.started += 1
+        self._started_at = self.monotonic()
+        self._answered = False
         ours, theirs = socket.socketpair()
         try:
             # The spec (it may hold the database password) goes over the socket as the
@@ -213,13 +236,30 @@ class ProcessEventLog(EventLog):
     def stop(self) -> None:
         """Let the writer process commit what it was sent, then wait for it (blocking;
         called from a thread, not the loop)."""
-        self._stopping = True
-        loop, link, proc = self._loop, self._link, self.proc
-        if loop is not None and not loop.is_closed() and link is not None:
+        loop, proc = self._loop, self.proc
+        handed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def end() -> None:
+            self._stopping = True
             try:
-                loop.call_soon_threadsafe(self._end_input, link)
-            except RuntimeError:
+                if self._respawn is not None:
+                    # A writer died just before: its successor still commits what it left
+                    # (its input ends once it is connected).
+                    self._respawn.cancel()
+                    self._respawn = None
+                    self._spawn()
+                elif self._link is not None:
+                    self._end_input(self._link)
+            finally:
+                handed.set_result(self.proc)
+
+        if loop is not None and not loop.is_closed() and loop.is_running():
+            try:
+                loop.call_soon_threadsafe(end)
+                proc = handed.result(STOP_TIMEOUT_S)
+            except (RuntimeError, concurrent.futures.TimeoutError):
                 pass
+        self._stopping = True
         if proc is not None:
             try:
                 proc.wait(STOP_TIMEOUT_S)
@@ -261,7 +301,7 @@ class ProcessEventLog(EventLog):
         return fut
 
     def _send(self, item: tuple[Any, ...], handler: tuple[str, Any, Any]) -> None:
-        self._pending.append(handler)
+        self._pending.append((*handler, item, 0))
         self._out.append(item)
         if not self._flush_scheduled:
             # Everything one loop iteration produces goes out as one frame.
@@ -284,13 +324,14 @@ class ProcessEventLog(EventLog):
             return
         answers, seconds, healthy = msg
         self.healthy = healthy
+        self._answered = True
         pubs: list[PublishResult] = []
         callbacks: list[Callable[[PublishResult], None]] = []
         new_events: list[StoredEvent] = []
         futures: list[tuple[Any, Any, Any]] = []
         last_ts, ts_text = -1, ""
         for ans in answers:
-            kind, handler, req = self._pending.popleft()
+            kind, handler, req, _, _ = self._pending.popleft()
             if kind == "p":
                 callbacks.append(handler)
                 if type(ans) is not tuple:
@@ -315,39 +356,49 @@ class ProcessEventLog(EventLog):
         if link is not self._link:
             return
         self._link = None
-        # Items sent and not answered: their outcome is unknown to the loop. Publishes
-        # are nacked (a retry is deduplicated), the rest fail.
         pending, self._pending = self._pending, collections.deque()
-        items_unsent = len(self._out)
-        self._out = []
+        self._out = []  # every unsent item is in ``pending`` too
+        restart = not self._stopping and self._was_ready
+        # Items sent and not answered: the dead writer may have committed any of them.
+        # When a new writer follows, each goes to it again, in order (see the module's
+        # docstring); otherwise publishes are nacked (a retry is deduplicated) and the
+        # rest fail.
         callbacks, futures = [], []
-        for kind, handler, _ in pending:
+        given_up = 0
+        for entry in pending:
+            kind, handler, req, item, attempts = entry
+            if restart and attempts + 1 < MAX_ATTEMPTS and (kind != "p"
+                                                            or req.device_id is not None):
+                self._pending.append((kind, handler, req, item, attempts + 1))
+                self._out.append(item)
+                continue
+            given_up += 1
             if kind == "p":
                 callbacks.append(handler)
             elif kind != "c":
                 futures.append((handler, None, WriterGone("the writer process stopped")))
         self._deliver(callbacks, [Failed("the writer process stopped")] * len(callbacks), [],
                       futures, 0, 0.0)
-        if self._stopping:
+        if not restart:
             return
         self.healthy = False
-        if not self._was_ready:
-            return  # ready() reports it
         code = self.proc.poll() if self.proc is not None else None
-        log.error("the writer process stopped (exit code %s; %d items lost their answer, "
-                  "%d unsent); starting a new one", code, len(pending) - items_unsent,
-                  items_unsent)
         if self.proc is not None and code is None:
             self.proc.kill()
-        # A writer that dies again soon is restarted after a growing pause (0.5 s up to
-        # 5 s); items queued meanwhile go to the new process.
-        now = time.monotonic()
-        recent = now - self._last_restart < 30
-        delay = min(5.0, 0.5 * 2 ** min(self.restarts, 4)) if recent else 0.0
-        self.restarts = self.restarts + 1 if recent else 0
-        self._last_restart = now
+        # The first writer of a crash loop is restarted at once, the next ones after a
+        # growing pause; one that lived and answered ends the loop.
+        quick = not self._answered or self.monotonic() - self._started_at < QUICK_DEATH_S
+        self.quick_deaths = self.quick_deaths + 1 if quick else 0
+        delay = RESTART_PAUSES_S[min(max(self.quick_deaths - 1, 0),
+                                     len(RESTART_PAUSES_S) - 1)]
+        log.error("the writer process stopped (exit code %s); starting a new one%s: "
+                  "%d items go to it again, %d given up", code,
+                  f" in {delay:g} s" if delay else "", len(self._pending), given_up)
         assert self._loop is not None
-        self._respawn = self._loop.call_later(delay, self._respawned)
+        if delay:
+            self._respawn = self._loop.call_later(delay, self._respawned)
+        else:
+            self._spawn()
 
     def _respawned(self) -> None:
         self._respawn = None

@@ -16,7 +16,7 @@ import pytest
 
 from relaybox.protocol.encoding import uuid4
 from relaybox.store import queries
-from relaybox.store.eventlog import Accepted, Conflicted, Failed, PublishRequest, StoredEvent
+from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, StoredEvent
 from relaybox.store.models import Event
 from relaybox.store.writerproc import ProcessEventLog, WriterGone
 
@@ -38,10 +38,11 @@ def spec_for(db: pw.Database) -> dict[str, Any]:
 
 
 class Writer:
-    def __init__(self, db: pw.Database, spec: dict[str, Any] | None = None) -> None:
+    def __init__(self, db: pw.Database, spec: dict[str, Any] | None = None,
+                 module: str = "relaybox.server.writer", **kw: Any) -> None:
         self.committed: list[StoredEvent] = []
         self.log = ProcessEventLog(db, spec or spec_for(db), read_threads=1,
-                                   on_committed=self.committed.extend)
+                                   on_committed=self.committed.extend, module=module, **kw)
         self.log.start(asyncio.get_running_loop())
 
     async def stop(self) -> None:
@@ -107,28 +108,6 @@ async def test_stop_commits_everything_sent_before_it(db: pw.Database) -> None:
     assert [r.event.seq for r in results if isinstance(r, Accepted)] == list(range(1, 301))
     assert len(stored(db)) == 300
     assert w.log.proc is not None and w.log.proc.returncode == 0
-
-
-async def test_a_killed_writer_fails_what_it_had_not_answered_and_is_replaced(
-        writer: Writer, db: pw.Database) -> None:
-    ok = await writer.log.publish(req())
-    assert isinstance(ok, Accepted) and ok.event.seq == 1
-    os.kill(writer.pid(), signal.SIGSTOP)  # it reads nothing more
-    lost = [writer.log.publish(req()) for _ in range(5)]
-    touch = writer.log.touch(D1, U1)
-    await asyncio.sleep(0)  # let the loop send them
-    os.kill(writer.pid(), signal.SIGKILL)
-    results = [await f for f in lost]
-    assert results == [Failed("the writer process stopped")] * 5
-    with pytest.raises(WriterGone):
-        await touch
-    assert not writer.log.healthy
-    # The next publish goes to a new writer process; the seqs have no gap.
-    again = await writer.log.publish(req())
-    assert isinstance(again, Accepted) and again.event.seq == 2
-    assert writer.log.healthy
-    assert writer.log.started == 2
-    assert [q for _, q, _ in stored(db)] == [1, 2]
 
 
 async def test_the_writer_process_ignores_interrupts_and_ends_with_its_input(
