@@ -100,5 +100,7 @@ def access_log(request: Request, status: int, rid: str) -> None:
     """One line per request: method, route, status and request id (http-api.md Conventions)."""
     # The route pattern, not the path: a path may hold a pairing code.
     route = "/" + request.route.path if request.route is not None else request.path[:200]
-    log.info("%s %s %s request_id=%s", request.method, route, status, rid,
+    # A request ended before its head was read (a timeout) has no method yet.
+    method = request.method if request.method != "NONE" else "-"
+    log.info("%s %s %s request_id=%s", method, route, status, rid,
              extra={"request_id": rid})

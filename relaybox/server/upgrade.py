@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import Any
 
+from sanic.exceptions import RequestTimeout
 from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.models.server_types import ConnInfo
@@ -275,7 +276,13 @@ class GatewayProtocol(WebSocketProtocol):
             metrics = getattr(self.app.ctx, "metrics", None)
             if metrics is not None:
                 metrics.connection_limited("header_timeout")
-            transport.close()
+            task = getattr(self, "_task", None)
+            if http is not None and task is not None and not task.done():
+                # As Sanic ends a request that timed out: a 408 answer, then the close.
+                http.exception = RequestTimeout("the request head did not arrive in time")
+                task.cancel()
+            else:
+                transport.close()
 
     def _open_gateway(self, data: bytes) -> bool:
         """Open a gateway session if ``data`` is exactly its upgrade request."""
