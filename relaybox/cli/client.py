@@ -119,8 +119,60 @@ async def _send(identity: Identity, stream: str, body: Any, key: str | None,
     return {"id": event_id, "stream": stream, "seq": seq}
 
 
+def _body(arg: str, body_as: str) -> Any:
+    """The event body: ``{"text": …}`` for text (the convention the web app shows and
+    copies), or the JSON value given."""
+    if arg == "-":
+        data: bytes = sys.stdin.buffer.read()
+        try:
+            arg = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CliError("standard input is not UTF-8 text") from None
+        if body_as == "auto":
+            body_as = "text"  # a clipboard holding JSON text is still text
+    if body_as == "text":
+        return {"text": arg}
+    try:
+        return json.loads(arg)
+    except ValueError as exc:
+        if body_as == "json":
+            raise CliError(f"BODY is not valid JSON: {exc}") from None
+    return {"text": arg}
+
+
 # -- tail ---------------------------------------------------------------------------------
-def _show(console: Console, item: Event | Gap) -> None:
+class _Names:
+    """Device names of the user, for ``tail``: fetched once (REST), again when an unknown
+    sender or a ``sys.devices`` notice shows the list changed."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.names: dict[str, str] = {}
+        self._fresh = False
+
+    async def refresh(self) -> None:
+        from relaybox.client import ClientError, RestClient
+
+        try:
+            async with RestClient(self.identity) as api:
+                devices = await api.devices()
+        except ClientError:
+            return  # names are a nicety: the short id stays
+        self.names = {str(d.get("device_id")): str(d.get("name")) for d in devices}
+        self._fresh = True
+
+    async def name(self, item: Event) -> str:
+        device = item.from_device
+        if device is None:
+            return "server"
+        if item.stream == "sys.devices":
+            self._fresh = False
+        if device not in self.names and not self._fresh:
+            await self.refresh()
+        return self.names.get(device) or device[-8:]
+
+
+def _show(console: Console, item: Event | Gap, sender_name: str = "") -> None:
     """One event as a line. Every field came over the wire from other devices, so each
     goes through ``markup`` (security.md "Terminal output and names")."""
     from relaybox.client import Gap
@@ -130,7 +182,7 @@ def _show(console: Console, item: Event | Gap) -> None:
                       f"{markup(item.after + 1)}..{markup(item.next - 1)} "
                       "were removed by retention before this device received them[/]")
         return
-    sender = markup((item.from_device or "server")[-8:])
+    sender = markup(sender_name or (item.from_device or "server")[-8:])
     key = f" [dim]key[/]={markup(item.key)}" if item.key is not None else ""
     body = markup(json_text(item.body))
     console.print(f"[dim]{markup(item.ts)}[/] [bold cyan]{markup(item.stream)}[/]"
@@ -142,6 +194,7 @@ async def _tail(identity: Identity, streams: tuple[str, ...], as_json: bool,
     from relaybox.client import Client, Event
 
     console = Console(highlight=False)
+    names = _Names(identity)
     state = identity.state_path if keep_state else None
     async with Client(identity, state_file=state) as client:
         loop = asyncio.get_running_loop()
@@ -155,7 +208,8 @@ async def _tail(identity: Identity, streams: tuple[str, ...], as_json: bool,
                     sys.stdout.write(json_text(item.to_json()) + "\n")
                     sys.stdout.flush()
                 else:
-                    _show(console, item)
+                    _show(console, item,
+                          await names.name(item) if isinstance(item, Event) else "")
                 if isinstance(item, Event):
                     seen += 1
                     if count is not None and seen >= count:
@@ -228,7 +282,12 @@ def register(cli: click.Group) -> None:
 
     @client_group.command("send")
     @click.argument("stream")
-    @click.argument("body_json", metavar="BODY_JSON")
+    @click.argument("body_arg", metavar="BODY")
+    @click.option("--as", "body_as", type=click.Choice(["auto", "text", "json"]),
+                  default="auto", show_default=True,
+                  help="text: send {\"text\": BODY}; json: BODY is JSON; auto: JSON if BODY "
+                       "parses as JSON, else text. BODY '-' reads standard input (as text "
+                       "unless --as json).")
     @click.option("--key", help="Event key (compare-and-set is per key).")
     @click.option("--base-seq", type=click.IntRange(min=0),
                   help="Store only if the key (or stream) is still at this seq.")
@@ -236,13 +295,15 @@ def register(cli: click.Group) -> None:
                   help="Seconds to wait for the server's ack.")
     @identity_option
     @json_option
-    def send_cmd(stream: str, body_json: str, key: str | None, base_seq: int | None,
-                 timeout: float, identity_path: Path, as_json: bool) -> None:
-        """Publish one event and print its seq once the server stored it."""
-        try:
-            body = json.loads(body_json)
-        except ValueError as exc:
-            raise CliError(f"BODY_JSON is not valid JSON: {exc}") from None
+    def send_cmd(stream: str, body_arg: str, body_as: str, key: str | None,
+                 base_seq: int | None, timeout: float, identity_path: Path,
+                 as_json: bool) -> None:
+        """Publish one event and print its seq once the server stored it.
+
+        BODY is text or JSON (see --as); '-' reads it from standard input, so
+        'pbpaste | relaybox client send clipboard -' sends the clipboard.
+        """
+        body = _body(body_arg, body_as)
         ident = _load(identity_path)
         _log_to_stderr(logging.WARNING)
         doc = _run(_send(ident, stream, body, key, base_seq, timeout))

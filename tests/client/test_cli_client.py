@@ -121,6 +121,35 @@ def test_pair_send_tail_devices(server: Server, tmp_path: Path) -> None:
     assert "laptop" in human and "phone" in human
 
 
+def test_send_plain_text_or_standard_input_and_tail_names_the_sender(
+        server: Server, tmp_path: Path) -> None:
+    laptop, phone = new_devices(server, 2)
+    laptop_file, phone_file = laptop.save(tmp_path / "l.json"), phone.save(tmp_path / "p.json")
+    env = ["--identity", str(laptop_file.path)]
+    # Not JSON: sent as text. JSON: sent as that value. '-': standard input, as text.
+    assert invoke("client", "send", "clipboard", "hello world", *env).exit_code == 0
+    assert invoke("client", "send", "clipboard", "[1, 2]", *env).exit_code == 0
+    assert invoke("client", "send", "clipboard", "42", "--as", "text", *env).exit_code == 0
+    piped = CliRunner().invoke(cli, ["client", "send", "clipboard", "-", *env],
+                               input='{"looks": "like JSON"}\nsecond line\n',
+                               env={"RELAYBOX_IDENTITY": None})
+    assert piped.exit_code == 0, piped.output
+    out = ok("client", "tail", "clipboard", "--json", "--count", "4", "--no-state",
+             "--identity", str(phone_file.path))
+    bodies = [json.loads(line)["body"] for line in out.splitlines()]
+    assert bodies == [{"text": "hello world"}, [1, 2], {"text": "42"},
+                      {"text": '{"looks": "like JSON"}\nsecond line\n'}]
+    # The human view names the sending device instead of a shortened id.
+    assert invoke("client", "send", "clipboard", "named", *env).exit_code == 0
+    human = ok("client", "tail", "clipboard", "--count", "1", "--no-state",
+               "--identity", str(phone_file.path))
+    name = next(d["name"] for d in json.loads(ok("client", "devices", "--json",
+                                                 "--identity", str(phone_file.path)))
+                if d["device_id"] == laptop.device_id)
+    assert f" {name} " in human, human
+    assert laptop.device_id[-8:] not in human
+
+
 def test_errors_are_one_line(server: Server, tmp_path: Path) -> None:
     ident = tmp_path / "id.json"
     res = invoke("client", "pair", "AAAA-AAAA", "--server", server.url, "--name", "x",
@@ -132,7 +161,8 @@ def test_errors_are_one_line(server: Server, tmp_path: Path) -> None:
     dev.save(ident)
     one_line_error(invoke("client", "pair", "AAAA-AAAA", "--server", server.url,
                           "--name", "x", "--identity", str(ident)), "already exists")
-    one_line_error(invoke("client", "send", "s", "{oops", "--identity", str(ident)), "JSON")
+    one_line_error(invoke("client", "send", "s", "{oops", "--as", "json",
+                          "--identity", str(ident)), "JSON")
     one_line_error(invoke("client", "tail", "Bad Name", "--identity", str(ident)), "stream name")
     sent = invoke("client", "send", "s", "1", "--key", "k", "--base-seq", "0",
                   "--identity", str(ident))
