@@ -32,9 +32,25 @@ def setup_logging(settings: Settings) -> None:
     from relaybox.server.logs import configure
 
     configure(settings)
-    if settings.log_level != "debug":
-        for handler in logging.getLogger("relaybox").handlers:
+    _quiet_startup(settings)
+
+
+def _quiet_startup(settings: Settings) -> None:
+    if settings.log_level == "debug":
+        return
+    for handler in logging.getLogger("relaybox").handlers:
+        if not any(isinstance(f, _StartupNoise) for f in handler.filters):
             handler.addFilter(_StartupNoise())
+
+
+def _make_app(settings: Settings) -> Any:
+    """The app, in the serving process or in each worker process (which sets up its
+    own logging while the app is made)."""
+    from relaybox.server.app import create_app
+
+    app = create_app(settings)
+    _quiet_startup(settings)
+    return app
 
 
 def ready_lines(settings: Settings, users: int) -> list[str]:
@@ -54,6 +70,21 @@ def ready_lines(settings: Settings, users: int) -> list[str]:
 
 def serve(settings: Settings) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
+    if not (settings.writer_process and settings.workers == 1):
+        _serve(settings)
+        return
+    from relaybox.store import writerproc
+
+    # The writer process starts (its interpreter, its imports) while this one migrates,
+    # starts Redis and builds the app, rather than after: a restart acks sooner.
+    writerproc.prestart()
+    try:
+        _serve(settings)
+    finally:
+        writerproc.discard_prestarted()
+
+
+def _serve(settings: Settings) -> None:
     from relaybox.bus import (
         EmbeddedRedis,
         live_servers,
@@ -147,10 +178,9 @@ def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None = None,
     from sanic.worker.loader import AppLoader
 
     from relaybox.server import tls
-    from relaybox.server.app import create_app
     from relaybox.server.upgrade import GatewayProtocol
 
-    loader = AppLoader(factory=partial(create_app, settings))
+    loader = AppLoader(factory=partial(_make_app, settings))
     app = loader.load()
     kwargs: dict[str, Any] = dict(host=settings.host, port=settings.port, access_log=False,
                                   motd=False, single_process=settings.workers == 1,
