@@ -37,6 +37,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    verify: Any = True  # how to check the certificate of an https server (httpx verify=)
 
     @property
     def url(self) -> str:
@@ -58,7 +59,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")
             try:
-                r = httpx.get(self.url + "/api/v1/status", timeout=1)
+                r = httpx.get(self.url + "/api/v1/status", timeout=1, verify=self.verify)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -61,12 +60,6 @@ class Collector:
         await self.client.aclose()
 
 
-@contextlib.asynccontextmanager
-async def python_device(identity: Identity) -> AsyncIterator[Collector]:
-    async with Collector(identity) as c:
-        yield c
-
-
 def texts(events: list[Event]) -> list[str]:
     return [e.body["text"] for e in events if not e.stream.startswith("sys.")]
 
@@ -88,7 +81,7 @@ async def test_pair_by_qr_link_then_exchange_events_both_ways(server: Server, pa
     acct = account(server)
     await pair_page(page, server, acct.name)
     assert await page.evaluate("window.isSecureContext")
-    async with python_device(acct.devices[0]) as py:
+    async with Collector(acct.devices[0]) as py:
         # A Python device publishes: the event shows in the page.
         t0 = time.perf_counter()
         await py.client.publish("clipboard", {"text": "from python"})
@@ -125,7 +118,7 @@ async def test_reload_keeps_the_identity_and_resumes_from_the_stored_cursor(
         server: Server, page: Any) -> None:
     acct = account(server)
     device_id = await pair_page(page, server, acct.name)
-    async with python_device(acct.devices[0]) as py:
+    async with Collector(acct.devices[0]) as py:
         for n in (1, 2):
             await py.client.publish("notes", {"text": f"note {n}"})
         await expect(row(page, "note 2")).to_be_visible(timeout=GENEROUS_S * 1000)
@@ -164,7 +157,7 @@ async def test_server_restart_under_the_open_page(own_server: Server, page: Any)
     await page.keyboard.press("Control+Enter")
     await expect(page.locator("#events .event.pending")).to_have_count(1)
     own_server.start()
-    async with python_device(acct.devices[0]) as py:
+    async with Collector(acct.devices[0]) as py:
         await expect(page.locator("#status")).to_have_text("Connected", timeout=40_000)
         await py.wait_for(lambda e: e.body == {"text": "sent while down"}, timeout=40)
         await page.fill("#send-body", "after")
@@ -201,7 +194,7 @@ async def test_two_thousand_events_keep_the_page_responsive(own_server: Server,
     acct = account(own_server)
     await pair_page(page, own_server, acct.name)
     await page.evaluate("window.__longtasks.length = 0")
-    async with python_device(acct.devices[0]) as py:
+    async with Collector(acct.devices[0]) as py:
         t0 = time.perf_counter()
         for start in range(0, 2000, 250):
             await asyncio.gather(*(py.client.publish("burst", {"text": f"event {n}"})

@@ -65,25 +65,6 @@ class TlsServer(Server):
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        env = {**os.environ, **self.env, "RELAYBOX_DATA_DIR": str(self.data_dir)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "relaybox", "serve", "--port",
-                                      str(self.port)], env=env,
-                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                trust = ssl.create_default_context(cafile=self.ca)
-                if httpx.get(self.url + "/api/v1/status", verify=trust,
-                             timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start: {self.log()}")
-
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
@@ -93,6 +74,7 @@ def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
     srv = TlsServer(data, free_port(), {
         **LIMITS, "RELAYBOX_TLS_CERT_FILE": str(cert), "RELAYBOX_TLS_KEY_FILE": str(key)})
     srv.ca = cert
+    srv.verify = ssl.create_default_context(cafile=cert)
     _pools[data] = list(keys.items())
     srv.start()
     yield srv
