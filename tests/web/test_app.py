@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+pytest.importorskip("playwright.async_api", reason="pip install -e '.[test]'")
 from playwright.async_api import expect
 
 from relaybox.client import Client, Event, Identity

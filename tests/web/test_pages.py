@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+pytest.importorskip("playwright.async_api", reason="pip install -e '.[test]'")
 from playwright.async_api import expect
 
 from tests.support import Server

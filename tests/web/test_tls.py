@@ -14,15 +14,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+
+pytest.importorskip("playwright.async_api", reason="pip install -e '.[test]'")
 from playwright.async_api import expect
 
 from relaybox.client import Client
 from tests.client.conftest import _pools, kill_embedded_redis
 from tests.support import Server, free_port, seed
-from tests.web.conftest import CHROMIUM_ARGS, LIMITS, Guard, cli
+from tests.web.conftest import LIMITS, Guard, cli
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True)
                                 .returncode != 0, reason="needs the openssl command")
@@ -95,9 +98,8 @@ def test_https_only_and_the_pairing_link_is_https(tls_server: TlsServer) -> None
 
 
 async def test_a_phone_over_https_pairs_and_exchanges_with_a_terminal_device(
-        tls_server: TlsServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from playwright.async_api import async_playwright
-
+        tls_server: TlsServer, browser: Any, guard: Guard,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.client.conftest import identity_for
 
     # As a phone on the network sees it: https to a name that is not localhost.
@@ -106,28 +108,23 @@ async def test_a_phone_over_https_pairs_and_exchanges_with_a_terminal_device(
     # The Python device trusts the test certificate the way any program does.
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.ca))
     _, devs = _pools[tls_server.data_dir][0]
-    identity = identity_for(tls_server, devs[0])
-    identity = dataclasses.replace(identity, server=f"https://127.0.0.1:{tls_server.port}")
-    guard = Guard()
-    async with async_playwright() as p:
-        # The test's CA is not in Chromium's store: its errors are ignored, the origin
-        # is still https (a secure context).
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium",
-                                          args=CHROMIUM_ARGS)
-        context = await browser.new_context(ignore_https_errors=True,
-                                            viewport={"width": 360, "height": 740})
-        await context.route("**/*", guard.route)
-        page = await context.new_page()
-        await page.goto(link)
-        assert await page.evaluate("window.isSecureContext")
-        await page.click("#pair-submit")
-        await expect(page.locator("#status")).to_have_text("Connected", timeout=15_000)
-        async with Client(identity) as client:
-            await client.publish("clipboard", {"text": "over wss"})
-            await expect(page.locator("#events .event .body", has_text="over wss")
-                         ).to_be_visible(timeout=10_000)
-        await browser.close()
-    assert guard.external == []
+    identity = dataclasses.replace(identity_for(tls_server, devs[0]),
+                                   server=f"https://127.0.0.1:{tls_server.port}")
+    # The test's CA is not in Chromium's store: its errors are ignored, and the origin
+    # is still https (a secure context).
+    context = await browser.new_context(ignore_https_errors=True,
+                                        viewport={"width": 360, "height": 740})
+    await context.route("**/*", guard.route)
+    page = await context.new_page()
+    await page.goto(link)
+    assert await page.evaluate("window.isSecureContext")
+    await page.click("#pair-submit")
+    await expect(page.locator("#status")).to_have_text("Connected", timeout=15_000)
+    async with Client(identity) as client:
+        await client.publish("clipboard", {"text": "over wss"})
+        await expect(page.locator("#events .event .body", has_text="over wss")
+                     ).to_be_visible(timeout=10_000)
+    await context.close()
 
 
 def test_sighup_loads_a_new_certificate_without_a_restart(tls_server: TlsServer,
