@@ -70,7 +70,7 @@ STOP_TIMEOUT_S = 30.0
 MAX_ATTEMPTS = 3
 #: A writer process that dies sooner than this after it started, or before it answered
 #: anything, counts towards a crash loop; one that lived longer ends it.
-QUICK_DEATH_S = 5.0
+QUICK_DEATH_S = 1.0
 #: Pauses before restarting the 2nd, 3rd… writer process of a crash loop (the 1st: none).
 RESTART_PAUSES_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
@@ -87,6 +87,46 @@ _PROBE = 3  # (tag,): an empty write round trip (does writing work?)
 
 class WriterGone(RuntimeError):
     """The writer process stopped before answering."""
+
+
+# Writer processes started ahead of their event log (``prestart``), by module.
+_prestarted: dict[str, tuple[subprocess.Popen[bytes], socket.socket]] = {}
+
+
+def _popen(module: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", module, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, ours
+
+
+def prestart(module: str = "relaybox.server.writer") -> None:
+    """Start the writer process of the event log this process will create, before it
+    exists: the writer's start (an interpreter and its imports, ~0.15 s) then overlaps the
+    server's own start instead of following it. It waits for its spec; the first
+    ``ProcessEventLog`` of ``module`` takes it."""
+    if module not in _prestarted:
+        _prestarted[module] = _popen(module)
+
+
+def discard_prestarted() -> None:
+    """End a prestarted writer process that no event log took (it exits when its socket
+    closes before a spec arrives)."""
+    while _prestarted:
+        _, (proc, sock) = _prestarted.popitem()
+        sock.close()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def database_spec(db: pw.Database, settings: Any) -> dict[str, Any]:
@@ -206,16 +246,22 @@ class ProcessEventLog(EventLog):
         self.started += 1
         self._started_at = self.monotonic()
         self._answered = False
-        ours, theirs = socket.socketpair()
-        try:
+        taken = _prestarted.pop(self.module, None)
+        if taken is not None and taken[0].poll() is not None:
+            taken[1].close()
+            taken = None
+        if taken is not None:
+            try:
+                taken[1].sendall(_encode(self.spec))
+            except OSError:  # it died just now
+                taken[1].close()
+                taken = None
+        if taken is None:
+            taken = _popen(self.module)
             # The spec (it may hold the database password) goes over the socket as the
             # first frame, never on the command line, which every local user can read.
-            ours.sendall(_encode(self.spec))
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", self.module, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        finally:
-            theirs.close()
+            taken[1].sendall(_encode(self.spec))
+        self.proc, ours = taken
         ours.setblocking(False)
         link = _Link(self)
         self._link = link
@@ -519,6 +565,10 @@ def _plain(result: tuple[Any, Exception | None]) -> tuple[Any, Exception | None]
     return value, None if exc is None else WriterGone(str(exc))
 
 
+class _NoSpec(Exception):
+    """The socket closed before any byte of a spec: the writer process is not needed."""
+
+
 def read_spec(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
     """The first frame on the socket (the spec), and whatever arrived after it."""
     buf = bytearray()
@@ -528,7 +578,9 @@ def read_spec(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
             return first[0], buf
         data = sock.recv(1 << 16)
         if not data:
-            raise ConnectionResetError("the server closed the socket before the spec")
+            if not buf:
+                raise _NoSpec
+            raise ConnectionResetError("the server closed the socket during the spec")
         buf += data
 
 
@@ -542,6 +594,9 @@ def run(argv: list[str], setup: Callable[[dict[str, Any]], None] | None = None) 
     sock = socket.socket(fileno=int(argv[1]))
     try:
         spec, buf = read_spec(sock)
+    except _NoSpec:
+        sock.close()
+        return 0  # a prestarted writer process that was not needed
     except (OSError, pickle.UnpicklingError) as exc:
         sock.close()
         print(f"error: relaybox writer process: {exc}", file=sys.stderr)

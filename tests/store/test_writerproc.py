@@ -15,7 +15,7 @@ import peewee as pw
 import pytest
 
 from relaybox.protocol.encoding import uuid4
-from relaybox.store import queries
+from relaybox.store import queries, writerproc
 from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, StoredEvent
 from relaybox.store.models import Event
 from relaybox.store.writerproc import ProcessEventLog, WriterGone
@@ -135,3 +135,28 @@ async def test_ready_fails_when_the_writer_cannot_open_the_database(
         await w.log.ready()
     await w.stop()
     assert w.log.started == 1  # no restarts after giving up
+
+
+async def test_a_prestarted_writer_process_is_taken_by_the_first_event_log(
+        db: pw.Database) -> None:
+    writerproc.prestart()
+    proc, _ = writerproc._prestarted["relaybox.server.writer"]
+    w = Writer(db)
+    try:
+        await w.log.ready()
+        assert w.log.proc is proc and w.log.started == 1
+        res = await w.log.publish(req())
+        assert isinstance(res, Accepted) and res.event.seq == 1
+    finally:
+        await w.stop()
+    assert writerproc._prestarted == {}
+    assert proc.returncode == 0
+
+
+async def test_a_prestarted_writer_process_nobody_took_exits_quietly(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    writerproc.prestart()
+    proc, _ = writerproc._prestarted["relaybox.server.writer"]
+    writerproc.discard_prestarted()
+    assert proc.returncode == 0
+    assert "error" not in capfd.readouterr().err
