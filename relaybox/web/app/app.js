@@ -225,7 +225,6 @@ function onState(s) {
 }
 
 function onWelcome(welcome) {
-  hideNotice();
   for (const [stream, head] of Object.entries(welcome.streams || {})) {
     streamOf(stream).head = head;
   }
