@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -176,11 +177,14 @@ async def test_revoking_the_browser_device_shows_and_stops(server: Server, page:
     acct = account(server)
     device_id = await pair_page(page, server, acct.name)
     t0 = time.perf_counter()
-    cli(server, "device", "revoke", device_id)
+    out = cli(server, "device", "revoke", device_id, "--json")
+    t1 = time.perf_counter()
     await expect(page.locator("#notice")).to_contain_text("This device was revoked",
                                                           timeout=GENEROUS_S * 1000)
-    print(f"\nrevocation shown in the page {(time.perf_counter() - t0) * 1000:.0f} ms "
-          "after the CLI started (Python start-up included)")
+    t2 = time.perf_counter()
+    print(f"\nrevocation shown in the page {(t2 - t1) * 1000:.0f} ms after the CLI ended "
+          f"(the CLI itself ran {(t1 - t0) * 1000:.0f} ms; server notified: "
+          f"{json.loads(out).get('server_notified')})")
     await expect(page.locator("#status")).to_have_text("Revoked")
     client = await page.evaluate(
         "({state: relayboxApp.client.state, retry: relayboxApp.client.reconnectScheduled,"
