@@ -35,6 +35,7 @@ log = logging.getLogger("relaybox.gateway")
 MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
 MAX_EARLY_MESSAGES = 32  # held before READY; beyond it the session stops reading
 CLOSE_WRITE_TIMEOUT_S = 2.0  # to write what is queued and the close frame
+CLOSE_FLUSH_TIMEOUT_S = 5.0  # to make a closing session's acks durable
 _background: set[asyncio.Future[Any]] = set()  # wind-downs outliving their handler
 
 
@@ -94,6 +95,8 @@ class Session(Delivery):
         self._hb_ping_sent_at: float | None = None
         self._hb_pinging: asyncio.Future[Any] | None = None
         self._main: asyncio.Task[Any] | None = None
+        self._close_reply: list[bytes] = []  # our answer to the peer's close, held
+        self._close_reply_released = False
 
     # -- sending -----------------------------------------------------------------------
     def send(self, frame: str) -> None:
@@ -260,7 +263,7 @@ class Session(Delivery):
                 with contextlib.suppress(BaseException):
                     await t
             await self._finish()
-            if self.close_code is None:
+            if self.close_code is None and not self._close_reply:
                 # The WebSocket layer itself may have closed (1009 for an oversized frame).
                 sent = getattr(getattr(self.ws, "ws_proto", None), "close_sent", None)
                 if sent is not None and sent.code not in (CloseCode.NORMAL, 1005):
@@ -270,7 +273,34 @@ class Session(Delivery):
                 if self.ctx.metrics is not None:
                     self.ctx.metrics.session_closed(self.close_code)
         finally:
+            await self._send_close_reply()
             self.finished.set()
+
+    def _hold_close_reply(self, out: list[bytes]) -> None:
+        """The peer closed: our answer waits until its acks are durable (protocol.md §3
+        Delivery). A device that reconnects as soon as it has our answer, to another
+        process or node, then finds its cursors stored. Once the session has wound down
+        (the peer answers a close of ours) it goes out at once."""
+        self._close_reply.extend(out)
+        if self._close_reply_released:
+            self._spawn_send_close_reply()
+
+    def _spawn_send_close_reply(self) -> None:
+        task = asyncio.ensure_future(self._send_close_reply())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _send_close_reply(self) -> None:
+        self._close_reply_released = True
+        out, self._close_reply = self._close_reply, []
+        if not out:
+            return
+        with contextlib.suppress(Exception):
+            write_now = getattr(self.ws, "write_now", None)
+            if write_now is not None:
+                write_now(out)
+            else:
+                await self.ws.send_data(out)
 
     async def _finish(self) -> None:
         code = self.close_code or CloseCode.NORMAL
@@ -291,8 +321,11 @@ class Session(Delivery):
 
     async def _flush_cursors(self) -> None:
         # Acks received before the close are durable before the next catch-up starts.
+        # Bounded: a writer that cannot commit (disk full, database down) must not hold
+        # the close; the device may then be sent again what it had acked.
         with contextlib.suppress(Exception):
-            await self.ctx.eventlog.touch(self.device_id)
+            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
+                await self.ctx.eventlog.touch(self.device_id)
 
     # -- handshake (protocol.md §2) --------------------------------------------------
     async def _handshake(self) -> None:
@@ -309,6 +342,7 @@ class Session(Delivery):
                 # came in the same read as `hello` is handled in turn, not lost (§2).
                 self.reader = FrameReader(self.ws, self._on_message, self._on_peer_closed,
                                           self._touch, self._check_output)
+                self.reader.on_close_reply = self._hold_close_reply
                 self.reader.install()
                 self._early[:0] = await _take_pending(self.ws)
                 hs.receive(self._parse(await self._next_early()))

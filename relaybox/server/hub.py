@@ -74,6 +74,7 @@ class Hub:
         self.remote: dict[str, str] = {}
         self._handovers: dict[str, asyncio.Future[None]] = {}
         self.by_device: dict[str, Session] = {}
+        self.winding_down: dict[str, Session] = {}  # ended here, acks not yet stored
         self.by_user: dict[str, set[Session]] = {}
         self.rings: dict[tuple[str, str], Ring] = {}
         self._pending_bus: list[StoredEvent] = []
@@ -111,6 +112,17 @@ class Hub:
             if session.ready:  # its `online` was announced
                 self._presence(session.user_id, session.device_id, False)
             self._forget_bucket(session.device_id)
+            # Until its acks are stored, another process taking the device over must
+            # still wait for it (protocol.md §3 Delivery): see on_control "session".
+            self.winding_down[session.device_id] = session
+            self._spawn(self._wound_down(session))
+
+    async def _wound_down(self, session: Session) -> None:
+        try:
+            await session.finished.wait()
+        finally:
+            if self.winding_down.get(session.device_id) is session:
+                del self.winding_down[session.device_id]
 
     # -- publish rate ------------------------------------------------------------
     def bucket_for(self, device_id: str, rate: float, burst: int) -> TokenBucket:
@@ -254,7 +266,10 @@ class Hub:
                 if msg.get("wait_for") == self.node_id:
                     self._spawn(self._hand_over(session, node, msg.get("session_id")))
             elif msg.get("wait_for") == self.node_id:
-                self._spawn(self._hand_over(None, node, msg.get("session_id")))
+                # A session of the device that already ended here may still be storing
+                # its acks: the hand-over waits for it.
+                self._spawn(self._hand_over(self.winding_down.get(device_id), node,
+                                            msg.get("session_id")))
         elif kind == "presence" and node != self.node_id:
             user_id = msg.get("user_id")
             if isinstance(device_id, str) and isinstance(node, str):

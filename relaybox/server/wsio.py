@@ -34,6 +34,9 @@ class FrameReader:
         # Called after the protocol's own replies (pongs, the close reply) were written, so
         # that the owner can check the connection's output bound (protocol.md §7).
         self.on_written = on_written
+        # When set, the answer to the peer's close frame is handed to it instead of being
+        # written at once: the session sends it once the acks it received are durable.
+        self.on_close_reply: Callable[[list[bytes]], None] | None = None
         self._parts: list[bytes] = []
         self._text = True
         self._reasons: set[str] = set()
@@ -68,6 +71,10 @@ class FrameReader:
         proto.receive_data(data)
         out = proto.data_to_send()  # pongs to pings, the answer to a close frame, EOF
         events = proto.events_received()
+        if out and self.on_close_reply is not None and any(
+                f.opcode is Opcode.CLOSE for f in events):
+            self.on_close_reply(out)
+            out = []
         if out:
             write_now = getattr(self.ws, "write_now", None)
             if write_now is not None:  # our own connection (upgrade.py): no task needed

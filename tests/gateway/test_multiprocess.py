@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import time
 
@@ -17,7 +19,7 @@ from tests.gateway.helpers import (
     until_close,
     users,
 )
-from tests.support import Server
+from tests.support import Server, writer_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -171,3 +173,38 @@ async def test_a_device_of_a_crashed_process_is_not_kept_waiting_elsewhere(
     await again.barrier()
     await again.close()
     assert "no hand-over" not in first.log()
+
+
+async def test_acks_before_a_normal_close_hold_on_the_other_process(
+        pair: tuple[Server, Server]) -> None:
+    """protocol.md §3 Delivery: acks received before a normal close are durable before
+    the device's next catch-up starts, also when it reconnects to another process at
+    once. Here the first process's writer is stopped while the device closes, so its acks
+    are not stored yet: the answer to the close frame waits for them (and so does a
+    hand-over), and the catch-up on the second process replays nothing."""
+    first, second = pair
+    writer, reader = users(first, 2)[0]
+    cw = await connect_synced(second, writer)
+    cr = await connect_synced(first, reader)
+    await cw.publish_many("acked", [f"e{i}" for i in range(20)])
+    got = await cr.events(20, "acked", ack=False)
+    assert first.proc is not None
+    (pid,) = writer_pids(first.proc.pid)
+    os.kill(pid, signal.SIGSTOP)
+    # The writer resumes a second later, whatever the test is doing then (the stall is
+    # the fault being tested).
+    resume = asyncio.get_running_loop().call_later(1.0, os.kill, pid, signal.SIGCONT)
+    try:
+        await cr.ack("acked", got[-1]["seq"])
+        await cr.barrier()  # the server has read the ack; its writer cannot store it yet
+        await cr.close()  # answered once the ack is stored
+        again = await Client.connect(second, reader)
+        replayed = []
+        while (f := await again.expect_type("event", "synced"))["type"] == "event":
+            replayed.append(f["seq"])
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert replayed == []
+    await again.close()
+    await cw.close()
