@@ -104,10 +104,9 @@ async def test_a_finished_connection_needs_no_cyclic_gc(no_cyclic_gc: None, orde
 async def test_a_released_session_needs_no_cyclic_gc(no_cyclic_gc: None) -> None:
     from types import SimpleNamespace
 
+    from relaybox.config import Settings
     from relaybox.server.gateway import Session
     from relaybox.server.wsio import FrameReader
-
-    from relaybox.config import Settings
 
     settings = Settings(gateway_window=8, gateway_publish_rate_per_s=0,
                         gateway_publish_burst=1)
