@@ -409,8 +409,7 @@ class Session(Delivery):
                 # queue; they must be durable before this catch-up starts (protocol.md §3
                 # Delivery), so the writer reads the positions in the batch that also
                 # records last_seen.
-                heads, cursors, revoked = await ctx.eventlog.touch(self.device_id,
-                                                                   self.user_id)
+                heads, cursors, revoked = await self._touch_until_stored()
         except TimeoutError:
             if ctx.metrics is not None:
                 ctx.metrics.handshake("timeout")
@@ -448,6 +447,25 @@ class Session(Delivery):
         if ctx.metrics is not None:
             ctx.metrics.handshake("ok")
             ctx.metrics.session_opened()
+
+    async def _touch_until_stored(self) -> Any:
+        """The writer's ``touch`` (positions read after the acks before them are stored).
+        While storage fails (a full disk, the database down) it is tried again until the
+        handshake's deadline, which then ends the session with 4408: the device retries
+        later, as for any handshake not completed in time (protocol.md §2)."""
+        delay = 0.05
+        warned = False
+        while True:
+            try:
+                return await self.ctx.eventlog.touch(self.device_id, self.user_id)
+            except Exception as exc:
+                if not warned:
+                    log.warning("session %s: storage failing during the handshake, "
+                                "retrying: %s", self.session_id, exc)
+                    warned = True
+            self._raise_if_closing()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _raise_if_closing(self) -> None:
         if self.close_code is not None:

@@ -96,6 +96,21 @@ class BatchStats:
         self.last_seconds = seconds
 
 
+#: Most cursor saves kept across failed batches (one per device and stream).
+_RETAINED_MAX = 100_000
+
+
+def _real_error(exc: Exception) -> Exception:
+    """The error that failed a transaction. When SQLite has already rolled back by itself
+    (a full disk, an I/O error), the ROLLBACK that follows fails too ("no transaction is
+    active") and would hide the cause: report the cause."""
+    cause = exc.__context__
+    if ("no transaction is active" in str(exc) and isinstance(cause, Exception)
+            and cause is not exc):
+        return cause
+    return exc
+
+
 class EventLog:
     """Single writer thread; publishes from every session share one transaction per batch.
 
@@ -119,6 +134,9 @@ class EventLog:
         # Users whose last batch passed a quota: their batches are checked publish by
         # publish at once, rather than written, found over and written again.
         self._over: set[str] = set()
+        # Cursor saves of batches that failed (disk full, database down): acks must not
+        # be dropped, so they go into the next batch (protocol.md §3 Delivery). Bounded.
+        self._retained: dict[tuple[str, str], int] = {}
         # Keys this writer stored (user_id, stream, key): not looked up again for the keys
         # quota. Only committed ones, so the count of a stream's keys never misses one.
         self._keys: set[tuple[str, str, str]] = set()
@@ -266,6 +284,11 @@ class EventLog:
         """Write one batch in one transaction (one fsync): publishes, cursors, touches and
         calls, each call in a savepoint of its own so that it fails alone. Runs in the
         writer (thread or process); never raises."""
+        if self._retained:
+            for k, seq in self._retained.items():
+                if seq > cursors.get(k, -1):
+                    cursors[k] = seq
+            self._retained = {}
         results: list[PublishResult] = []
         new_events: list[StoredEvent] = []
         touch_results: list[tuple[Any, Exception | None]] = []
@@ -306,6 +329,7 @@ class EventLog:
                     self.checkpointer.committed()
                 break
             except Exception as exc:
+                exc = _real_error(exc)
                 if isinstance(exc, OverQuota) and not careful:
                     if len(self._over) > 10000:
                         self._over.clear()  # a bound; a user is added back if still over
@@ -340,6 +364,8 @@ class EventLog:
             results, new_events = [Failed(str(error))] * len(pubs), []
             touch_results = [(None, error)] * len(touches)
             call_results = [(None, error)] * len(calls)
+            if len(cursors) <= _RETAINED_MAX:
+                self._retained = cursors
         else:
             if len(self._keys) > _KEYS_KEPT:
                 self._keys.clear()
