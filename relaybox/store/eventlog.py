@@ -516,7 +516,7 @@ class EventLog:
         p = self._p
         now = self.clock()
         executemany(self.db, f"UPDATE device SET last_seen_at = {p} WHERE id = {p}",
-                    [(now, d) for d in {device_id for device_id, _ in touches}])
+                    [(now, d) for d in sorted({device_id for device_id, _ in touches})])
         return [(positions(self.db, user_id, device_id) if user_id else None, None)
                 for device_id, user_id in touches]
 
@@ -530,6 +530,7 @@ class EventLog:
             "ON CONFLICT (device_id, stream) DO UPDATE SET acked_seq = "
             'CASE WHEN excluded.acked_seq > "cursor".acked_seq THEN excluded.acked_seq '
             'ELSE "cursor".acked_seq END',
-            [(d, s, q) for (d, s), q in cursors.items()])
+            # Rows in one order for every writer (no deadlock between nodes' writers).
+            [(d, s, q) for (d, s), q in sorted(cursors.items())])
 
 
