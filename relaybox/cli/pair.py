@@ -23,7 +23,7 @@ from relaybox.store.db import write_transaction
 
 
 def claim_line(code: str, url: str, name: str) -> str:
-    """The command the new device runs (cli.md, device side)."""
+    """The command the new device runs (docs/client.md)."""
     return (f"relaybox client pair {code} --server {shlex.quote(url)} "
             f"--name {shlex.quote(name)}")
 

@@ -18,12 +18,12 @@ from relaybox.protocol.handshake import token_signing_bytes
 __all__ = ["RestClient", "pair"]
 
 TOKEN_MARGIN_S: Final = 30  # refresh this long before the access token expires
-TOKEN_NONCE_BYTES: Final = 24  # http-api.md Signing strings: 16 to 32 bytes
+TOKEN_NONCE_BYTES: Final = 24  # api.md §2 How a device authenticates: 16 to 32 bytes
 _USER_AGENT: Final = "relaybox-client"
 
 
 def _problem(resp: httpx.Response) -> ApiError:
-    """An ApiError from a problem+json answer (http-api.md Conventions), or from the status."""
+    """An ApiError from a problem+json answer (api.md §1 Conventions), or from the status."""
     code, detail = "http_error", resp.reason_phrase or f"HTTP {resp.status_code}"
     try:
         doc = resp.json()
@@ -54,7 +54,7 @@ async def pair(server: str, code: str, name: str, *, http: httpx.AsyncClient | N
                http_timeout: float = 10.0) -> Identity:
     """Claim a pairing code with a new Ed25519 key; the returned Identity is not saved yet.
 
-    http-api.md: POST /api/v1/pairing/claim ``{code, public_key, name}`` →
+    api.md §3 Routes, Pairing: POST /api/v1/pairing/claim ``{code, public_key, name}`` →
     201 ``{device_id, user_id, server_id}``.
     """
     base = normalize_server_url(server)
@@ -113,7 +113,7 @@ class RestClient:
         if self._own:
             await self._http.aclose()
 
-    # -- tokens (http-api.md Signing strings, /auth/token, /auth/refresh) ------------------
+    # -- tokens (api.md §2, /auth/token, /auth/refresh) -------------------------------------
     async def authenticate(self) -> str:
         """A new token pair by signing ``relaybox-token-v1`` with the device key."""
         ident = self.identity

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 GATEWAY_CONTEXT: Final = "relaybox-gateway-v1"  # protocol.md §2 step 3
-TOKEN_CONTEXT: Final = "relaybox-token-v1"  # noqa: S105  # http-api.md Signing strings
+TOKEN_CONTEXT: Final = "relaybox-token-v1"  # noqa: S105  # api.md §2 How a device authenticates
 PUBLIC_KEY_BYTES: Final = 32
 #: A valid public key nobody signs for: checking a signature against it when the device is
 #: unknown makes that refusal cost as much as a bad signature of a known device.
@@ -44,7 +44,7 @@ def gateway_signing_bytes(
 
 
 def token_signing_bytes(server_id: str, device_id: str, timestamp: int, nonce: str) -> bytes:
-    """http-api.md Signing strings: five lines joined by "\\n", no trailing newline, UTF-8."""
+    """api.md §2: five lines joined by "\\n", no trailing newline, UTF-8."""
     lines = (TOKEN_CONTEXT, server_id, device_id, str(int(timestamp)), nonce)
     return "\n".join(lines).encode("utf-8")
 

@@ -136,7 +136,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
 
     @app.on_response
     async def add_request_id(request: Request, response: HTTPResponse) -> None:
-        # http-api.md Conventions: every response carries the id; one access line each.
+        # api.md §1 Conventions: every response carries the id; one access line each.
         rid = assign_request_id(request)
         if response is not None:
             response.headers["X-Request-ID"] = rid

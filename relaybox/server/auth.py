@@ -48,7 +48,7 @@ async def device_auth(request: Request) -> AccessClaims:
 
 
 async def admin_auth(request: Request) -> None:
-    """401 without the admin token; 403 for a valid device token (http-api.md Auth schemes)."""
+    """401 without the admin token; 403 for a valid device token (api.md §2)."""
     token = bearer(request)
     if token is None:
         raise Unauthorized("the admin token is required (Authorization: Bearer …)",
@@ -78,7 +78,7 @@ async def limit_device(request: Request, scope: str, device_id: str, per_min: in
 
 
 async def remember_nonce(request: Request, device_id: str, nonce: str) -> None:
-    """Refuse a (device, nonce) pair seen in the last 10 minutes (http-api.md Signing strings)."""
+    """Refuse a (device, nonce) pair seen in the last 10 minutes (api.md §2)."""
     ctx = relay(request)
     key = tokens.nonce_key(device_id, nonce)
     if ctx.bus is not None:

@@ -97,7 +97,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def access_log(request: Request, status: int, rid: str) -> None:
-    """One line per request: method, route, status and request id (http-api.md Conventions)."""
+    """One line per request: method, route, status and request id (api.md §1 Conventions)."""
     # The route pattern, not the path: a path may hold a pairing code.
     route = "/" + request.route.path if request.route is not None else request.path[:200]
     # A request ended before its head was read (a timeout) has no method yet.

@@ -408,7 +408,7 @@ def install(app: Sanic, settings: Settings) -> None:
 
 
 def _document(handler: Any) -> None:
-    """Describe /metrics in the OpenAPI document (http-api.md lists it)."""
+    """Describe /metrics in the OpenAPI document (api.md §3 Routes lists it)."""
     try:
         from sanic_ext.extensions.openapi import openapi
         from sanic_ext.extensions.openapi.builders import OperationStore

@@ -20,7 +20,7 @@ from relaybox.services.users import find_user
 from relaybox.store.db import is_postgres, write_transaction
 from relaybox.store.models import Device, Meta, PairingCode, User
 
-# Crockford base32 (no I, L, O, U); http-api.md: 8 characters shown as XXXX-XXXX.
+# Crockford base32 (no I, L, O, U); api.md §3 Routes, Pairing: 8 characters shown as XXXX-XXXX.
 ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH: Final = 8
 _ALIASES: Final = str.maketrans({"I": "1", "L": "1", "O": "0"})

@@ -77,7 +77,7 @@ def prune(db: pw.Database, settings: Settings, now_ms: int, *, dry_run: bool = F
         db, PairingCode, PairingCode.code_hash, PairingCode.expires_at < now_ms,
         dry_run, chunk, pause_s)
     # A used refresh token stays until it expires: presenting it again is how theft is
-    # detected (http-api.md, auth/refresh). Once expired it can only ever be refused.
+    # detected (api.md §3 Routes, Tokens). Once expired it can only ever be refused.
     report.refresh_tokens = _drop_rows(
         db, RefreshToken, RefreshToken.token_hash, RefreshToken.expires_at < now_ms,
         dry_run, chunk, pause_s)

@@ -28,7 +28,7 @@ from relaybox.store.eventlog import (
 )
 from relaybox.store.models import StreamHead
 
-MAX_PAGE: Final = 1000  # http-api.md: limit ≤ 1000
+MAX_PAGE: Final = 1000  # api.md §3 Routes, Streams: limit ≤ 1000
 
 # A gateway nack code and the HTTP error that says the same (protocol.md §3 Publish).
 _REFUSALS: Final = {"invalid": InvalidInput, "forbidden": Forbidden, "too_large": TooLarge}

@@ -22,14 +22,14 @@ from relaybox.services import identity
 from relaybox.store.db import is_postgres, write_transaction
 from relaybox.store.models import Device, RefreshToken
 
-# The one algorithm an access token may carry (http-api.md: "pinned to one algorithm").
+# The one algorithm an access token may carry (api.md §2 How a device authenticates).
 JWT_ALGORITHM: Final = "HS256"
 JWT_ISSUER: Final = "relaybox"
 REFRESH_PREFIX: Final = "rbr_"
 # The device's token epoch a token was issued under (protocol.md §5 Revocation). Tokens
 # from before this claim existed count as epoch 0.
 EPOCH_CLAIM: Final = "tep"
-NONCE_TTL_S: Final = 600  # http-api.md Signing strings: replays refused for 10 minutes
+NONCE_TTL_S: Final = 600  # api.md §2 How a device authenticates: replays refused for 10 minutes
 SIGNATURE_BYTES: Final = 64
 
 
@@ -60,7 +60,7 @@ def audience(server_id: str) -> str:
     return f"relaybox:{server_id}"
 
 
-# -- signed token requests (http-api.md Signing strings) -----------------------------------
+# -- signed token requests (api.md §2 How a device authenticates) ----------------------------
 def check_timestamp(timestamp: int, settings: Settings, clock: Callable[[], int] = now_ms) -> None:
     """Refuse a token request whose timestamp is outside the accepted clock skew."""
     if abs(clock() // 1000 - timestamp) > settings.token_clock_skew_s:
@@ -170,7 +170,7 @@ def refresh(db: pw.Database, token: str, settings: Settings,
         if device is not None:
             new = _new_refresh(device.id, row.family_id, settings, now)
         else:
-            # Theft detection (http-api.md auth/refresh): someone presented a used token.
+            # Theft detection (api.md §3 Routes, Tokens): someone presented a used token.
             RefreshToken.update(revoked_at=now).where(
                 (RefreshToken.family_id == row.family_id)
                 & RefreshToken.revoked_at.is_null()).execute()

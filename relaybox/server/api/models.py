@@ -23,7 +23,7 @@ NONCE_RE = r"^[A-Za-z0-9_-]{22,43}$"
 SIGNATURE_RE = r"^[A-Za-z0-9_-]{85}[AQgw]$"
 # 32 bytes of canonical unpadded base64url: 43 characters, the last with 2 zero bits.
 PUBLIC_KEY_RE = r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"
-# Shown as XXXX-XXXX; read case-insensitively, hyphen optional (http-api.md Pairing).
+# Shown as XXXX-XXXX; read case-insensitively, hyphen optional (api.md §3 Routes: Pairing).
 CODE_IN_RE = r"^[0-9A-Za-z]{4}-?[0-9A-Za-z]{4}$"
 CODE_OUT_RE = r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$"
 # Names are shown to people: no control, bidi or invisible characters (api.md Devices).
@@ -243,7 +243,7 @@ class HealthOut(Out):
 
 # -- parsing -------------------------------------------------------------------------------
 def json_body(request: Request) -> object:
-    """The request body as JSON; 400 when it is not JSON at all (http-api.md Conventions)."""
+    """The request body as JSON; 400 when it is not JSON at all (api.md §1 Conventions)."""
     try:
         return loads(request.body or b"")
     except (ValueError, UnicodeDecodeError):

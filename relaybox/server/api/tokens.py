@@ -24,7 +24,7 @@ bp = Blueprint("auth", url_prefix="/api/v1/auth")
 @bp.post("/token")
 @doc("Exchange a signed token request for an access and a refresh token",
      description="The device signs the 'relaybox-token-v1' signing string with its key "
-                 "(http-api.md Signing strings). Timestamps off by more than the allowed "
+                 "(api.md §2 How a device authenticates). Timestamps off by more than the allowed "
                  "clock skew and nonces seen in the last 10 minutes are refused (401).",
      body=(TokenRequest, ex.TOKEN_REQUEST), ok=(200, ref(TokenPairOut), ex.TOKEN_PAIR),
      errors=(400, 401, 422, 429))
