@@ -35,6 +35,34 @@ NODE_CHANNEL_PREFIX = "relaybox:node:"
 def node_channel(node_id: str) -> str:
     return NODE_CHANNEL_PREFIX + node_id
 
+#: A token bucket kept in Redis (``Bus.lease_tokens``): refill by rate x elapsed on the
+#: server's clock (every node agrees on it), then grant up to ARGV[3] whole tokens (or take
+#: back -ARGV[3]). The key expires once the bucket would be full again: then it is as good
+#: as a new one. TIME in a script needs effects replication, the default since Redis 5.
+LEASE_SCRIPT = """
+local rate, burst, want, init = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(v[1]), tonumber(v[2])
+if tokens == nil or ts == nil then tokens, ts = math.min(init, burst), now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local granted
+if want >= 0 then
+  granted = math.min(math.floor(want), math.floor(tokens))
+  tokens = tokens - granted
+else
+  granted = 0
+  tokens = math.min(burst, tokens - want)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+local ttl = 1000
+if rate > 0 then ttl = ttl + math.ceil((burst - tokens) / rate * 1000) end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {granted, tostring(tokens)}
+"""
+
 Handler = Callable[[str, bytes], Awaitable[None] | None]
 # What a failed Redis call raises; callers outside this module catch these.
 BUS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -263,6 +291,7 @@ class Bus:
         self._sub_task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self.healthy = True
+        self._lease: Any = None
         #: Called on the loop each time the subscription is (re)established.
         self.on_subscribed: Callable[[], None] | None = None
 
@@ -353,6 +382,19 @@ class Bus:
         if count == 1:
             await self.redis.expire(key, window_s)
         return count
+
+    async def lease_tokens(self, key: str, rate: float, burst: float, want: float,
+                           init: float | None = None) -> tuple[int, float]:
+        """Take up to ``want`` whole tokens from the bucket at ``key`` (refilled at ``rate``
+        per second up to ``burst``, on Redis's clock); a negative ``want`` gives tokens
+        back. A bucket not in Redis yet starts at ``init`` (default: full). Returns the
+        tokens granted and the tokens left in the bucket. One round trip."""
+        if self._lease is None:
+            self._lease = self.redis.register_script(LEASE_SCRIPT)
+        args = [repr(float(rate)), repr(float(burst)), repr(float(want)),
+                repr(float(burst if init is None else init))]
+        granted, left = await self._lease(keys=[key], args=args)
+        return int(granted), float(left)
 
     async def get_int(self, key: str) -> int:
         value = await self.redis.get(key)

@@ -22,7 +22,7 @@ from relaybox.protocol.handshake import UNKNOWN_DEVICE_KEY, Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server import logs
 from relaybox.server.delivery import Delivery, StreamState
-from relaybox.server.ratelimit import UNLIMITED
+from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
 from relaybox.server.wsio import FrameReader, send_frames, write_frames_now
 from relaybox.store import queries
 from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult, Refused
@@ -83,7 +83,8 @@ class Session(Delivery):
         self._early: list[str | bytes] = []  # messages that arrived before READY
         self._early_waiter: asyncio.Future[None] | None = None
         self._peer_closed = asyncio.Event()
-        self.bucket = UNLIMITED  # the device's own, from the hub, once authenticated
+        # The device's own, from the hub, once authenticated.
+        self.bucket: TokenBucket | SharedBucket = UNLIMITED
         self.last_rx = time.monotonic()
         self.paused = False
         self.synced_target: dict[str, int] | None = None
@@ -410,6 +411,8 @@ class Session(Delivery):
                 # Delivery), so the writer reads the positions in the batch that also
                 # records last_seen.
                 heads, cursors, revoked = await self._touch_until_stored()
+                # The first publish tokens, when the bucket is leased from Redis.
+                await self.bucket.ready()
         except TimeoutError:
             if ctx.metrics is not None:
                 ctx.metrics.handshake("timeout")

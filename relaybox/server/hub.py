@@ -14,7 +14,7 @@ from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
 from relaybox.server.devicekeys import DeviceKeys
 from relaybox.server.peers import Peers
-from relaybox.server.ratelimit import UNLIMITED, TokenBucket
+from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
 from relaybox.services.fanout import decode_control, decode_events, encode_events
 from relaybox.store.eventlog import StoredEvent
@@ -82,7 +82,9 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics: Any = None
         # Publish rate buckets by device, while in use and until full again.
-        self.buckets: dict[str, TokenBucket] = {}
+        self.buckets: dict[str, TokenBucket | SharedBucket] = {}
+        # Shared buckets giving their leased tokens back, by device: a hand-over waits.
+        self._releases: dict[str, asyncio.Task[None]] = {}
         # Keys of devices that authenticated here (revocation notices forget them).
         self.keys = DeviceKeys()
         # The database re-check of live sessions' devices (protocol.md §5 Revocation).
@@ -125,21 +127,54 @@ class Hub:
                 del self.winding_down[session.device_id]
 
     # -- publish rate ------------------------------------------------------------
-    def bucket_for(self, device_id: str, rate: float, burst: int) -> TokenBucket:
+    def bucket_for(self, device_id: str, rate: float, burst: int
+                   ) -> TokenBucket | SharedBucket:
         """The device's publish bucket (protocol.md §7: the rate is per device). It
-        outlives the session: reconnecting does not refill it."""
+        outlives the session: reconnecting does not refill it. While other processes
+        listen it is leased from Redis (``SharedBucket``), so that moving to another
+        node does not refill it either; a process alone keeps it here."""
         if rate <= 0:
             return UNLIMITED
         bucket = self.buckets.get(device_id)
-        if bucket is None:
+        if self.bus is not None and self.peers.present and not isinstance(bucket,
+                                                                           SharedBucket):
+            # What is left of a bucket kept here before peers came carries over.
+            init = None if bucket is None else burst - bucket.until_full() * rate
+            bucket = self.buckets[device_id] = SharedBucket(
+                rate, burst, self._lease_for(device_id, rate, burst), init=init)
+        elif bucket is None:
             bucket = self.buckets[device_id] = TokenBucket(rate, burst)
         return bucket
 
+    def _lease_for(self, device_id: str, rate: float, burst: int) -> Any:
+        bus = self.bus
+        assert bus is not None
+        key = f"relaybox:publish_rate:{device_id}"
+
+        def lease(want: float, init: float | None) -> Awaitable[tuple[int, float]]:
+            return bus.lease_tokens(key, rate, burst, want, init)
+
+        return lease
+
     def _forget_bucket(self, device_id: str) -> None:
         """Drop an unused bucket once it is full again: a new one would be the same. Until
-        then it stays, so memory holds at most the devices of the last few seconds."""
+        then it stays, so memory holds at most the devices of the last few seconds. A
+        shared bucket lives in Redis: it gives its leased tokens back and goes at once."""
         bucket = self.buckets.get(device_id)
         if bucket is None or device_id in self.by_device:
+            return
+        if isinstance(bucket, SharedBucket):
+            del self.buckets[device_id]
+            task = asyncio.get_running_loop().create_task(bucket.release())
+            self._releases[device_id] = task
+            self._tasks.add(task)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._tasks.discard(t)
+                if self._releases.get(device_id) is t:
+                    del self._releases[device_id]
+
+            task.add_done_callback(done)
             return
         wait = bucket.until_full()
         if wait <= 0:
@@ -382,6 +417,11 @@ class Hub:
     async def _hand_over(self, session: Session | None, node: Any, session_id: Any) -> None:
         if session is not None:
             await session.finished.wait()
+            # Its unspent publish tokens are back in Redis before the device goes on there.
+            release = self._releases.get(session.device_id)
+            if release is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(release), 1.0)
         if self.bus is not None:
             await self.bus.publish_control("session_done", to=node, session_id=session_id)
 

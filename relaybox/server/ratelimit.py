@@ -1,11 +1,14 @@
-"""HTTP rate limits: shared through Redis (the ``limits`` library), per process while it is down."""
+"""Rate limits: HTTP limits shared through Redis (the ``limits`` library), and the publish
+bucket of each gateway device, local to a process alone or leased from Redis among peers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -13,7 +16,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from relaybox.bus import reconnect_once
+from relaybox.bus import BUS_ERRORS, reconnect_once
 from relaybox.errors import RateLimited
 
 log = logging.getLogger("relaybox.http")
@@ -116,6 +119,9 @@ class TokenBucket:
         self.tokens = float(burst)
         self.last = time.monotonic()
 
+    async def ready(self) -> None:
+        """Nothing to fetch: a local bucket is ready at once."""
+
     def take(self) -> float:
         """0 when allowed, else seconds until a token is available."""
         if self.rate <= 0:
@@ -138,3 +144,96 @@ class TokenBucket:
 
 #: The bucket of a session that is not rate limited (``publish_rate_per_s = 0``).
 UNLIMITED = TokenBucket(0, 0)
+
+
+#: ``lease(want, init)``: take up to ``want`` tokens from the device's bucket in Redis
+#: (give back ``-want`` when negative), creating it at ``init`` tokens (None: full);
+#: returns (granted, left in Redis). ``Bus.lease_tokens`` bound to the device's key.
+Lease = Callable[[float, float | None], Awaitable[tuple[int, float]]]
+
+
+class SharedBucket:
+    """The publish bucket of one device while other server processes listen: one bucket
+    in Redis for the whole cluster, so a device hopping between nodes finds it as it left
+    it (protocol.md §7: the rate is per device).
+
+    A publish never waits for Redis: this process leases a quarter of the burst at a
+    time, spends it locally and fetches the next lease when half of it is spent. Every
+    token comes out of the Redis bucket, so a device gets at most its burst plus the
+    refill, wherever it publishes (plus at most one lease, which a process may hold
+    while the bucket in Redis refills). Tokens left when the session ends are given
+    back. While Redis is unreachable the device is limited per process, as it would be
+    alone (an outage neither lifts the limit nor refuses publishes within it).
+    """
+
+    RETRY_REDIS_S = 1.0
+
+    def __init__(self, rate: float, burst: int, lease: Lease, *, init: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.chunk = max(1, math.ceil(burst / 4))
+        self.tokens = 0  # leased by this process, not spent yet
+        self._lease = lease
+        self._init = init
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._empty_until = 0.0  # Redis had no whole token: no lease before this
+        self._down_until = 0.0  # Redis failed: count here until then
+        self._local: TokenBucket | None = None
+
+    async def ready(self) -> None:
+        """Hold the first lease (called during the handshake, so the first publishes of a
+        session are not refused while it is on its way)."""
+        self._fetch()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def take(self) -> float:
+        """0 when allowed, else seconds until a token may be available."""
+        now = self._clock()
+        if now < self._down_until and self._local is not None:
+            return self._local.take()
+        if self.tokens >= 1:
+            self.tokens -= 1
+            if self.tokens < self.chunk / 2:
+                self._fetch()
+            return 0.0
+        self._fetch()
+        # No token here: either Redis said when the next one comes, or a lease is on its way.
+        return max(self._empty_until - now, min(1.0 / self.rate, 0.05))
+
+    def _fetch(self) -> None:
+        if self._task is not None or self._clock() < self._empty_until:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            want = self.chunk
+            granted, left = await self._lease(want, self._init)
+            self._init = None
+            self.tokens += granted
+            self._down_until = 0.0
+            self._local = None
+            if granted < want and left < 1:
+                self._empty_until = self._clock() + (1 - left) / self.rate
+        except BUS_ERRORS as exc:
+            if self._local is None:
+                log.warning("publish rate bucket in Redis unavailable (%s); counting per "
+                            "process until it is back", exc)
+                self._local = TokenBucket(self.rate, int(self.burst))
+            self._down_until = self._clock() + self.RETRY_REDIS_S
+        finally:
+            self._task = None
+
+    async def release(self) -> None:
+        """Give the tokens leased here back to Redis (the session ended: the device may
+        go on on another process)."""
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._task)
+        give, self.tokens = self.tokens, 0
+        if give > 0:
+            with contextlib.suppress(*BUS_ERRORS):
+                await self._lease(-give, None)
