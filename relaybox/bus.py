@@ -22,6 +22,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from relaybox.config import SENTINEL_SCHEMES, SentinelURL, sentinel_url
+
 log = logging.getLogger("relaybox.bus")
 
 EVENTS_CHANNEL = "relaybox:events"
@@ -255,6 +257,60 @@ def url_from_socket(socket_path: str) -> str:
     return f"unix://{socket_path}"
 
 
+def redis_client(url: str, *, asynchronous: bool = True, retry: bool = True,
+                 **extra: Any) -> Any:
+    """A client for ``redis_url``: one Redis (``redis://``, ``rediss://`` for TLS,
+    ``unix://``), or the master that Redis Sentinels name (``redis+sentinel://``,
+    ``rediss+sentinel://``; docs/configuration.md). A Sentinel client asks the Sentinels
+    for the master's address on every new connection, so after a failover the next
+    connection (a command retried once, the subscription's reconnect) reaches the new one."""
+    kwargs = {**_client_kwargs(url, asynchronous=asynchronous, retry=retry), **extra}
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        return _sentinel_master(sentinel_url(url), asynchronous, kwargs)
+    cls = aioredis.Redis if asynchronous else redis.Redis
+    return cls.from_url(url, **kwargs)
+
+
+def redis_pool(url: str, **extra: Any) -> aioredis.ConnectionPool:
+    """An asyncio connection pool for ``redis_url`` (see ``redis_client``)."""
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        kwargs = {**_client_kwargs(url, retry=False), **extra}
+        pool: aioredis.ConnectionPool = _sentinel_master(sentinel_url(url), True,
+                                                         kwargs).connection_pool
+        return pool
+    return aioredis.ConnectionPool.from_url(url, **extra)
+
+
+def _sentinel_master(spec: SentinelURL, asynchronous: bool, kwargs: dict[str, Any]) -> Any:
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+    from redis.sentinel import Sentinel
+
+    # The Sentinels get the same timeouts; their own password, if any, from the URL.
+    sentinel_kwargs: dict[str, Any] = {k: v for k, v in kwargs.items()
+                                       if k.startswith("socket_")}
+    if spec.sentinel_password:
+        sentinel_kwargs["password"] = spec.sentinel_password
+    master: dict[str, Any] = {**kwargs, **dict(spec.options), "db": spec.db}
+    if spec.username:
+        master["username"] = spec.username
+    if spec.password:
+        master["password"] = spec.password
+    if spec.tls:
+        master["ssl"] = True
+    kind = AsyncSentinel if asynchronous else Sentinel
+    manager = kind(list(spec.sentinels), sentinel_kwargs=sentinel_kwargs)
+    client = manager.master_for(spec.master, **master)
+    client.relaybox_sentinels = manager.sentinels  # closed with the client
+    return client
+
+
+async def close_client(client: Any) -> None:
+    """Close an asyncio client from ``redis_client`` (and its Sentinel connections)."""
+    for c in [client, *getattr(client, "relaybox_sentinels", ())]:
+        with contextlib.suppress(Exception):
+            await c.aclose()
+
+
 def _client_kwargs(url: str, *, asynchronous: bool = True, retry: bool = True
                    ) -> dict[str, Any]:
     return {"health_check_interval": 0, "socket_connect_timeout": 2.0, "socket_timeout": 5.0,
@@ -282,12 +338,11 @@ class Bus:
     def __init__(self, url: str, node_id: str) -> None:
         self.url = url
         self.node_id = node_id
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, **_client_kwargs(url))
+        self.redis: aioredis.Redis = redis_client(url)
         # The subscription has a client of its own that never reconnects behind our back:
         # a lost subscription must be noticed (messages may have been missed, docs/
         # architecture.md), not silently resumed.
-        self._sub_redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, **_client_kwargs(url, retry=False))
+        self._sub_redis: aioredis.Redis = redis_client(url, retry=False)
         self._sub_task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self.healthy = True
@@ -410,10 +465,8 @@ class Bus:
             with contextlib.suppress(BaseException):
                 await self._sub_task
             self._sub_task = None
-        with contextlib.suppress(Exception):
-            await self.redis.aclose()
-        with contextlib.suppress(Exception):
-            await self._sub_redis.aclose()
+        await close_client(self.redis)
+        await close_client(self._sub_redis)
 
 
 class SyncBus:
@@ -421,7 +474,7 @@ class SyncBus:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis = redis.Redis.from_url(url, **_client_kwargs(url, asynchronous=False))
+        self.redis: redis.Redis = redis_client(url, asynchronous=False)
 
     def publish_control(self, kind: str, **data: Any) -> int:
         msg = json.dumps({"kind": kind, "node": "cli", **data}).encode()
@@ -437,8 +490,9 @@ class SyncBus:
             return False
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.redis.close()
+        for c in [self.redis, *getattr(self.redis, "relaybox_sentinels", ())]:
+            with contextlib.suppress(Exception):
+                c.close()
 
 
 def write_server_file(run_dir: Path, info: dict[str, Any]) -> Path:

@@ -16,7 +16,8 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from relaybox.bus import BUS_ERRORS, reconnect_once
+from relaybox.bus import BUS_ERRORS, reconnect_once, redis_pool
+from relaybox.config import SENTINEL_SCHEMES
 from relaybox.errors import RateLimited
 
 log = logging.getLogger("relaybox.http")
@@ -26,8 +27,12 @@ _SCHEMES = {"unix": "async+redis+unix", "redis": "async+redis", "rediss": "async
 
 
 def limits_uri(redis_url: str) -> str:
-    """The ``limits`` storage URI for a redis-py URL (``unix:///s`` → ``async+redis+unix:///s``)."""
+    """The ``limits`` storage URI for a redis-py URL (``unix:///s`` → ``async+redis+unix:///s``).
+    A Sentinel URL gets a placeholder: the storage uses the pool made for it
+    (``bus.redis_pool``), which finds the master through the Sentinels."""
     scheme, sep, rest = redis_url.partition("://")
+    if scheme in SENTINEL_SCHEMES:
+        return "async+redis://sentinel-master:6379"
     if not sep or scheme not in _SCHEMES:
         raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
     return f"{_SCHEMES[scheme]}://{rest}"
@@ -51,9 +56,8 @@ class RateLimiter:
         self._shared: MovingWindowRateLimiter | None = None
         if redis_url:
             # Short timeouts: a dead Redis must cost a request little, never hang it.
-            self._pool = aioredis.ConnectionPool.from_url(
-                redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                **reconnect_once())
+            self._pool = redis_pool(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                    **reconnect_once())
             pool: dict[str, Any] = {"connection_pool": self._pool}
             storage: Storage = RedisStorage(limits_uri(redis_url), implementation="redispy",
                                             key_prefix=KEY_PREFIX, **pool)
