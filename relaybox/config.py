@@ -186,6 +186,31 @@ class Settings:
                           "time); empty disables the scheduled backup.")
     backup_keep: int = _s("backup.keep", 7, "Scheduled backups kept.", lo=1, hi=1000)
     backup_dir: str = _s("backup.dir", "", "Where backups go; empty = <data_dir>/backups.")
+    # -- continuous replication of the SQLite database (docs/backup.md "Continuous backup")
+    replication_enabled: bool = _s(
+        "replication.enabled", False,
+        "Stream every commit of the SQLite database to replication.url with Litestream "
+        "(the 'replication' extra), for point-in-time restores.")
+    replication_url: str = _s(
+        "replication.url", "",
+        "Where the replica goes: a folder (another disk, a mount), or a Litestream "
+        "replica URL (s3://, gs://, abs://, sftp://, webdav://, nats://…).", secret=True)
+    replication_sync_interval_s: float = _s(
+        "replication.sync_interval_s", 1.0,
+        "Seconds between uploads to the replica; commits reach it within about this "
+        "plus one second.", lo=0.1, hi=3600)
+    replication_snapshot_interval_s: int = _s(
+        "replication.snapshot_interval_s", 3600,
+        "Seconds between full snapshots in the replica; a restore replays the changes "
+        "since the snapshot before its point.", lo=60, hi=30 * 86400)
+    replication_retention_s: int = _s(
+        "replication.retention_s", 7 * 86400,
+        "How far back (seconds) restore --at can go: older snapshots and changes are "
+        "deleted from the replica.", lo=3600, hi=3660 * 86400)
+    replication_litestream_bin: str = _s(
+        "replication.litestream_bin", "",
+        "The litestream executable; empty = the one installed with relaybox[replication], "
+        "else litestream on PATH.")
     # -- metrics and tracing
     metrics_enabled: bool = _s("metrics.enabled", True, "Serve Prometheus metrics at /metrics.")
     metrics_token: str = _s("metrics.token", "",
@@ -364,6 +389,13 @@ def _check_urls_unsafe(s: Settings) -> list[str]:
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         problems.append("tls.cert_file and tls.key_file: set both (https) or neither (http)")
     if s.backup_time:
+    if s.replication_enabled:
+        if s.sqlite_path is None:
+            problems.append("replication.enabled: replication streams the SQLite database; "
+                            "with PostgreSQL use its WAL archiving (docs/backup.md)")
+        if not s.replication_url:
+            problems.append("replication.enabled: set replication.url (a folder or a "
+                            "Litestream replica URL)")
         hh, _, mm = s.backup_time.partition(":")
         if not (len(hh) in (1, 2) and len(mm) == 2 and hh.isascii() and mm.isascii()
                 and hh.isdecimal() and mm.isdecimal() and int(hh) < 24 and int(mm) < 60):

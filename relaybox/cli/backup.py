@@ -1,4 +1,5 @@
-"""``relaybox backup [--output FILE]``, ``backup list``, ``backup verify FILE``, ``restore``."""
+"""``relaybox backup [--output FILE]``, ``backup list``, ``backup verify FILE``, ``restore``
+(an archive, or a point in time from the continuous replica)."""
 
 from __future__ import annotations
 
@@ -133,19 +134,32 @@ def register(cli: click.Group) -> None:
         _show_counts(checked.counts)
 
     @cli.command("restore")
-    @click.argument("file", type=click.Path(path_type=Path))
+    @click.argument("file", type=click.Path(path_type=Path), required=False)
+    @click.option("--at", "at", metavar="TIME",
+                  help="Rebuild the database as it was at TIME from the continuous replica "
+                       "(ISO 8601, e.g. 2026-11-25T03:30:00Z; no zone = local time).")
+    @click.option("--latest", is_flag=True,
+                  help="Rebuild the database at the latest point the replica holds.")
+    @click.option("--from", "from_url", metavar="URL",
+                  help="The replica to read (default: the setting replication.url).")
     @click.option("--yes", is_flag=True, help="Confirm: this replaces the database.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @relay_errors
-    def restore(file: Path, yes: bool, as_json: bool) -> None:
-        """Restore a backup into the data dir.
+    def restore(file: Path | None, at: str | None, latest: bool, from_url: str | None,
+                yes: bool, as_json: bool) -> None:
+        """Restore a backup, or a point in time, into the data dir.
 
-        The archive is verified first; the server must be stopped. The database is
-        replaced atomically, then pending migrations are applied.
+        FILE: an archive made by 'relaybox backup', verified first. --at TIME or
+        --latest: the database rebuilt from the continuous replica (replication.url,
+        or --from). The server must be stopped. The database is replaced atomically,
+        then pending migrations are applied.
         """
         from relaybox.bus import live_servers
-        from relaybox.services.restore import restore_backup
 
+        if sum((file is not None, at is not None, latest)) != 1:
+            raise click.UsageError("give one of FILE, --at TIME or --latest")
+        if from_url and file is not None:
+            raise click.UsageError("--from goes with --at or --latest")
         settings = settings_for(check_writable=True)
 
         def serving() -> bool:
@@ -154,6 +168,11 @@ def register(cli: click.Group) -> None:
         if serving():
             raise CliError(f"a server is running on {settings.data_dir}; stop it before "
                            "restoring")
+        if file is None:
+            _restore_point(settings, at, from_url or "", yes, as_json, serving)
+            return
+        from relaybox.services.restore import restore_backup
+
         if not yes:
             raise CliError(f"this replaces the database of {settings.data_dir} with {file}; "
                            "run again with --yes")
@@ -172,3 +191,33 @@ def register(cli: click.Group) -> None:
         elif done.config == "kept":
             out.print("  [dim]the existing relaybox.toml was kept[/]")
         _show_counts(done.counts)
+
+
+def _restore_point(settings: Any, at: str | None, url: str, yes: bool, as_json: bool,
+                   serving: Any) -> None:
+    """``restore --at TIME`` / ``--latest``: from the continuous replica (docs/backup.md)."""
+    from relaybox.services import litestream
+    from relaybox.services.pitr import parse_time, restore_point
+
+    when = parse_time(at) if at is not None else None
+    source = url or settings.replication_url
+    if not source:
+        raise CliError("no replica to restore from: set replication.url or pass --from URL")
+    if not yes:
+        moment = "the latest point" if when is None else f"its state at {_when(when)}"
+        raise CliError(f"this replaces the database of {settings.data_dir} with {moment} "
+                       f"from {litestream.shown_url(source)}; run again with --yes")
+    if as_json:
+        emit_json(restore_point(settings, when, url=url, is_serving=serving).as_json())
+        return
+    with err.status("rebuilding from the replica…"):
+        done = restore_point(settings, when, url=url, is_serving=serving)
+    out.print(f"[green]Restored[/] {markup(done.replica)} into {markup(settings.data_dir)}",
+              soft_wrap=True)
+    point = _when(done.point_at) if done.point_at is not None else "?"
+    out.print(f"  point: transaction {markup(done.txid)}, replicated {markup(point)} "
+              f"({done.seconds:.1f} s)")
+    out.print(f"  server id {markup(done.server_id)}")
+    if done.migrations_applied:
+        out.print(f"  applied migrations: {markup(', '.join(done.migrations_applied))}")
+    _show_counts(done.counts)

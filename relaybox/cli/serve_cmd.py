@@ -132,6 +132,7 @@ def _serve(settings: Settings) -> None:
     embedded: EmbeddedRedis | None = None
     record = None
     metrics_dir = None
+    replicator = _start_replication(settings)
     try:
         if not settings.redis_url:
             running = [s for s in live_servers(settings.run_dir) if s.get("redis_socket")]
@@ -152,12 +153,30 @@ def _serve(settings: Settings) -> None:
             if settings.metrics_enabled else None
         _run_sanic(settings, tls_ctx, ready_lines(settings, users))
     finally:
+        if replicator is not None:
+            # After the server's last commit: Litestream uploads it before exiting.
+            replicator.stop()
         if metrics_dir is not None:
             prom.cleanup_multiprocess(metrics_dir)
         if record is not None:
             remove_server_file(record)
         if embedded is not None:
             embedded.stop()
+
+
+def _start_replication(settings: Settings) -> Any:
+    """Litestream beside the server when replication.enabled (docs/backup.md)."""
+    if not settings.replication_enabled:
+        return None
+    from relaybox.errors import RelayError
+    from relaybox.services.replication import Replicator
+
+    replicator = Replicator(settings)
+    try:
+        replicator.start()
+    except RelayError as exc:
+        raise CliError(exc.detail) from None
+    return replicator
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -80,7 +80,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         else:
             eventlog = EventLog(db, batch_max=settings.commit_batch_max,
                                 read_threads=settings.read_threads, on_committed=hub.committed,
-                                quotas=Quotas.from_settings(settings))
+                                quotas=Quotas.from_settings(settings),
+                                checkpoints=not settings.replication_enabled)
         eventlog.start(loop)
         await eventlog.ready()
         ctx = ServerContext(settings=settings, db=db, eventlog=eventlog, hub=hub, bus=bus,

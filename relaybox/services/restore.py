@@ -163,6 +163,9 @@ def _swap_sqlite(new_db: Path, target: Path) -> None:
                 conn.close()
     for suffix in ("-wal", "-shm", "-journal"):
         target.with_name(target.name + suffix).unlink(missing_ok=True)
+    # Litestream's record of the old file's WAL (docs/backup.md "Continuous backup"):
+    # with it gone, it takes a fresh snapshot of the new file.
+    shutil.rmtree(target.with_name(f".{target.name}-litestream"), ignore_errors=True)
     os.replace(staged, target)
     fsync_dir(target.parent)
 

@@ -15,6 +15,17 @@ more behind, it asks the writer (``restart_wanted``) to copy the few frames comm
 meanwhile itself, before its next transaction: that one starts on a fully copied WAL and
 SQLite writes from the WAL's beginning again. The writer's share is small (what was
 committed during one checkpoint) and comes at most once per checkpoint.
+
+With ``replication.enabled`` none of this runs: Litestream copies each commit out of the
+WAL and must see every frame before the WAL starts over, so it alone checkpoints. It
+holds a read transaction between its own checkpoints (no other checkpoint can copy frames
+it has not read), and for each checkpoint it takes the write lock, reads the WAL to its
+end, checkpoints and starts the WAL over. A checkpoint of ours while Litestream is down
+or restarting could copy frames it never read and let the writer start the WAL over:
+Litestream's check on restart compares only the last frame it read, so those commits
+could be missing from the replica without a fresh snapshot. So while replicating, no
+relaybox connection checkpoints (``wal_autocheckpoint=0`` on every connection, no
+checkpointer), and the WAL grows while Litestream is down until it is back.
 """
 
 from __future__ import annotations

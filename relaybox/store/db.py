@@ -14,10 +14,10 @@ from relaybox.store.models import database_proxy
 SQLITE_BUSY_TIMEOUT_MS = 15000
 
 
-def sqlite_pragmas(synchronous: str) -> dict[str, object]:
+def sqlite_pragmas(synchronous: str, *, replicated: bool = False) -> dict[str, object]:
     # WAL lets readers run beside the single writer. synchronous=FULL fsyncs the WAL
     # on every commit, so an acked event survives power loss (docs/configuration.md).
-    return {
+    pragmas: dict[str, object] = {
         "journal_mode": "wal",
         "synchronous": synchronous,
         "foreign_keys": 1,
@@ -25,13 +25,20 @@ def sqlite_pragmas(synchronous: str) -> dict[str, object]:
         "cache_size": -16000,
         "temp_store": "memory",
     }
+    if replicated:
+        # Litestream copies the WAL before pages leave it, so it alone checkpoints
+        # (docs/architecture.md "Durability"): no connection of ours does, not even
+        # SQLite's automatic one after a commit.
+        pragmas["wal_autocheckpoint"] = 0
+    return pragmas
 
 
 def make_database(settings: Settings) -> pw.Database:
     """A peewee Database for the settings, not yet bound or connected."""
     path = settings.sqlite_path
     if path is not None:
-        return make_sqlite(path, settings.sqlite_synchronous)
+        return make_sqlite(path, settings.sqlite_synchronous,
+                           replicated=settings.replication_enabled)
     return make_postgres(settings.database_url)
 
 
@@ -46,9 +53,11 @@ def make_postgres(url: str) -> pw.PostgresqlDatabase:
     )
 
 
-def make_sqlite(path: Path, synchronous: str = "full") -> pw.SqliteDatabase:
+def make_sqlite(path: Path, synchronous: str = "full", *,
+                replicated: bool = False) -> pw.SqliteDatabase:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return pw.SqliteDatabase(str(path), pragmas=sqlite_pragmas(synchronous),
+    return pw.SqliteDatabase(str(path), pragmas=sqlite_pragmas(synchronous,
+                                                               replicated=replicated),
                              timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
 
 

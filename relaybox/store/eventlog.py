@@ -128,6 +128,7 @@ class EventLog:
         on_batch: Callable[[int, float], None] | None = None,
         clock: Callable[[], int] = now_ms,
         quotas: Quotas | None = None,
+        checkpoints: bool = True,
     ) -> None:
         self.db = db
         self.quotas = quotas or Quotas()  # store/quotas.py; none by default
@@ -153,8 +154,11 @@ class EventLog:
         self._p = "%s" if self._pg else "?"
         self.healthy = True
         # SQLite files: checkpoints run beside the writer, never inside one of its commits.
+        # ``checkpoints=False`` when Litestream replicates the file: then it alone
+        # checkpoints (store/checkpoint.py explains why).
         self.checkpointer: WalCheckpointer | None = None
-        if isinstance(db, pw.SqliteDatabase) and db.database not in ("", ":memory:") \
+        if checkpoints and isinstance(db, pw.SqliteDatabase) \
+                and db.database not in ("", ":memory:") \
                 and not str(db.database).startswith("file::memory:"):
             self.checkpointer = WalCheckpointer(db.database)
 

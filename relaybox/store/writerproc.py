@@ -136,7 +136,7 @@ def database_spec(db: pw.Database, settings: Any) -> dict[str, Any]:
               "quotas": astuple(Quotas.from_settings(settings))}
     if isinstance(db, pw.SqliteDatabase):
         return {"sqlite": str(db.database), "synchronous": settings.sqlite_synchronous,
-                **common}
+                "replicated": bool(settings.replication_enabled), **common}
     return {"url": settings.database_url, **common}
 
 
@@ -458,7 +458,8 @@ def _open(spec: dict[str, Any]) -> pw.Database:
     from relaybox.store.db import make_postgres, make_sqlite
 
     if "sqlite" in spec:
-        return make_sqlite(Path(spec["sqlite"]), spec["synchronous"])
+        return make_sqlite(Path(spec["sqlite"]), spec["synchronous"],
+                           replicated=bool(spec.get("replicated")))
     return make_postgres(spec["url"])
 
 
@@ -469,7 +470,8 @@ def _noop() -> None:
 def serve(sock: socket.socket, spec: dict[str, Any], buf: bytearray | None = None) -> None:
     """Answer batches until the socket closes (``buf``: bytes already read from it)."""
     writer = EventLog(_open(spec), batch_max=int(spec["batch_max"]), read_threads=1,
-                      quotas=Quotas(*spec.get("quotas", ())))
+                      quotas=Quotas(*spec.get("quotas", ())),
+                      checkpoints=not spec.get("replicated"))
     writer.readers.shutdown(wait=False)
     if writer.checkpointer is not None:
         writer.checkpointer.start()
