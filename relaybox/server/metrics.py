@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import hmac
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class Metrics:
         self._task_counts = metrics_state.CountDeltas()
         self._backup_ts = 0.0
         self._backup_scanned_at = 0.0
+        self._cpu_seen: dict[int, float] = {}  # pid -> CPU seconds already counted
         self._http_count: dict[tuple[str, str, int], Any] = {}
         self._http_dur: dict[tuple[str, str], Any] = {}
         self._task: asyncio.Task[None] | None = None
@@ -154,6 +156,11 @@ class Metrics:
                              "min")
         self.memory = gauge("relaybox_memory_resident_bytes",
                             "Resident memory of the server processes (sum).", "livesum")
+        # prometheus_client's process collector does not work in multiprocess mode (which
+        # `relaybox serve` always uses), so CPU time is counted here, writers included.
+        self.cpu = Counter("relaybox_cpu_seconds_total",
+                           "CPU time used by the server processes (user and system).",
+                           registry=reg)
         self.started.set(_now())
         self.backup_enabled.set(1 if self.settings.backup_time else 0)
         self.registry.register(_LiveCollector(self))
@@ -260,6 +267,7 @@ class Metrics:
         if writer:
             memory += metrics_state.resident_bytes(writer)  # the writer process
         self.memory.set(memory)
+        self._count_cpu([0, writer] if writer else [0])
         if ctx is None:
             return
         lag = self._lag.read(ctx.hub, now)
@@ -278,6 +286,17 @@ class Metrics:
                 None, metrics_state.newest_backup, self.settings.backups_path)
             self._backup_ts = max(self._backup_ts, newest)
         self.backup_ts.set(self._backup_ts)
+
+    def _count_cpu(self, pids: list[int]) -> None:
+        """Add the CPU time ``pids`` (0: this process) used since the last sample."""
+        seen = {}
+        for pid in pids:
+            used = cpu_seconds(pid or None)
+            last = self._cpu_seen.get(pid, 0.0)
+            if used > last:
+                self.cpu.inc(used - last)
+            seen[pid] = max(used, last)
+        self._cpu_seen = seen  # a replaced writer's successor is counted from its start
 
     async def run_sampler(self) -> None:
         while True:
@@ -332,6 +351,18 @@ class _LiveCollector:
                 out.append(GaugeMetricFamily("relaybox_redis_up", "1 when Redis answers.",
                                              value=int(snap.redis)))
         return out
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU seconds of this process, or of process ``pid`` (0 if gone)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _monitor(ctx: Any) -> health.HealthMonitor | None:
