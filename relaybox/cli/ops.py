@@ -37,6 +37,23 @@ def _duration(seconds: float) -> str:
     return " ".join(parts)
 
 
+def _replication_line(doc: dict[str, Any]) -> Any:
+    """``running, lag 0.8 s → file:///mnt/replica`` (red when not running or > 10 s)."""
+    from rich.text import Text
+
+    lag = doc.get("lag_s")
+    state = str(doc.get("state", "?"))
+    parts = [state]
+    if isinstance(lag, int | float) and math.isfinite(lag):
+        parts.append(f"lag {lag:.1f} s")
+    if doc.get("restarts"):
+        parts.append(f"{doc['restarts']} restarts")
+    ok = state == "running" and isinstance(lag, int | float) and lag <= 10
+    text = Text(", ".join(parts), style="green" if ok else "red")
+    text.append(f" → {visible(doc.get('replica', '?'))}", style="default")
+    return text
+
+
 def ask_status(urls: list[str], timeout: float = 3.0) -> tuple[str, int, dict[str, Any]]:
     """(url, HTTP status, body) from the first server that answers /api/v1/status."""
     import httpx
@@ -65,10 +82,15 @@ def register(cli: click.Group) -> None:
         Asks GET /api/v1/status at the URL the server recorded in the data dir,
         else at public_url, else at host:port.
         """
+        from relaybox.services.replication import status as replication_status
+
         settings = settings_for()
         url, code, body = ask_status(server_urls(settings))
+        # This machine's replication, from the data dir (docs/backup.md).
+        replicated = replication_status(settings)
         if as_json:
-            emit_json({"url": url, **body})
+            emit_json({"url": url, **body,
+                       **({"replication": replicated} if replicated is not None else {})})
         else:
             # Whatever answered at the URL wrote the body: every value is shown as Text
             # (security.md "Terminal output and names").
@@ -85,6 +107,8 @@ def register(cli: click.Group) -> None:
                 value = str(body.get(key, "?"))
                 table.add_row(key, cell(value, "green" if value == "ok" else "red"))
             table.add_row("connections", cell(body.get("connections", "?")))
+            if replicated is not None:
+                table.add_row("replication", _replication_line(replicated))
             print_table(table)
         if code != 200:
             parts = body.get("failing")

@@ -350,6 +350,16 @@ class _LiveCollector:
             if ctx.bus is not None:
                 out.append(GaugeMetricFamily("relaybox_redis_up", "1 when Redis answers.",
                                              value=int(snap.redis)))
+        if self.metrics.settings.replication_enabled:
+            from relaybox.services.replication import lag_seconds
+
+            # Read from the file the supervising serve process keeps (backup.md).
+            lag = lag_seconds(self.metrics.settings)
+            if lag is not None:
+                out.append(GaugeMetricFamily(
+                    "relaybox_replication_lag_seconds",
+                    "Seconds since the replica last held every commit Litestream had read "
+                    "from the WAL (replication.enabled).", value=lag))
         return out
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from relaybox.config import ConfigError, load_settings
@@ -189,6 +190,16 @@ async def test_disk_lost_under_load_restores_every_event_older_than_ten_seconds(
         stop = asyncio.Event()
         load = asyncio.create_task(_publish_until(client, ["a", "b", "c"], stop, acked))
         started = time.time()
+        await _replicated_past(data, time.time())
+        # Under load, the status command and the metric show the replica keeping up.
+        shown = await asyncio.to_thread(_cli, data, "status", "--json", env=_env(replica))
+        doc = json.loads(shown.stdout)["replication"]
+        assert doc["state"] == "running" and doc["lag_s"] < 10, doc
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(server.url + "/metrics")).text
+        lag = [line for line in text.splitlines()
+               if line.startswith("relaybox_replication_lag_seconds ")]
+        assert lag and float(lag[0].split()[1]) < 10, lag
         while time.time() - started < 14 or len(acked) < 200:
             await asyncio.sleep(0.5)
             assert not load.done(), load
