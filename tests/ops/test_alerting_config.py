@@ -53,7 +53,7 @@ def test_templates_render() -> None:
     for name in ("relaybox.title", "relaybox.text", "relaybox.slack.text",
                  "relaybox.email.html"):
         out = _amtool("template", "render", "--template.glob=templates/*.tmpl",
-                      "--template.text={{ template \"%s\" . }}" % name)
+                      f"--template.text={{{{ template \"{name}\" . }}}}")
         assert out.returncode == 0, f"{name}: {out.stdout}{out.stderr}"
 
 

@@ -151,7 +151,7 @@ def smtp_receiver(inbox: Inbox) -> Iterator[int]:
                         data.append(chunk[1:] if chunk.startswith(b"..") else chunk)
                     msg = email.message_from_bytes(b"".join(data), policy=email.policy.default)
                     with inbox.lock:
-                        inbox.mails.append((time.monotonic(), msg))  # type: ignore[arg-type]
+                        inbox.mails.append((time.monotonic(), msg))
                     self.reply("250 queued")
                 elif verb == "QUIT":
                     self.reply("221 bye")
