@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -104,10 +105,14 @@ def _real_error(exc: Exception) -> Exception:
     """The error that failed a transaction. When SQLite has already rolled back by itself
     (a full disk, an I/O error), the ROLLBACK that follows fails too ("no transaction is
     active") and would hide the cause: report the cause."""
-    cause = exc.__context__
-    if ("no transaction is active" in str(exc) and isinstance(cause, Exception)
-            and cause is not exc):
-        return cause
+    seen: Exception = exc
+    for _ in range(8):  # the driver's error, the ORM's around it, and so on
+        if "no transaction is active" not in str(seen):
+            return seen
+        cause = seen.__context__
+        if not isinstance(cause, Exception) or cause is seen:
+            break
+        seen = cause
     return exc
 
 
@@ -353,7 +358,7 @@ class EventLog:
                     attempt -= 1
                     continue
                 if isinstance(exc, pw.IntegrityError | pw.OperationalError |
-                              pw.InterfaceError):
+                              pw.InterfaceError | sqlite3.OperationalError):
                     # A concurrent writer in another process (same id twice), a lock
                     # timeout or a lost connection: re-evaluate the whole batch; after
                     # that, report unavailable (safe to retry).
