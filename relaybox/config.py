@@ -388,7 +388,6 @@ def _check_urls_unsafe(s: Settings) -> list[str]:
                             "scheme must be redis, rediss or unix")
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         problems.append("tls.cert_file and tls.key_file: set both (https) or neither (http)")
-    if s.backup_time:
     if s.replication_enabled:
         if s.sqlite_path is None:
             problems.append("replication.enabled: replication streams the SQLite database; "
@@ -396,6 +395,7 @@ def _check_urls_unsafe(s: Settings) -> list[str]:
         if not s.replication_url:
             problems.append("replication.enabled: set replication.url (a folder or a "
                             "Litestream replica URL)")
+    if s.backup_time:
         hh, _, mm = s.backup_time.partition(":")
         if not (len(hh) in (1, 2) and len(mm) == 2 and hh.isascii() and mm.isascii()
                 and hh.isdecimal() and mm.isdecimal() and int(hh) < 24 and int(mm) < 60):
