@@ -26,7 +26,10 @@ from relaybox.config import SENTINEL_SCHEMES, SentinelURL, sentinel_url
 
 log = logging.getLogger("relaybox.bus")
 
-EVENTS_CHANNEL = "relaybox:events"
+#: Committed events travel on one channel per user, ``relaybox:events:<user_id>``: a
+#: process subscribes to it while it holds a session of that user, so a process hears
+#: only the events of its own sessions' users (docs/architecture.md).
+EVENTS_CHANNEL_PREFIX = "relaybox:events:"
 CONTROL_CHANNEL = "relaybox:control"
 #: Every server process also subscribes to a channel named after itself, on which nothing
 #: is published: Redis drops the subscription when the process's connection dies, so the
@@ -36,6 +39,10 @@ NODE_CHANNEL_PREFIX = "relaybox:node:"
 
 def node_channel(node_id: str) -> str:
     return NODE_CHANNEL_PREFIX + node_id
+
+
+def events_channel(user_id: str) -> str:
+    return EVENTS_CHANNEL_PREFIX + user_id
 
 #: A token bucket kept in Redis (``Bus.lease_tokens``): refill by rate x elapsed on the
 #: server's clock (every node agrees on it), then grant up to ARGV[3] whole tokens (or take
@@ -349,6 +356,17 @@ class Bus:
         self._lease: Any = None
         #: Called on the loop each time the subscription is (re)established.
         self.on_subscribed: Callable[[], None] | None = None
+        #: Messages received, by kind ("events", "control"): what this process pays for.
+        self.received: dict[str, int] = {"events": 0, "control": 0}
+        # Channels subscribed on demand (``watch``) besides the fixed ones. Redis answers
+        # a connection's commands in order, so the n-th channel confirmed is the n-th
+        # channel sent: a waiter waits for its number (counted per connection).
+        self._wanted: set[str] = set()
+        self._sent = 0
+        self._confirmed = 0
+        self._waiters: list[list[Any]] = []  # [target or None, future]
+        self._send_lock = asyncio.Lock()
+        self._sends: set[asyncio.Task[None]] = set()
 
     # -- health --------------------------------------------------------------
     async def ping(self) -> bool:
@@ -382,36 +400,135 @@ class Bus:
         counts = await self.redis.pubsub_numsub(node_channel(node_id))
         return bool(counts and int(counts[0][1]) > 0)
 
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> bool:
+        """Publish several messages in one round trip (a pipeline, not a transaction)."""
+        if len(messages) == 1:
+            return await self.publish(*messages[0])
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, payload in messages:
+                    pipe.publish(channel, payload)
+                await pipe.execute()
+            self.healthy = True
+            return True
+        except Exception as exc:
+            if self.healthy:
+                log.warning("redis publish failed: %s", exc)
+            self.healthy = False
+            return False
+
     def start_listening(self, handler: Handler,
                         channels: tuple[str, ...] | None = None) -> None:
         """Run ``handler(channel, data)`` for every message, reconnecting with backoff."""
         if channels is None:
-            channels = (EVENTS_CHANNEL, CONTROL_CHANNEL, node_channel(self.node_id))
+            channels = (CONTROL_CHANNEL, node_channel(self.node_id))
         self._sub_task = asyncio.get_running_loop().create_task(
             self._listen(handler, channels), name="relaybox-bus-listener")
+
+    # -- channels subscribed on demand -------------------------------------------------
+    def watch(self, channel: str) -> asyncio.Future[None]:
+        """Subscribe to ``channel`` too (kept across reconnects until ``unwatch``). The
+        future is done once Redis has confirmed the subscription: from then on every
+        message published to it reaches this process (while the connection lives)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append([None, waiter])
+        self._wanted.add(channel)
+        self._spawn_send(channel, waiter)
+        return waiter
+
+    def unwatch(self, channel: str) -> None:
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._spawn_send(channel, None)
+
+    async def watched(self) -> None:
+        """Wait until every subscription asked for so far is confirmed."""
+        pending = [w for _, w in self._waiters if not w.done()]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(w) for w in pending))
+
+    def _spawn_send(self, channel: str, waiter: asyncio.Future[None] | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(channel, waiter))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send(self, channel: str, waiter: asyncio.Future[None] | None) -> None:
+        # One at a time and in order (asyncio.Lock is fair), so the counts match Redis's.
+        async with self._send_lock:
+            pubsub = self._pubsub
+            if pubsub is None or pubsub.connection is None:
+                return  # not connected: the next (re)subscription includes what is wanted
+            try:
+                if waiter is None:
+                    if channel not in self._wanted:
+                        await pubsub.unsubscribe(channel)
+                    return
+                if channel not in self._wanted:
+                    waiter.cancel()  # unwatched before it was sent
+                    return
+                self._sent += 1
+                self._target(waiter, self._sent)
+                await pubsub.subscribe(channel)
+            except Exception as exc:  # the listener notices and resubscribes everything
+                log.debug("redis subscription command failed: %s", exc)
+
+    def _target(self, waiter: asyncio.Future[None], target: int) -> None:
+        for entry in self._waiters:
+            if entry[1] is waiter:
+                entry[0] = target
+        self._settle()
+
+    def _settle(self) -> None:
+        keep = []
+        for entry in self._waiters:
+            target, waiter = entry
+            if waiter.done():
+                continue
+            if target is not None and target <= self._confirmed:
+                waiter.set_result(None)
+            else:
+                keep.append(entry)
+        self._waiters = keep
 
     async def _listen(self, handler: Handler, channels: tuple[str, ...]) -> None:
         delay = 0.05
         while True:
-            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
-            self._pubsub = pubsub
+            pubsub = self._sub_redis.pubsub()
             try:
-                await pubsub.subscribe(*channels)
+                async with self._send_lock:
+                    # Every channel wanted so far, in one command; the waiters of those not
+                    # confirmed yet now wait for this subscription.
+                    wanted = [*channels, *sorted(self._wanted)]
+                    self._sent, self._confirmed = len(wanted), 0
+                    for entry in self._waiters:
+                        entry[0] = self._sent
+                    await pubsub.subscribe(*wanted)
+                    self._pubsub = pubsub
                 delay = 0.05
                 self.healthy = True
                 if self.on_subscribed is not None:
                     self.on_subscribed()
                 while True:
                     msg = await pubsub.get_message(timeout=None)
-                    if msg is None or msg.get("type") != "message":
+                    if msg is None:
+                        continue
+                    kind = msg.get("type")
+                    if kind == "subscribe":
+                        self._confirmed += 1
+                        self._settle()
+                        continue
+                    if kind != "message":
                         continue
                     channel = msg["channel"]
                     if isinstance(channel, bytes):
                         channel = channel.decode()
+                    self.received["events" if channel.startswith(EVENTS_CHANNEL_PREFIX)
+                                  else "control"] += 1
                     result = handler(channel, msg["data"])
                     if result is not None:
                         await result
             except asyncio.CancelledError:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 raise
@@ -419,6 +536,7 @@ class Bus:
                 if self.healthy:
                     log.warning("redis subscription lost (%s); reconnecting", exc)
                 self.healthy = False
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 await asyncio.sleep(delay)

@@ -280,10 +280,11 @@ class Session(Delivery):
     def _hold_close_reply(self, out: list[bytes]) -> None:
         """The peer closed: our answer waits until its acks are durable (protocol.md §3
         Delivery). A device that reconnects as soon as it has our answer, to another
-        process or node, then finds its cursors stored. Once the session has wound down
-        (the peer answers a close of ours) it goes out at once."""
+        process or node, then finds its cursors stored. When the peer answers a close of
+        ours (or the session has wound down already) it goes out at once: holding it
+        would only keep the peer waiting on a close it already has."""
         self._close_reply.extend(out)
-        if self._close_reply_released:
+        if self._close_reply_released or self.close_code is not None:
             self._spawn_send_close_reply()
 
     def _spawn_send_close_reply(self) -> None:
@@ -400,11 +401,13 @@ class Session(Delivery):
                     old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
                     await old.finished.wait()
                 self._raise_if_closing()
-                if ctx.bus is not None and ctx.bus.healthy and ctx.hub.peers.present:
+                if ctx.bus is not None and ctx.bus.healthy:
                     # A session of this device on another process is closed with 4409
                     # and, like a local one, wound down (acks stored) before this
-                    # catch-up reads positions.
-                    await ctx.hub.replaced_elsewhere(self)
+                    # catch-up reads positions; and this process hears the user's events
+                    # from other processes and CLI commands before then too.
+                    await asyncio.gather(ctx.hub.replaced_elsewhere(self),
+                                         ctx.hub.listening(self.user_id))
                 self._raise_if_closing()
                 # Acks of this device's earlier session may still wait in the writer's
                 # queue; they must be durable before this catch-up starts (protocol.md §3

@@ -9,14 +9,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, Bus
+from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL_PREFIX, Bus, events_channel
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
 from relaybox.server.devicekeys import DeviceKeys
 from relaybox.server.peers import Peers
 from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
-from relaybox.services.fanout import decode_control, decode_events, encode_events
+from relaybox.services.fanout import decode_control, decode_events, encode_by_user
 from relaybox.store.eventlog import StoredEvent
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ class Hub:
         self.by_device: dict[str, Session] = {}
         self.winding_down: dict[str, Session] = {}  # ended here, acks not yet stored
         self.by_user: dict[str, set[Session]] = {}
+        # The user's events channel, subscribed while the user has a session here: done
+        # once Redis confirmed it (every event committed elsewhere from then on arrives).
+        self._listening: dict[str, asyncio.Future[None]] = {}
         self.rings: dict[tuple[str, str], Ring] = {}
         self._pending_bus: list[StoredEvent] = []
         self._bus_flush_scheduled = False
@@ -98,6 +101,8 @@ class Hub:
         if old is not None:
             self._drop(old)
         self.by_device[session.device_id] = session
+        if session.user_id not in self.by_user and self.bus is not None:
+            self._listening[session.user_id] = self.bus.watch(events_channel(session.user_id))
         self.by_user.setdefault(session.user_id, set()).add(session)
         self._watch_revocations(session.ctx.settings.gateway_revocation_check_s,
                                 session.ctx.eventlog.read)
@@ -208,6 +213,9 @@ class Hub:
                 del self.by_user[session.user_id]
                 for key in [k for k in self.rings if k[0] == session.user_id]:
                     del self.rings[key]
+                if self.bus is not None:
+                    self.bus.unwatch(events_channel(session.user_id))
+                    self._listening.pop(session.user_id, None)
 
     def online(self, device_id: str) -> bool:
         return device_id in self.by_device
@@ -233,7 +241,23 @@ class Hub:
         events, self._pending_bus = self._pending_bus, []
         self._bus_flush_scheduled = False
         if events and self.bus is not None:
-            await self.bus.publish(EVENTS_CHANNEL, encode_events(self.node_id, events))
+            # One message per user on the user's channel, all in one round trip: only the
+            # processes holding a session of that user receive (and decode) it.
+            await self.bus.publish_many(encode_by_user(self.node_id, events))
+
+    async def listening(self, user_id: str, timeout_s: float = 3.0) -> None:
+        """Wait until this process hears ``user_id``'s events from the other processes.
+        A handshake waits for it before reading positions, so that an event committed
+        elsewhere is either in its catch-up or arrives live, never neither."""
+        waiter = self._listening.get(user_id)
+        if waiter is None or waiter.done():
+            return
+        # Bounded: a Redis that does not answer must not hold up the handshake (its lost
+        # subscription is then the degraded case of docs/architecture.md).
+        done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
+        if not done:
+            log.warning("user %s: Redis did not confirm the events subscription within "
+                        "%.0f s", user_id, timeout_s)
 
     def fanout(self, events: list[StoredEvent]) -> None:
         by_user = self.by_user
@@ -257,7 +281,7 @@ class Hub:
     # -- bus messages from other processes ---------------------------------------------
     async def on_bus(self, channel: str, data: bytes) -> None:
         try:
-            if channel == EVENTS_CHANNEL:
+            if channel.startswith(EVENTS_CHANNEL_PREFIX):
                 if data.startswith(self._node_prefix):
                     return  # our own batch, already relayed here
                 _, events = decode_events(data)

@@ -46,6 +46,7 @@ class Peers:
         self._changed = asyncio.Event()
         self._echo = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     # -- start ---------------------------------------------------------------------
     async def join(self, timeout_s: float = JOIN_TIMEOUT_S) -> None:
@@ -100,15 +101,28 @@ class Peers:
             self._generation += 1
             self.present = True  # before answering: see the module docstring
             if self.bus is not None:
-                # The answer lists this process's live devices: a session of one of them
-                # opened on the newcomer replaces ours only after ours is wound down.
-                await self.bus.publish_control("node_here", to=node,
-                                               devices=self.local_devices())
+                # Answered from a task of its own: the confirmations it waits for come
+                # through the listener that runs this handler.
+                task = asyncio.get_running_loop().create_task(self._answer(node))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
         elif kind == "node_here" and msg.get("to") == self.node_id and isinstance(node, str):
             self._generation += 1
             self.present = True
             self._answers.add(node)
             self._changed.set()
+
+    async def _answer(self, node: Any) -> None:
+        if self.bus is None:
+            return
+        # Every events channel this process asked for is confirmed before it answers:
+        # the newcomer publishes nothing before the answer, so none of its events can
+        # overtake a subscription still on its way (docs/architecture.md).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.bus.watched(), JOIN_TIMEOUT_S)
+        # The answer lists this process's live devices: a session of one of them opened
+        # on the newcomer replaces ours only after ours is wound down.
+        await self.bus.publish_control("node_here", to=node, devices=self.local_devices())
 
     # -- periodic check --------------------------------------------------------------
     async def _rechecks(self, interval_s: float) -> None:

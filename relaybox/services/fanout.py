@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL, SyncBus
+from relaybox.bus import CONTROL_CHANNEL, SyncBus, events_channel
 from relaybox.store.eventlog import StoredEvent
 
 
@@ -14,6 +14,15 @@ def encode_events(node_id: str, events: list[StoredEvent]) -> bytes:
     """``<node id> <JSON rows>``: a process skips its own batches without decoding them."""
     return node_id.encode() + b" " + orjson.dumps(
         [[e.user_id, e.stream, e.seq, e.id, e.device_id, e.key, e.ts, e.body] for e in events])
+
+
+def encode_by_user(node_id: str, events: list[StoredEvent]) -> list[tuple[str, bytes]]:
+    """(channel, message) per user: each user's events go on that user's channel."""
+    by_user: dict[str, list[StoredEvent]] = {}
+    for ev in events:
+        by_user.setdefault(ev.user_id, []).append(ev)
+    return [(events_channel(user_id), encode_events(node_id, evs))
+            for user_id, evs in by_user.items()]
 
 
 def decode_events(data: bytes) -> tuple[str, list[StoredEvent]]:
@@ -33,7 +42,7 @@ def announce_sync(bus: SyncBus | None, events: list[StoredEvent],
     """From a CLI command or job: tell running servers about new events and notices."""
     if bus is None:
         return
-    if events:
-        bus.redis.publish(EVENTS_CHANNEL, encode_events("cli", events))
+    for channel, message in encode_by_user("cli", events):
+        bus.redis.publish(channel, message)
     for ctl in controls:
         bus.redis.publish(CONTROL_CHANNEL, orjson.dumps({"node": "cli", **ctl}))
