@@ -401,11 +401,13 @@ class Session(Delivery):
                     old.close_soon(CloseCode.SESSION_REPLACED, "session_replaced")
                     await old.finished.wait()
                 self._raise_if_closing()
-                if ctx.bus is not None and ctx.bus.healthy and ctx.hub.peers.present:
+                if ctx.bus is not None and ctx.bus.healthy:
                     # A session of this device on another process is closed with 4409
                     # and, like a local one, wound down (acks stored) before this
-                    # catch-up reads positions.
-                    await ctx.hub.replaced_elsewhere(self)
+                    # catch-up reads positions; and this process hears the user's events
+                    # from other processes and CLI commands before then too.
+                    await asyncio.gather(ctx.hub.replaced_elsewhere(self),
+                                         ctx.hub.listening(self.user_id))
                 self._raise_if_closing()
                 # Acks of this device's earlier session may still wait in the writer's
                 # queue; they must be durable before this catch-up starts (protocol.md §3
