@@ -214,7 +214,11 @@ def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None = None,
 
     def announce(*_: object) -> None:
         for line in ready or ():
-            click.echo(line, err=True)
+            if settings.log_format == "json":
+                # A JSON log stays one JSON object per line.
+                logging.getLogger("relaybox.server").info(line)
+            else:
+                click.echo(line, err=True)
 
     # Once, when connections are accepted: by the one process, or by the main process
     # once its workers are up.
