@@ -321,7 +321,19 @@ async def close_client(client: Any) -> None:
 def _client_kwargs(url: str, *, asynchronous: bool = True, retry: bool = True
                    ) -> dict[str, Any]:
     return {"health_check_interval": 0, "socket_connect_timeout": 2.0, "socket_timeout": 5.0,
-            **(reconnect_once(asynchronous=asynchronous) if retry else {})}
+            **(reconnect_once(asynchronous=asynchronous) if retry
+               else no_retry(asynchronous=asynchronous))}
+
+
+def no_retry(*, asynchronous: bool = True) -> dict[str, Any]:
+    """Client options that never retry nor reconnect by themselves (redis-py's default
+    retries three times with backoff): a subscription that breaks must be noticed."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kind = AsyncRetry if asynchronous else Retry
+    return {"retry": kind(NoBackoff(), 0)}
 
 
 def reconnect_once(*, asynchronous: bool = True) -> dict[str, Any]:
@@ -365,7 +377,6 @@ class Bus:
         self._sent = 0
         self._confirmed = 0
         self._waiters: list[list[Any]] = []  # [target or None, future]
-        self._send_lock = asyncio.Lock()
         self._sends: set[asyncio.Task[None]] = set()
 
     # -- health --------------------------------------------------------------
@@ -453,12 +464,16 @@ class Bus:
         task.add_done_callback(self._sends.discard)
 
     async def _send(self, channel: str, waiter: asyncio.Future[None] | None) -> None:
-        # One at a time and in order (asyncio.Lock is fair), so the counts match Redis's.
-        async with self._send_lock:
-            pubsub = self._pubsub
-            if pubsub is None or pubsub.connection is None:
-                return  # not connected: the next (re)subscription includes what is wanted
-            try:
+        # Tasks start in the order they were made, and on a connected pubsub a command is
+        # written before its first await: so commands reach Redis in the order asked,
+        # and the n-th channel sent is the n-th confirmed.
+        pubsub = self._pubsub
+        if pubsub is None or pubsub.connection is None or not pubsub.connection.is_connected:
+            # Not subscribed (a command would reconnect behind the listener's back): the
+            # next (re)subscription includes everything wanted by then.
+            return
+        try:
+            async with asyncio.timeout(2.0):
                 if waiter is None:
                     if channel not in self._wanted:
                         await pubsub.unsubscribe(channel)
@@ -469,8 +484,8 @@ class Bus:
                 self._sent += 1
                 self._target(waiter, self._sent)
                 await pubsub.subscribe(channel)
-            except Exception as exc:  # the listener notices and resubscribes everything
-                log.debug("redis subscription command failed: %s", exc)
+        except Exception as exc:  # the listener notices and resubscribes everything
+            log.debug("redis subscription command failed: %s", exc)
 
     def _target(self, waiter: asyncio.Future[None], target: int) -> None:
         for entry in self._waiters:
@@ -495,15 +510,16 @@ class Bus:
         while True:
             pubsub = self._sub_redis.pubsub()
             try:
-                async with self._send_lock:
-                    # Every channel wanted so far, in one command; the waiters of those not
-                    # confirmed yet now wait for this subscription.
-                    wanted = [*channels, *sorted(self._wanted)]
-                    self._sent, self._confirmed = len(wanted), 0
-                    for entry in self._waiters:
-                        entry[0] = self._sent
-                    await pubsub.subscribe(*wanted)
-                    self._pubsub = pubsub
+                await pubsub.connect()
+                # Every channel wanted so far, in one command (written before anything
+                # ``_send`` writes on this connection); the waiters of those not confirmed
+                # yet now wait for this subscription.
+                wanted = [*channels, *sorted(self._wanted)]
+                self._sent, self._confirmed = len(wanted), 0
+                for entry in self._waiters:
+                    entry[0] = self._sent
+                self._pubsub = pubsub
+                await pubsub.subscribe(*wanted)
                 delay = 0.05
                 self.healthy = True
                 if self.on_subscribed is not None:
