@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,30 +260,92 @@ def _mp() -> Any:
     return mp.get_context("fork")
 
 
+def describe_failure(exc: BaseException) -> str:
+    """What a load-generator process ran into, in the server's own terms: a refused
+    connection (503 ``too_many_connections``: the per-address cap), a close code
+    (4429: too many failed handshakes from this address), a nack."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    if isinstance(exc, InvalidStatus):
+        resp = exc.response
+        body = bytes(resp.body or b"")[:200].decode(errors="replace")
+        return (f"the server refused the WebSocket: HTTP {resp.status_code} {body} "
+                "(503 too_many_connections: limits.connections_per_address)").strip()
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        if rcvd is not None:
+            return f"the server closed the session: {rcvd.code} {rcvd.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _guarded(fn: Callable[..., None], *args: Any) -> None:
+    """Run a worker; on failure put ("error", what happened) on its queue (its last
+    argument) so that the parent reports it at once instead of waiting for results."""
+    try:
+        fn(*args)
+    except BaseException as exc:  # reported to the parent, then exit 1
+        args[-1].put(("error", describe_failure(exc)))
+        raise SystemExit(1) from None
+
+
+def _proc(ctx: Any, fn: Callable[..., None], *args: Any) -> Any:
+    return ctx.Process(target=_guarded, args=(fn, *args))
+
+
 def relay(url: str, a: Device, b: Device, n: int, *, rate: float = 0, inflight: int = 1024,
           body_size: int = 200) -> dict[str, Any]:
     """A → server → B: events/s from first publish to last delivery, and latencies."""
     ctx = _mp()
     out = ctx.Queue()
     ready = ctx.Event()
-    recv = ctx.Process(target=_receiver, args=(url, b, n, ready, out))
+    recv = _proc(ctx, _receiver, url, b, n, ready, out)
     recv.start()
     ready.wait(30)
-    pub = ctx.Process(target=_publisher, args=(url, a, n, rate, inflight, body_size, out))
+    pub = _proc(ctx, _publisher, url, a, n, rate, inflight, body_size, out)
     pub.start()
-    results = _collect(out, 2)
+    results = _collect(out, 2, [recv, pub])
     pub.join()
     recv.join()
     return _relay_result(n, results)
 
 
-def _collect(out: Any, n: int) -> dict[str, Any]:
+class WorkerFailed(RuntimeError):
+    """A load-generator process failed (a refusal of the server, a nack, a timeout)."""
+
+
+def _collect_items(out: Any, n: int, procs: Sequence[Any] = (),
+                   timeout: float = 600) -> list[Any]:
+    """``n`` results from the worker processes ``procs``; a worker's ("error", …)
+    raises WorkerFailed at once, and so do workers that all ended without a result."""
+    import queue
+
+    items: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(items) < n:
+        try:
+            item = out.get(timeout=1.0)
+        except queue.Empty:
+            if procs and not any(p.is_alive() for p in procs):
+                with contextlib.suppress(queue.Empty):
+                    items.append(out.get(timeout=0.5))
+                    continue
+                raise WorkerFailed("the load-generator processes ended without a result "
+                                   f"(exit codes {[p.exitcode for p in procs]})") from None
+            if time.monotonic() > deadline:
+                raise WorkerFailed(f"no result within {timeout:g} s") from None
+            continue
+        if item[0] == "error":
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            raise WorkerFailed(item[1])
+        items.append(item)
+    return items
+
+
+def _collect(out: Any, n: int, procs: Sequence[Any] = ()) -> dict[str, Any]:
     """``n`` results from the worker processes, by the name each one starts with."""
-    results = {}
-    for _ in range(n):
-        item = out.get(timeout=600)
-        results[item[0]] = item
-    return results
+    return {item[0]: item for item in _collect_items(out, n, procs)}
 
 
 def percentile(ordered: list[int], q: float) -> int:
@@ -413,9 +475,9 @@ def latency(url: str, a: Device, b: Device, n: int, rate: float = 2000,
         probe = ctx.Process(target=_storage_probe, args=(probe_dir, PROBE_RATE, stop, out))
         probe.start()
     try:
-        proc = ctx.Process(target=_latency_run, args=(url, a, b, n, rate, body_size, out))
+        proc = _proc(ctx, _latency_run, url, a, b, n, rate, body_size, out)
         proc.start()
-        results = _collect(out, 3)
+        results = _collect(out, 3, [proc])
         proc.join()
     finally:
         stop.set()  # the probe stops with the run, even one that failed
@@ -534,9 +596,9 @@ def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
     """B offline while A publishes ``n`` events; then B connects: events/s until `synced`."""
     ctx = _mp()
     out = ctx.Queue()
-    pub = ctx.Process(target=_publisher, args=(url, a, n, 0, 1024, 200, out))
+    pub = _proc(ctx, _publisher, url, a, n, 0, 1024, 200, out)
     pub.start()
-    out.get(timeout=600)
+    _collect(out, 1, [pub])
     pub.join()
 
     async def run() -> dict[str, Any]:
@@ -576,22 +638,23 @@ def _handshaker(url: str, devs: list[Device], rounds: int, conc: int, out: Any) 
 
         t0 = time.monotonic()
         await asyncio.gather(*(one(devs[i % len(devs)]) for i in range(rounds)))
-        out.put((count, time.monotonic() - t0))
+        out.put(("handshakes", count, time.monotonic() - t0))
 
     _run(run())
 
 
-def handshakes(url: str, devs: list[Device], rounds: int, procs: int = 1) -> dict[str, Any]:
+def handshakes(url: str, devs: list[Device], rounds: int, procs: int = 1,
+               concurrency: int = 16) -> dict[str, Any]:
     ctx = _mp()
     out = ctx.Queue()
     per = max(1, len(devs) // procs)
-    ps = [ctx.Process(target=_handshaker,
-                      args=(url, devs[i * per:(i + 1) * per], rounds // procs, 16, out))
+    ps = [_proc(ctx, _handshaker, url, devs[i * per:(i + 1) * per], rounds // procs,
+                concurrency, out)
           for i in range(procs)]
     t0 = time.monotonic()
     for p in ps:
         p.start()
-    total = sum(out.get(timeout=600)[0] for _ in ps)
+    total = sum(item[1] for item in _collect_items(out, len(ps), ps))
     elapsed = time.monotonic() - t0
     for p in ps:
         p.join()
