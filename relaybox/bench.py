@@ -143,9 +143,19 @@ def seed_devices(data_dir: Path, per_user: int, users: int = 1,
     return out
 
 
+REFUSED = ("the server dropped the connection during the WebSocket opening handshake "
+           "(a refusal: 503 too_many_connections past limits.connections_per_address or "
+           "limits.max_connections)")
+
+
 async def connect(url: str, dev: Device) -> tuple[Any, dict[str, Any]]:
-    ws = await websockets.connect(url, compression=None, max_size=None, ping_interval=None,
-                                  max_queue=None)
+    try:
+        ws = await websockets.connect(url, compression=None, max_size=None,
+                                      ping_interval=None, max_queue=None)
+    except (AssertionError, OSError, EOFError) as exc:
+        # A server that answers 503 and drops the connection before the request is
+        # written ends the opening handshake this way, not with InvalidStatus.
+        raise ConnectionError(REFUSED) from exc
     nonce = random_nonce()
     await ws.send(orjson.dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
                                 "nonce": nonce}).decode())
@@ -375,7 +385,10 @@ async def lean_connect(url: str, dev: Device, key: nacl.signing.SigningKey | Non
                        ) -> tuple[LeanConnection, dict[str, Any]]:
     """The handshake on a ``LeanConnection``; returns it with the `welcome` message.
     ``key``: the device's signing key, when the caller keeps it built."""
-    conn = await LeanConnection.connect(url)
+    try:
+        conn = await LeanConnection.connect(url)
+    except (ConnectionError, OSError) as exc:
+        raise ConnectionError(REFUSED) from exc
     nonce = random_nonce()
     conn.send(orjson.dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
                             "nonce": nonce}).decode())
