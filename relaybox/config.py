@@ -385,7 +385,8 @@ def _check_urls_unsafe(s: Settings) -> list[str]:
                 problems.append(f"redis_url = {mask_url(s.redis_url)!r}: socket path missing")
         else:
             problems.append(f"redis_url = {mask_url(s.redis_url)!r}: "
-                            "scheme must be redis, rediss or unix")
+                            "scheme must be redis, rediss, unix, redis+sentinel or "
+                            "rediss+sentinel")
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         problems.append("tls.cert_file and tls.key_file: set both (https) or neither (http)")
     if s.replication_enabled:
