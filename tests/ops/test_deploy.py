@@ -60,8 +60,26 @@ def _wheel(src: Path, out: Path) -> Path:
     return wheel
 
 
+PROBE_MIGRATION = '''"""A column the broken version adds (its rollback must remove it)."""
+
+import peewee as pw
+
+
+def migrate(migrator, database, fake=False, **kwargs):
+    migrator.add_fields("device", deploy_probe=pw.IntegerField(default=0))
+
+
+def rollback(migrator, database, fake=False, **kwargs):
+    migrator.remove_fields("device", "deploy_probe")
+'''
+
+
 def _broken(src: Path) -> None:
-    """Version 0.1.1 whose readiness check always answers 503."""
+    """Version 0.1.1 with one more migration, whose readiness check always answers 503."""
+    migrations = sorted((src / "relaybox" / "migrations").glob("[0-9]*.py"))
+    number = int(migrations[-1].name[:3]) + 1
+    (src / "relaybox" / "migrations" / f"{number:03d}_deploy_probe.py").write_text(
+        PROBE_MIGRATION)
     status = src / "relaybox" / "server" / "api" / "status.py"
     text = status.read_text()
     patched = text.replace("status=200 if db_ok else 503)", "status=503)")
@@ -128,6 +146,7 @@ def test_a_broken_version_is_rolled_back_and_no_event_is_lost(tmp_path: Path) ->
         assert httpx.get(server.url + "/api/v1/status").json()["version"] == "0.1.0"
 
         asyncio.run(_publish(server, alice[0], 3))
+        applied = _applied(data_dir)
 
         second = _deploy(root, bad, env, scripts, device.path or Path(), server.url)
         last = second.stderr.strip().splitlines()[-1]
@@ -135,6 +154,9 @@ def test_a_broken_version_is_rolled_back_and_no_event_is_lost(tmp_path: Path) ->
         assert last.startswith("deploy: rolled back to 0.1.0: ")
         assert "health/ready" in last and "503" in last
         assert (root / "venvs" / "0.1.1").is_dir()  # kept for a look at what failed
+        assert "migrations applied: " in second.stderr and "_deploy_probe" in second.stderr
+        assert "migrations undone: " in second.stderr
+        assert _applied(data_dir) == applied  # the new version's migration is undone
 
         # The old version serves again, from the old venv, with every event.
         assert os.readlink(root / "current") == "venvs/0.1.0"
@@ -148,6 +170,13 @@ def test_a_broken_version_is_rolled_back_and_no_event_is_lost(tmp_path: Path) ->
     finally:
         subprocess.run([str(scripts / "stop")], env=env, timeout=30, check=False)
         server.kill()  # only the embedded Redis, if the server left it behind
+
+
+def _applied(data_dir: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "relaybox", "migrate", "status", "--json"],
+                         check=True, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RELAYBOX_DATA_DIR": str(data_dir)})
+    return list(json.loads(out.stdout)["applied"])
 
 
 def _init(data_dir: Path) -> str:
