@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -99,6 +100,15 @@ class BatchStats:
 
 #: Most cursor saves kept across failed batches (one per device and stream).
 _RETAINED_MAX = 100_000
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """Did the database drop the connection (as opposed to refusing the statement)?"""
+    text = str(exc).lower()
+    return isinstance(exc, pw.InterfaceError) or any(m in text for m in (
+        "server closed the connection", "connection already closed",
+        "terminating connection", "connection not open", "could not receive data",
+        "ssl connection has been closed", "no connection to the server"))
 
 
 def _real_error(exc: Exception) -> Exception:
@@ -235,7 +245,20 @@ class EventLog:
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking read in the reader pool."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.readers, fn, *args)
+        return await loop.run_in_executor(self.readers, self._read, fn, args)
+
+    def _read(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """One read, in a reader thread. A connection the database dropped (a restart, an
+        administrator's pg_terminate_backend, a failover) is replaced and the read tried
+        once more: a read changes nothing, so it is safe to repeat."""
+        try:
+            return fn(*args)
+        except (pw.OperationalError, pw.InterfaceError) as exc:
+            if not _connection_lost(exc):
+                raise
+            with contextlib.suppress(Exception):
+                self.db.close()  # this thread's connection
+            return fn(*args)
 
     # -- writer thread -----------------------------------------------------------
     def _run(self) -> None:

@@ -144,3 +144,28 @@ async def test_revoking_through_one_node_closes_the_session_on_the_other(
         assert (err["type"], err["code"]) == ("error", "revoked")
         assert (await until_close(ws))[1] == 4403
     await ck.close()
+
+
+async def test_reads_survive_connections_the_database_dropped(
+        nodes: tuple[Server, Server], pg_url: str) -> None:
+    """An administrator (or a failover) ends every connection of the database: the next
+    handshakes, which read the device's key and the stream positions in the reader pool,
+    succeed on fresh connections instead of failing with 1001 and a traceback."""
+    first, _ = nodes
+    a, b = users(first, 2)[0]
+    c = await connect_synced(first, a)  # the reader threads have connections now
+    await c.close()
+    name = urlsplit(pg_url).path.lstrip("/")
+    admin = _pg_database(postgres_url(), urlsplit(postgres_url()).path.lstrip("/"))
+    try:
+        ended = admin.execute_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+    finally:
+        admin.close()
+    assert ended > 0
+    for dev in (b, a):  # b is not cached: its key is read from the database
+        again = await connect_synced(first, dev)
+        await again.barrier()
+        await again.close()
+    assert "Traceback" not in first.log()
