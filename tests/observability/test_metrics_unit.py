@@ -38,9 +38,14 @@ def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     return parse(m.render().decode())[0]
 
 
-def test_deliveries_are_bucketed_like_observations(tmp_path: Path) -> None:
+def test_deliveries_are_bucketed_like_observations(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import relaybox.server.metrics as metrics_module
+
     m = _metrics(_settings(tmp_path))
     now_ms = time.time() * 1000
+    # The clock stands still: each event's age is exactly what the test gives it.
+    monkeypatch.setattr(metrics_module, "_now", lambda: now_ms / 1000)
     ages_ms = [0.0, 3.0, 40.0, 700.0, 20_000.0]
     for i, age in enumerate(ages_ms):
         m.delivered(StoredEvent("u", "s", i + 1, "id", "d", None, int(now_ms - age), "{}"))
