@@ -91,7 +91,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         if ctx.metrics is not None:
             eventlog.on_batch = ctx.metrics.batch
         if bus is not None:
-            bus.on_subscribed = hub.peers.resubscribed
+            bus.on_subscribed = hub.resubscribed
             bus.start_listening(hub.on_bus)
             # Before the first connection: every other server process now publishes.
             await hub.peers.join()

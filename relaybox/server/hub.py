@@ -432,6 +432,18 @@ class Hub:
         except Exception:
             return True  # unknown: wait for the hand-over as before (bounded)
 
+    def resubscribed(self) -> None:
+        """The bus subscription was (re)established. Session notices sent while it was down
+        were lost, so two processes may each hold a session of one device: each process
+        announces its live sessions again, and the older of any pair is closed (see the
+        "session" notice in ``on_control``)."""
+        self.peers.resubscribed()
+        if self.bus is None:
+            return
+        for session in list(self.by_device.values()):
+            if session.close_code is None:
+                self._spawn(self._reannounce(session))
+
     async def _reannounce(self, session: Session) -> None:
         if self.bus is not None:
             with contextlib.suppress(Exception):
