@@ -298,6 +298,3 @@ def install(app: Sanic, settings: Settings) -> None:
         if monitor is not None:
             await monitor.stop()
 
-
-def monitor_of(app: Sanic) -> HealthMonitor | None:
-    return getattr(app.ctx, "health", None)

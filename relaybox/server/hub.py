@@ -466,9 +466,6 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def revoke_local(self, device_id: str) -> None:
-        await self.on_control({"kind": "revoke", "device_id": device_id})
-
     async def close_all(self, code: int, reason: str) -> None:
         if self._revocation_checks is not None:
             self._revocation_checks.cancel()
