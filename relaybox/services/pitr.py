@@ -16,7 +16,7 @@ from typing import Any
 
 from relaybox.config import Settings
 from relaybox.services import litestream
-from relaybox.services.backup import BackupError, inspect_sqlite, make_private_dir
+from relaybox.services.archive import BackupError, inspect_sqlite, make_private_dir
 from relaybox.services.restore import _after_restore, _check_replaceable, _swap_sqlite
 
 

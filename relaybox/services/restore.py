@@ -14,7 +14,7 @@ from typing import Any
 
 from relaybox.config import CONFIG_FILE, ConfigError, Settings, load_settings, mask_url
 from relaybox.services import pgdump
-from relaybox.services.backup import (
+from relaybox.services.archive import (
     BackupError,
     Verified,
     fsync_dir,
