@@ -112,10 +112,6 @@ def run_main(group: click.Group, argv: list[str]) -> Any:
         sys.exit(1)
 
 
-def handle_relay_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return fn
-
-
 def relay_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Report a RelayError from a command as one line ``error: …`` (exit 1), also under
     Click's own runner (tests), not only through ``run_main``."""

@@ -162,7 +162,3 @@ def revoked_among(device_ids: list[str]) -> dict[str, bool]:
             elif found[device_id] is not None:
                 out[device_id] = True
     return out
-
-
-def touch(device_id: str, clock: Callable[[], int] = now_ms) -> None:
-    Device.update(last_seen_at=clock()).where(Device.id == device_id).execute()
