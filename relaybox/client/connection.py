@@ -30,13 +30,20 @@ from relaybox.client.errors import (
     SessionReplacedError,
 )
 from relaybox.client.events import EventStream, Presence, parse_event, parse_gap
+from relaybox.client.handshake import run_handshake
 from relaybox.client.identity import Identity
 from relaybox.client.positions import StateFile
 from relaybox.client.publisher import Publisher
+from relaybox.protocol.client import (
+    ClientHandshake,
+    HandshakeFailed,
+    HandshakeRefused,
+    Refused,
+    ServerMismatch,
+    decode_frame,
+)
 from relaybox.protocol.codes import CloseCode
-from relaybox.protocol.encoding import dumps, loads, random_nonce
-from relaybox.protocol.handshake import gateway_signing_bytes
-from relaybox.protocol.messages import PROTOCOL_VERSION
+from relaybox.protocol.encoding import dumps
 
 __all__ = ["Client"]
 
@@ -63,19 +70,6 @@ _MESSAGES: Final[dict[type[FatalError], str]] = {
 
 class _Dropped(Exception):
     """The connection ended or failed in a way worth retrying."""
-
-
-def _decode(raw: str | bytes) -> dict[str, Any] | None:
-    # protocol.md §1: text frames with a JSON object holding a string "type".
-    if not isinstance(raw, str):
-        return None
-    try:
-        msg = loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        return None
-    return msg
 
 
 class Client:
@@ -300,38 +294,24 @@ class Client:
     async def _handshake(self, ws: ClientConnection) -> dict[str, Any]:
         """protocol.md §2: hello, challenge, auth, welcome."""
         ident = self.identity
-        nonce = random_nonce()
-        async with asyncio.timeout(self.open_timeout):
-            await ws.send(dumps({"type": "hello", "protocol": PROTOCOL_VERSION,
-                                 "device_id": ident.device_id, "nonce": nonce}))
-            challenge = await self._expect(ws, "challenge")
-            server_id = challenge.get("server_id")
-            # protocol.md §2 step 3: never sign for a server we were not paired with.
-            if server_id != ident.server_id:
-                raise ServerMismatchError(
-                    f"the server at {ident.server} has server_id {server_id}, but this device "
-                    f"was paired with server {ident.server_id}; refusing to authenticate")
-            session_id, server_nonce = challenge.get("session_id"), challenge.get("nonce")
-            if not isinstance(session_id, str) or not isinstance(server_nonce, str):
-                raise _Dropped("malformed challenge")
-            signature = ident.sign(gateway_signing_bytes(server_id, session_id, ident.device_id,
-                                                         nonce, server_nonce))
-            await ws.send(dumps({"type": "auth", "signature": signature}))
-            return await self._expect(ws, "welcome")
+        hs = ClientHandshake(ident.device_id, ident.signing_key, server_id=ident.server_id)
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                return await run_handshake(hs, ws.send, ws.recv, on_error=self._refused)
+        except ServerMismatch as exc:
+            raise ServerMismatchError(
+                f"the server at {ident.server} has server_id {exc.got}, but this device "
+                f"was paired with server {ident.server_id}; refusing to authenticate"
+            ) from None
+        except HandshakeRefused as exc:
+            fatal = _FATAL_ERRORS[exc.refused.code]
+            raise fatal(_MESSAGES[fatal]) from None
+        except HandshakeFailed as exc:
+            raise _Dropped(str(exc)) from None
 
-    async def _expect(self, ws: ClientConnection, kind: str) -> dict[str, Any]:
-        while True:
-            msg = _decode(await ws.recv())
-            if msg is None:
-                raise _Dropped(f"malformed frame while waiting for {kind}")
-            if msg["type"] == kind:
-                return msg
-            if msg["type"] == "error":
-                fatal = _FATAL_ERRORS.get(str(msg.get("code")))
-                if fatal is not None:
-                    raise fatal(_MESSAGES[fatal])
-                self.last_error = f"server error {msg.get('code')}: {msg.get('message')}"
-            # Other types: the server may add messages; ignore them (protocol.md intro).
+    def _refused(self, refused: Refused) -> None:
+        # A non-fatal error during the handshake: the server closes next; say why.
+        self.last_error = f"server error {refused.code}: {refused.message}"
 
     def _ready(self, welcome: dict[str, Any]) -> None:
         self.sessions += 1
@@ -390,7 +370,7 @@ class Client:
 
     # -- receiving ---------------------------------------------------------------------------
     def _dispatch(self, raw: str | bytes) -> None:
-        msg = _decode(raw)
+        msg = decode_frame(raw)
         if msg is None:
             log.warning("ignoring a malformed frame from the server")
             return
