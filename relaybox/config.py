@@ -85,6 +85,15 @@ class Settings:
                                lo=1, hi=100000)
     read_threads: int = _s("storage.read_threads", 4, "Threads serving database reads.",
                            lo=1, hi=64)
+    pool_max_connections: int = _s(
+        "storage.pool_max_connections", 6,
+        "PostgreSQL: connections one server process holds at most (its reads, health "
+        "probes and scheduled jobs share them; its writer process has its own).",
+        lo=1, hi=1000)
+    pool_timeout_s: float = _s(
+        "storage.pool_timeout_s", 10.0,
+        "PostgreSQL: seconds a read waits for a free pooled connection before it fails "
+        "(503 storage_unavailable).", lo=0.1, hi=300)
     writer_process: bool = _s(
         "storage.writer_process", True,
         "Commit in a writer process of its own (true) or in a thread of the server process "

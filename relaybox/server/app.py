@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 
+import peewee as pw
 from sanic import Request, Sanic, Websocket
 from sanic.response import HTTPResponse
 from sanic_ext import Extend
@@ -67,7 +68,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         loop = asyncio.get_running_loop()
         raise_open_file_limit()
         db = open_database(settings)
-        secrets = await loop.run_in_executor(None, _load_secrets)
+        secrets = await loop.run_in_executor(None, _load_secrets, db)
         node_id = uuid7()
         bus = Bus(settings.redis_url, node_id) if settings.redis_url else None
         hub = Hub(node_id, bus)
@@ -171,8 +172,11 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def _load_secrets() -> identity.ServerSecrets:
-    return identity.load_secrets()
+def _load_secrets(db: pw.Database) -> identity.ServerSecrets:
+    try:
+        return identity.load_secrets()
+    finally:
+        db.close()  # this thread's connection: back to the pool (or closed, on SQLite)
 
 
 def pid() -> int:

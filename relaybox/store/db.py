@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
 from relaybox.config import Settings
 from relaybox.store.models import database_proxy
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
+#: A pooled PostgreSQL connection older than this is closed when it comes back, so that a
+#: long-lived process picks up a failed-over server or changed settings within minutes.
+POOL_RECYCLE_S = 300.0
 
 
 def sqlite_pragmas(synchronous: str, *, replicated: bool = False) -> dict[str, object]:
@@ -39,18 +45,71 @@ def make_database(settings: Settings) -> pw.Database:
     if path is not None:
         return make_sqlite(path, settings.sqlite_synchronous,
                            replicated=settings.replication_enabled)
-    return make_postgres(settings.database_url)
+    return make_postgres(settings.database_url, pool_size=settings.pool_max_connections,
+                         pool_timeout_s=settings.pool_timeout_s)
 
 
-def make_postgres(url: str) -> pw.PostgresqlDatabase:
+class Pool(PooledPostgresqlDatabase):
+    """PostgreSQL with a bounded pool of connections per process (docs/deployment.md,
+    "PostgreSQL connections"). A thread takes a connection on its first query and gives it
+    back on ``close()``; past ``max_connections`` it waits up to the pool timeout, then
+    gets the same error as an unreachable database (503 storage_unavailable)."""
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        try:
+            return bool(super().connect(reuse_if_open))
+        except MaxConnectionsExceeded as exc:
+            raise pw.OperationalError(
+                f"all {self._max_connections} pooled database connections are busy") from exc
+
+    def in_use(self) -> int:
+        """Connections handed out now (a gauge for tests and metrics)."""
+        return len(self._in_use)
+
+    def idle(self) -> int:
+        """Open connections waiting in the pool."""
+        return len(self._connections)
+
+
+def make_postgres(url: str, *, pool_size: int = 8, pool_timeout_s: float = 10.0) -> Pool:
     parts = urlsplit(url)
-    return pw.PostgresqlDatabase(
+    return Pool(
         unquote(parts.path.lstrip("/")) or "relaybox",
+        max_connections=pool_size,
+        timeout=pool_timeout_s,
+        stale_timeout=POOL_RECYCLE_S,
         user=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         host=parts.hostname or None,
         port=parts.port or None,
+        application_name="relaybox",
     )
+
+
+class ReadPool(ThreadPoolExecutor):
+    """The reader threads of one process. With a pooled database every task hands its
+    connection back when it ends, so idle readers hold none and more readers than pooled
+    connections simply take turns; SQLite keeps one connection per thread (opening one
+    costs its pragmas)."""
+
+    def __init__(self, db: pw.Database, threads: int, name: str = "relaybox-read") -> None:
+        super().__init__(threads, thread_name_prefix=name)
+        self.db = db
+        self.pooled = isinstance(db, Pool)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if not self.pooled:
+            return super().submit(fn, *args, **kwargs)
+        return super().submit(_then_release, self.db, fn, args, kwargs)
+
+
+def _then_release(db: pw.Database, fn: Callable[..., Any], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if not db.is_closed():
+            db.close()
 
 
 def make_sqlite(path: Path, synchronous: str = "full", *,
