@@ -1,4 +1,4 @@
-"""Migrations runner over peewee-migrate (files in relaybox/migrations/)."""
+"""Migrations runner over peewee-migrate (the files of the top-level migrations/ folder)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import peewee as pw
+import relaybox_migrations
 from peewee_migrate import Router
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# migrations/ is installed as the package relaybox_migrations (setup.py): found the same
+# way from a wheel and from a source checkout (an editable install maps it there).
+MIGRATIONS_DIR = Path(relaybox_migrations.__file__).resolve().parent
 MIGRATE_TABLE = "migratehistory"
 # pg_advisory_lock key shared by every relaybox process migrating one PostgreSQL database
 # (any fixed 64-bit number; this one spells "relaybox" in ASCII, truncated to fit).
