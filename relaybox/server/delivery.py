@@ -1,19 +1,18 @@
-"""Delivery to one session: per-stream positions, the window, live relay, catch-up, gaps.
+"""Delivery to one session: the pump over the protocol core's ``DeliveryState``.
 
-``Session`` (gateway.py) owns the connection and the handshake; this part decides which
-event goes out next (protocol.md §3 Delivery and Flow control). Live events arrive through
-``offer`` from the hub; whatever live delivery had to skip (a full window, a stream being
-read, catch-up after connect) is sent by ``_pump`` from the hub's ring or from storage.
+The state (per-stream positions, window, acks, gaps, `synced`) is the pure
+``relaybox.protocol.delivery.DeliveryState``; this part feeds it and does its I/O
+(protocol.md §3 Delivery and Flow control). Live events arrive through ``offer`` from the
+hub; whatever live delivery had to hold back (a full window, a stream being read,
+catch-up after connect) is sent by ``_pump`` from the hub's ring or from storage.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from relaybox.protocol.frames import gap_frame, synced_frame
+from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState
 from relaybox.protocol.messages import Ack
 from relaybox.store import queries
 from relaybox.store.eventlog import StoredEvent
@@ -21,164 +20,89 @@ from relaybox.store.eventlog import StoredEvent
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
 
-READ_CHUNK = 512  # events per storage read when a session resumes from storage
-
-
-@dataclass(slots=True)
-class StreamState:
-    """Delivery state of one stream for one session (protocol.md §3 Delivery)."""
-
-    done: int  # every seq ≤ done was sent or skipped (own event) or acked before
-    acked: int
-    known_head: int
-    floor: int = 0
-    inflight: deque[int] = field(default_factory=deque)  # sent seqs not yet acked
-    reading: bool = False
+__all__ = ["Delivery", "StreamState"]
 
 
 class Delivery:
     """The delivery half of a gateway session (mixed into ``Session``)."""
 
     ctx: ServerContext
-    device_id: str
     user_id: str
-    window: int
-    streams: dict[str, StreamState]
-    inflight: int
-    output_paused: bool
-    ready: bool
+    state: DeliveryState
     close_code: int | None
     wake: asyncio.Event
-    synced_target: dict[str, int] | None
     _sender_idle: asyncio.Event
 
     def send(self, frame: str) -> None:
         raise NotImplementedError
 
+    # Read by the hub, health and metrics: the state's, under the session's names.
+    @property
+    def streams(self) -> dict[str, StreamState]:
+        return self.state.streams
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
     def _ack(self, msg: Ack) -> None:
-        st = self.streams.get(msg.stream)
-        if st is None:
-            return
-        # An ack above what was sent on this stream is clamped to it (protocol.md §3).
-        seq = min(msg.seq, st.done)
-        if seq <= st.acked:
-            return
-        st.acked = seq
-        q = st.inflight
-        freed = 0
-        while q and q[0] <= seq:
-            q.popleft()
-            freed += 1
-        if freed:
-            was_full = self.inflight >= self.window
-            self.inflight -= freed
-            if was_full:
+        state = self.state
+        was_full = state.inflight >= state.window
+        seq = state.ack(msg.stream, msg.seq)
+        if seq:
+            if was_full and state.inflight < state.window:
                 self.wake.set()
-        self.ctx.eventlog.save_cursor(self.device_id, msg.stream, seq)
+            self.ctx.eventlog.save_cursor(state.device_id, msg.stream, seq)
 
     # -- delivery ---------------------------------------------------------------------------
     def offer(self, ev: StoredEvent) -> None:
         """A newly committed event of this user (called by the hub, on the loop)."""
-        st = self.streams.get(ev.stream)
-        if st is None:
-            # First event of a stream this session has not seen: start from nothing.
-            st = self.streams[ev.stream] = StreamState(done=0, acked=0, known_head=0)
-            if not self.ready:
-                st.known_head = ev.seq
-                return
-        if ev.seq > st.known_head:
-            st.known_head = ev.seq
-        if not self.ready or st.reading or ev.seq != st.done + 1:
-            if ev.seq > st.done:
-                self.wake.set()
-            return
-        if ev.device_id == self.device_id:
-            st.done = ev.seq  # never delivered to its publisher
-            return
-        if self.inflight >= self.window or self.output_paused:
-            # Resumed from the ring or storage as acks arrive and the peer reads.
+        decision = self.state.offer(ev.stream, ev.seq, ev.device_id)
+        if decision == DELIVER:
+            self.send(ev.frame)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.delivered(ev)
+        elif decision == HOLD:
             self.wake.set()
-            return
-        st.done = ev.seq
-        st.inflight.append(ev.seq)
-        self.inflight += 1
-        self.send(ev.frame)
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.delivered(ev)
 
     async def _pump(self) -> None:
-        """Send what live delivery skipped: catch-up, window refills, gaps, then `synced`."""
+        """Send what live delivery held back: catch-up, window refills, gaps, `synced`."""
+        state = self.state
         while True:
             await self.wake.wait()
             self.wake.clear()
             progressed = True
             while progressed and self.close_code is None:
                 progressed = False
-                for name, st in list(self.streams.items()):
-                    if (st.done >= st.known_head or self.inflight >= self.window
-                            or self.output_paused):
-                        continue
-                    if await self._refill(name, st):
+                for name in list(state.streams):
+                    if state.behind(name) and await self._refill(name):
                         progressed = True
-                self._maybe_synced()
+                synced = state.synced()
+                if synced is not None:
+                    self.send(synced)
 
-    async def _refill(self, name: str, st: StreamState) -> bool:
-        if st.floor > st.done:
-            # Retention removed events this device never acked (protocol.md §3 Catch-up).
-            self.send(gap_frame(name, st.done, st.floor + 1))
-            st.done = st.floor
-        room = self.window - self.inflight
-        limit = min(READ_CHUNK, max(room, 1) * 2)
-        events = self.ctx.hub.ring_after(self.user_id, name, st.done, limit)
-        if events is None or (not events and st.known_head > st.done):
-            st.reading = True
+    async def _refill(self, name: str) -> bool:
+        state = self.state
+        gap = state.floor_gap(name)
+        if gap is not None:
+            self.send(gap)
+        after, limit = state.read_from(name)
+        events = self.ctx.hub.ring_after(self.user_id, name, after, limit)
+        if state.needs_storage(name, events):
+            st = state.streams[name]
+            st.reading = True  # live events of this stream wait for the read
             try:
                 events = await self.ctx.eventlog.read(queries.read_events, self.user_id, name,
-                                                      st.done, limit)
+                                                      after, limit)
             finally:
                 st.reading = False
             if not events:
                 floor = await self.ctx.eventlog.read(_floor_of, self.user_id, name)
-                if floor > st.done:
-                    st.floor = floor
-                    return True
-                st.known_head = st.done
-                return False
-        sent_any = False
-        for ev in events:
-            if ev.seq <= st.done:
-                continue
-            if ev.seq != st.done + 1:
-                if ev.seq > st.done + 1:
-                    st.floor = max(st.floor, ev.seq - 1)
-                    self.send(gap_frame(name, st.done, ev.seq))
-                    st.done = ev.seq - 1
-            if ev.device_id == self.device_id:
-                st.done = ev.seq
-                sent_any = True
-                continue
-            if self.inflight >= self.window or self.output_paused:
-                break
-            st.done = ev.seq
-            st.inflight.append(ev.seq)
-            self.inflight += 1
-            self.send(ev.frame)
-            sent_any = True
-        if st.done > st.known_head:
-            st.known_head = st.done
+                return state.read_empty(name, floor)
+        assert events is not None
+        moved = state.take(name, events, self.send)
         await self._sender_idle.wait()  # keep the outbox bounded by the window
-        return sent_any
-
-    def _maybe_synced(self) -> None:
-        target = self.synced_target
-        if target is None:
-            return
-        for name, head in target.items():
-            st = self.streams.get(name)
-            if st is None or st.done < head:
-                return
-        self.synced_target = None
-        self.send(synced_frame(target))
+        return moved
 
 
 def _floor_of(user_id: str, stream: str) -> int:

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaybox.protocol.codes import CloseCode
+from relaybox.protocol.delivery import DeliveryState
 from relaybox.protocol.encoding import random_nonce, uuid7
 from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.frames import (
@@ -21,7 +22,7 @@ from relaybox.protocol.frames import (
 from relaybox.protocol.handshake import UNKNOWN_DEVICE_KEY, Handshake
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server import logs
-from relaybox.server.delivery import Delivery, StreamState
+from relaybox.server.delivery import Delivery
 from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
 from relaybox.server.wsio import FrameReader, send_frames, write_frames_now
 from relaybox.store import queries
@@ -59,16 +60,13 @@ class Session(Delivery):
         self.device_id = ""
         self.user_id = ""
         s = ctx.settings
-        self.window = s.gateway_window
-        self.streams: dict[str, StreamState] = {}
-        self.inflight = 0
+        self.state = DeliveryState("", s.gateway_window)
         self.outbox: list[str] = []
         self.outbox_bytes = 0  # in ``outbox``: queued, not yet handed to the transport
         # protocol.md §7 max_outbox_bytes: past it reading pauses (and live delivery with
         # it) until the peer has read. What was read before the pause may still be
         # answered (one read of pongs, acks of pending publishes, the one event that
         # crossed the mark): past twice the bound plus one frame the session closes.
-        self.output_paused = False
         self._out_high = s.gateway_max_outbox_bytes
         self._out_max = 2 * s.gateway_max_outbox_bytes + s.gateway_max_frame_bytes
         self._flush_scheduled = False
@@ -87,8 +85,6 @@ class Session(Delivery):
         self.bucket: TokenBucket | SharedBucket = UNLIMITED
         self.last_rx = time.monotonic()
         self.paused = False
-        self.synced_target: dict[str, int] | None = None
-        self.ready = False
         self.registered = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._hb_timer: asyncio.TimerHandle | None = None
@@ -129,7 +125,7 @@ class Session(Delivery):
             self.close_soon(CloseCode.NORMAL, "")
         self._flush_scheduled = False
         self._sender_idle.set()
-        if self.output_paused:
+        if self.state.paused:
             self._output_drained()
 
     async def _flush(self) -> None:
@@ -144,7 +140,7 @@ class Session(Delivery):
         finally:
             self._flush_scheduled = False
             self._sender_idle.set()
-        if self.output_paused:
+        if self.state.paused:
             self._output_drained()
 
     def _drop_outbox(self) -> None:
@@ -165,17 +161,17 @@ class Session(Delivery):
             if self.reader is not None:
                 self.reader.pause("closing")  # nothing more is read from this peer
             self.close_soon(CloseCode.RATE_LIMITED, "outbox_full")
-        elif size > self._out_high and not self.output_paused:
-            self.output_paused = True
+        elif size > self._out_high and not self.state.paused:
+            self.state.paused = True
             if self.reader is not None:
                 self.reader.pause("output")
 
     def _output_drained(self) -> None:
         """The transport took everything (called after writes and when it resumes writing):
         read again, and let delivery send what it held back."""
-        if not self.output_paused or self.outbox or not _can_write(self.ws):
+        if not self.state.paused or self.outbox or not _can_write(self.ws):
             return
-        self.output_paused = False
+        self.state.paused = False
         if self.reader is not None:
             self.reader.resume("output")
         self.wake.set()
@@ -383,7 +379,7 @@ class Session(Delivery):
             self.outbox.append(error_frame("revoked", "this device was revoked"))
             raise Closing(CloseCode.REVOKED, "revoked")
         hs.authenticated()
-        self.device_id = device.id
+        self.device_id = self.state.device_id = device.id
         self.user_id = device.user_id
         logs.bind_session(self.session_id, self.device_id)
 
@@ -431,23 +427,13 @@ class Session(Delivery):
                 ctx.metrics.handshake("revoked")
             self.outbox.append(error_frame("revoked", "this device was revoked"))
             raise Closing(CloseCode.REVOKED, "revoked")
-        for stream, (head, floor) in heads.items():
-            acked = min(cursors.get(stream, 0), head)
-            st = self.streams.get(stream)
-            if st is None:
-                self.streams[stream] = StreamState(done=acked, acked=acked, known_head=head,
-                                                   floor=floor)
-            else:  # a live event arrived while positions were read
-                st.done = st.acked = acked
-                st.known_head = max(st.known_head, head)
-                st.floor = floor
-        self.synced_target = {k: v[0] for k, v in heads.items()}
+        streams = self.state.start(heads, cursors)
         # heartbeat_s is a float setting (20 is sent as 20, 0.3 as 0.3); welcome_frame's
         # annotation says int.
         heartbeat: Any = _num(s.gateway_heartbeat_s)
         self.send(welcome_frame(self.session_id, self.user_id, self.device_id, heartbeat,
-                                self.window, s.gateway_max_body_bytes, self.synced_target))
-        self.ready = True
+                                self.state.window, s.gateway_max_body_bytes, streams))
+        self.state.ready = True
         ctx.hub.announce_online(self)
         self.wake.set()
         if ctx.metrics is not None:

@@ -251,8 +251,6 @@ async def resync_sessions(ctx: ServerContext) -> None:
     here; each session learns the current stream heads and its pump sends what it missed
     from storage, exactly as after a reconnect (protocol.md §3 Catch-up).
     """
-    from relaybox.server.gateway import StreamState
-
     hub = ctx.hub
     for user_id in list(hub.by_user):
         try:
@@ -263,17 +261,7 @@ async def resync_sessions(ctx: ServerContext) -> None:
         for session in list(hub.by_user.get(user_id, ())):
             if not session.ready:  # its handshake reads the positions itself
                 continue
-            behind = False
-            for stream, (head, floor) in heads.items():
-                st = session.streams.get(stream)
-                if st is None:  # a stream born during the outage
-                    session.streams[stream] = StreamState(done=0, acked=0, known_head=head,
-                                                          floor=floor)
-                    behind = True
-                elif head > st.known_head:
-                    st.known_head = head
-                    behind = True
-            if behind:
+            if session.state.learn_heads(heads):  # streams born or grown meanwhile
                 session.wake.set()
 
 
