@@ -19,7 +19,7 @@ from relaybox.errors import Unavailable
 from relaybox.jobs import scheduler
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
-from relaybox.server import metrics, tracing, webapp
+from relaybox.server import autoroutes, metrics, tracing, webapp
 from relaybox.server.context import ServerContext
 from relaybox.server.errors import access_log, handle_error
 from relaybox.server.errors import request_id as assign_request_id
@@ -61,7 +61,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     cfg.TOUCHUP = True
     app.ctx.settings = settings
     # sanic-ext: the OpenAPI document at /docs/openapi.json and Swagger UI at /docs.
-    Extend(app, config={"cors": False, "http_auto_trace": False})
+    Extend(app, config={"cors": False, "http_auto_trace": False,
+                        **autoroutes.EXTEND_CONFIG})
 
     @app.before_server_start
     async def start(app: Sanic) -> None:
@@ -156,6 +157,7 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
     webapp.install(app)
     metrics.install(app, settings)
     tracing.install(app, settings)
+    autoroutes.add_head_and_options(app)  # last: every route is known by now
     return app
 
 
