@@ -78,11 +78,11 @@ def register(cli: click.Group) -> None:
                         stress_steps, step_seconds, p99_ms, max_rss_mib, output, as_json, log)
                 return
             if target:
-                from relaybox import benchtarget
+                from relaybox.bench import target as bt
 
                 if "idle" in only:
-                    log(benchtarget.IDLE_SKIPPED)
-                results = benchtarget.run_target(
+                    log(bt.IDLE_SKIPPED)
+                results = bt.run_target(
                     target, admin_token or "", events=events, catchup_events=catchup_events,
                     handshake_rounds=handshake_rounds, settle_s=settle,
                     only=set(only) or None, log=log)
@@ -93,7 +93,7 @@ def register(cli: click.Group) -> None:
                                     only=set(only) or None, log=log)
         except b.WorkerFailed as exc:
             raise click.ClickException(f"the run failed: {exc}") from None
-        except RuntimeError as exc:  # benchtarget.Refused and the server's start
+        except RuntimeError as exc:  # target.Refused and the server's start
             raise click.ClickException(str(exc)) from None
         output.write_text(b.to_json(results))
         if as_json:
@@ -120,7 +120,7 @@ def _stress(target: str | None, admin_token: str | None, rate: float, connection
             growth: float, steps: int, step_s: float, p99_ms: float, max_rss_mib: float,
             output: Path, as_json: bool, log: Callable[[str], None]) -> None:
     from relaybox import bench as b
-    from relaybox import stress as st
+    from relaybox.bench import stress as st
 
     ramp = st.Ramp(rate=rate, connections=connections, growth=growth, steps=steps,
                    step_s=step_s)

@@ -16,21 +16,13 @@ from typing import Any
 
 import orjson
 
-from relaybox.bench import (
-    ACK_EVERY,
-    BenchServer,
-    Device,
-    WorkerFailed,
-    _collect_items,
-    _idle_holder,
-    _mp,
-    _proc,
-    _run,
-    lean_connect,
-    percentile,
-    seed_devices,
-    seed_devices_more,
-)
+from relaybox.bench.connection import Device, catch_up, lean_connect
+from relaybox.bench.latency import LiveReceiver
+from relaybox.bench.seed import seed_devices, seed_devices_more
+from relaybox.bench.server import BenchServer
+from relaybox.bench.sessions import idle_holder
+from relaybox.bench.stats import ms_summary
+from relaybox.bench.workers import WorkerFailed, collect_items, mp_context, run_loop, worker
 
 
 @dataclass(frozen=True)
@@ -58,31 +50,9 @@ def _step_run(url: str, a: Device, b: Device, rate: float, seconds: float, grace
     Ends by itself ``grace_s`` after the last publish, counting what never arrived."""
     async def run() -> None:
         rx, welcome = await lean_connect(url, b)
-        while True:  # catch up until `synced`: only this step's events are measured
-            msg = orjson.loads(await rx.recv())
-            if msg["type"] == "event":
-                rx.send(f'{{"type":"ack","stream":"{msg["stream"]}","seq":{msg["seq"]}}}')
-            elif msg["type"] == "synced":
-                break
-        start_seq = int(welcome["streams"].get("stress", 0))
-        lat: list[int] = []
-        seen = 0
-
-        def on_event(text: str) -> None:
-            nonlocal seen
-            now = time.monotonic_ns()
-            msg = orjson.loads(text)
-            if msg["type"] != "event":
-                return
-            seen += 1
-            if msg["stream"] == "stress" and msg["seq"] > start_seq:
-                lat.append(now - msg["body"]["t"])
-            if seen % ACK_EVERY == 0:
-                rx.send(f'{{"type":"ack","stream":"{msg["stream"]}","seq":{msg["seq"]}}}')
-
-        rx.on_message = on_event
-        while rx.messages:
-            on_event(rx.messages.popleft())
+        await catch_up(rx)  # only this step's events are measured
+        live = LiveReceiver(rx, "stress", int(welcome["streams"].get("stress", 0)))
+        lat = live.lat
         tx, _ = await lean_connect(url, a)
         acked = nacked = 0
         nack_codes: dict[str, int] = {}
@@ -118,7 +88,6 @@ def _step_run(url: str, a: Device, b: Device, rate: float, seconds: float, grace
                 break
             await asyncio.sleep(0.01)
         elapsed = time.monotonic() - t0
-        s = sorted(lat) or [0]
         out.put(("step", {
             "sent": sent, "planned": n, "acked": acked, "nacked": nacked,
             "nack_codes": nack_codes, "delivered": len(lat),
@@ -126,15 +95,13 @@ def _step_run(url: str, a: Device, b: Device, rate: float, seconds: float, grace
             "closed": tx.closed.done() or rx.closed.done(),
             "publish_s": round(t_pub, 3),
             "events_per_s": round(len(lat) / max(elapsed if len(lat) < n else t_pub, 1e-9), 1),
-            "latency_ms_p50": percentile(s, 0.5) / 1e6,
-            "latency_ms_p99": percentile(s, 0.99) / 1e6,
-            "latency_ms_max": s[-1] / 1e6,
+            **ms_summary(lat, "latency_ms"),
         }))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(tx.close(), 2)
             await asyncio.wait_for(rx.close(), 2)
 
-    _run(run())
+    run_loop(run())
 
 
 def judge(step: dict[str, Any], obj: Objectives, rss_mib: float | None) -> list[str]:
@@ -164,7 +131,7 @@ def ramp(url: str, a: Device, b: Device, idle: list[Device], ramp: Ramp, obj: Ob
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Steps of growing events/s (and idle sessions, with ``idle`` devices) until one
     breaks an objective; every step is bounded in time, and so is the whole run."""
-    ctx = _mp()
+    ctx = mp_context()
     steps: list[dict[str, Any]] = []
     broken: dict[str, Any] | None = None
     for k in range(ramp.steps):
@@ -178,7 +145,7 @@ def ramp(url: str, a: Device, b: Device, idle: list[Device], ramp: Ramp, obj: Ob
         try:
             if conns:
                 ready = ctx.Event()
-                holder = ctx.Process(target=_idle_holder, args=(url, idle[:conns], ready,
+                holder = ctx.Process(target=idle_holder, args=(url, idle[:conns], ready,
                                                                 release))
                 holder.start()
                 t_end = time.monotonic() + budget
@@ -186,10 +153,10 @@ def ramp(url: str, a: Device, b: Device, idle: list[Device], ramp: Ramp, obj: Ob
                     if not holder.is_alive() or time.monotonic() > t_end:
                         raise WorkerFailed(f"{conns} idle sessions could not all connect")
             out = ctx.Queue()
-            p = _proc(ctx, _step_run, url, a, b, rate, ramp.step_s, ramp.grace_s, out)
+            p = worker(ctx, _step_run, url, a, b, rate, ramp.step_s, ramp.grace_s, out)
             p.start()
             try:
-                step.update(_collect_items(out, 1, [p], timeout=budget)[0][1])
+                step.update(collect_items(out, 1, [p], timeout=budget)[0][1])
             finally:
                 p.join(5)
                 if p.is_alive():
@@ -252,7 +219,7 @@ def run_target(base: str, admin_token: str, ramp_: Ramp, obj: Objectives, *,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """The ramp of events/s against a running server; no idle sessions (each needs a
     device, made by a rate-limited pairing claim) and no memory objective."""
-    from relaybox.benchtarget import TargetAccounts, gateway_url
+    from relaybox.bench.target import TargetAccounts, gateway_url
 
     accounts = TargetAccounts(base, admin_token, log=log)
     try:

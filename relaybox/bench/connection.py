@@ -1,4 +1,4 @@
-"""A lean WebSocket client for the handshake benchmark.
+"""The bench's connections: a lean WebSocket client, and the handshake over the protocol core.
 
 The benchmark's clients share the machine's cores with the server, so the cost of the
 client counts against the server's number. The `websockets` library's asyncio client
@@ -12,15 +12,38 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
+import websockets
+from nacl.signing import SigningKey
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from relaybox.client.handshake import run_handshake
+from relaybox.protocol.client import ClientHandshake, HandshakeRefused
+
+#: Receivers ack every this many events (and the last one): the window never fills.
+ACK_EVERY = 64
+
+
+@dataclass
+class Device:
+    device_id: str
+    key: bytes  # Ed25519 seed
+
+
+REFUSED = ("the server dropped the connection during the WebSocket opening handshake "
+           "(a refusal: 503 too_many_connections past limits.connections_per_address or "
+           "limits.max_connections)")
+
 
 class LeanConnection(asyncio.Protocol):
+    """One gateway connection on `websockets`' sans-I/O protocol object."""
+
     def __init__(self, url: str) -> None:
         self.proto = ClientProtocol(parse_uri(url), max_size=None)
         self.transport: asyncio.Transport | None = None
@@ -109,3 +132,46 @@ class LeanConnection(asyncio.Protocol):
         if not self.opened.done():
             self.opened.set_exception(exc)
         self._wake()
+
+
+async def handshake(dev: Device, send: Callable[[str], object], recv: Callable[[], Any],
+                    key: SigningKey | None = None) -> dict[str, Any]:
+    """protocol.md §2 over any connection; returns `welcome`. ``key``: the device's
+    signing key, when the caller keeps it built."""
+    hs = ClientHandshake(dev.device_id, key or SigningKey(dev.key), strict=True)
+    try:
+        return await run_handshake(hs, send, recv)
+    except HandshakeRefused as exc:
+        raise RuntimeError(f"handshake failed: {exc.refused.frame}") from None
+
+
+async def connect(url: str, dev: Device) -> tuple[Any, dict[str, Any]]:
+    """A session of ``dev`` on the `websockets` asyncio client, and its `welcome`."""
+    try:
+        ws = await websockets.connect(url, compression=None, max_size=None,
+                                      ping_interval=None, max_queue=None)
+    except (AssertionError, OSError, EOFError) as exc:
+        # A server that answers 503 and drops the connection before the request is
+        # written ends the opening handshake this way, not with InvalidStatus.
+        raise ConnectionError(REFUSED) from exc
+    return ws, await handshake(dev, ws.send, ws.recv)
+
+
+async def lean_connect(url: str, dev: Device, key: SigningKey | None = None
+                       ) -> tuple[LeanConnection, dict[str, Any]]:
+    """A session of ``dev`` on a ``LeanConnection``, and its `welcome`."""
+    try:
+        conn = await LeanConnection.connect(url)
+    except (ConnectionError, OSError) as exc:
+        raise ConnectionError(REFUSED) from exc
+    return conn, await handshake(dev, conn.send, conn.recv, key)
+
+
+async def catch_up(conn: LeanConnection) -> None:
+    """Read (and ack) the catch-up until `synced`: only later events are measured."""
+    while True:
+        msg = orjson.loads(await conn.recv())
+        if msg["type"] == "event":
+            conn.send(f'{{"type":"ack","stream":"{msg["stream"]}","seq":{msg["seq"]}}}')
+        elif msg["type"] == "synced":
+            return

@@ -12,7 +12,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import nacl.signing
 
-from relaybox.bench import Device, catchup, handshakes, latency, relay, summarize
+from relaybox.bench.connection import Device
+from relaybox.bench.latency import latency
+from relaybox.bench.relay import catchup, relay
+from relaybox.bench.run import Parts, summarize
+from relaybox.bench.sessions import handshakes
 from relaybox.protocol.encoding import b64url_encode
 
 #: What the idle-memory part needs and a remote server does not give.
@@ -148,30 +152,15 @@ def run_target(base: str, admin_token: str, *, events: int = 50000,
         user = accounts.make_user()
         a, b, c, d = accounts.make_devices(user, 4)
         hs = accounts.make_devices(user, 4) if "handshakes" in want else []
-        ran = False
-
-        def settle() -> None:
-            if ran and settle_s > 0:
-                time.sleep(settle_s)
-
-        if "throughput" in want:
-            log(f"throughput: {events} events A → B …")
+        parts = Parts(want, settle_s, log)
+        if parts.start("throughput", f"throughput: {events} events A → B …"):
             results["throughput"] = relay(url, a, b, events)
-            ran = True
-        if "latency" in want:
-            settle()
-            n = min(events, 20000)
-            log(f"latency: {n} events at 2,000/s …")
+        n = min(events, 20000)
+        if parts.start("latency", f"latency: {n} events at 2,000/s …"):
             results["latency_at_2000"] = latency(url, c, d, n, rate=2000)
-            ran = True
-        if "catchup" in want:
-            settle()
-            log(f"catch-up: {catchup_events} events …")
+        if parts.start("catchup", f"catch-up: {catchup_events} events …"):
             results["catchup"] = catchup(url, a, d, catchup_events)
-            ran = True
-        if "handshakes" in want:
-            settle()
-            log("handshakes …")
+        if parts.start("handshakes", "handshakes …"):
             # One session per device at a time: a second one would replace the first (4409).
             results["handshakes"] = handshakes(url, hs, handshake_rounds, procs=1,
                                                concurrency=len(hs))
