@@ -191,5 +191,3 @@ def mark_storage_stalls(late: list[dict[str, Any]], syncs: list[tuple[int, int]]
         begin = t0_ns + int(run["at_s"] * 1e9)
         end = begin + int(run["worst_ms"] * 1e6)
         run["storage"] = any(b < end and b + took > begin for b, took in slow)
-
-

@@ -156,4 +156,3 @@ def catchup(url: str, a: Device, b: Device, n: int) -> dict[str, Any]:
         return {"events": got, "seconds": elapsed, "events_per_s": got / elapsed}
 
     return run_loop(run())
-

@@ -74,4 +74,3 @@ def seed_devices_more(data_dir: Path, n: int,
     finally:
         db.close()
     return out
-

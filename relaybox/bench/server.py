@@ -102,4 +102,3 @@ def host_cpu(since: dict[str, float] | None = None) -> dict[str, float]:
     if since is None:
         return now
     return {k: round(now[k] - since.get(k, 0.0), 2) for k in names if k in now}
-

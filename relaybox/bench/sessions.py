@@ -102,5 +102,3 @@ def idle_rss(server: BenchServer, url: str, devs: list[Device]) -> dict[str, Any
     n = len(devs)
     return {"sessions": n, "rss_before_mib": before / 2**20, "rss_after_mib": after / 2**20,
             "kib_per_session": (after - before) / 1024 / n}
-
-

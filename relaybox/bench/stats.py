@@ -47,4 +47,3 @@ def stalls(sent_ns: list[int], lat_ns: list[int], t0_ns: int) -> list[dict[str, 
             runs[-1]["worst_ms"] = round(max(runs[-1]["worst_ms"], lat / 1e6), 2)
         prev_late = late
     return runs
-

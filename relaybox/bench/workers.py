@@ -92,4 +92,3 @@ def collect_items(out: Any, n: int, procs: Sequence[Any] = (),
 def collect(out: Any, n: int, procs: Sequence[Any] = ()) -> dict[str, Any]:
     """``n`` results from the worker processes, by the name each one starts with."""
     return {item[0]: item for item in collect_items(out, n, procs)}
-
