@@ -33,8 +33,8 @@ WINDOW = 32
 
 
 @pytest.fixture(scope="module")
-def server(module_servers: MakeServer) -> Server:
-    return module_servers(gateway_publish_rate_per_s=0, gateway_window=WINDOW)
+def server(gateway_servers: MakeServer) -> Server:
+    return gateway_servers(gateway_publish_rate_per_s=0, gateway_window=WINDOW)
 
 
 def seqs(events: list[Frame]) -> list[int]:

@@ -29,15 +29,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 @pytest.fixture(scope="module")
-def server(module_servers: MakeServer) -> Server:
+def server(gateway_servers: MakeServer) -> Server:
     # A high failure limit: this module fails many handshakes on purpose.
-    return module_servers(gateway_handshake_failures_per_min=100000)
+    return gateway_servers(gateway_handshake_failures_per_min=100000)
 
 
 @pytest.fixture(scope="module")
-def strict(module_servers: MakeServer) -> Server:
+def strict(gateway_servers: MakeServer) -> Server:
     """Short handshake timeout and a low failed-handshake limit (its own Redis)."""
-    return module_servers(gateway_handshake_timeout_s=0.5,
+    return gateway_servers(gateway_handshake_timeout_s=0.5,
                           gateway_handshake_failures_per_min=3)
 
 

@@ -16,8 +16,8 @@ HEARTBEAT = 0.3
 
 
 @pytest.fixture(scope="module")
-def server(module_servers: MakeServer) -> Server:
-    return module_servers(gateway_heartbeat_s=HEARTBEAT)
+def server(gateway_servers: MakeServer) -> Server:
+    return gateway_servers(gateway_heartbeat_s=HEARTBEAT)
 
 
 async def test_silent_client_is_closed_4410_and_an_answering_one_stays(server: Server) -> None:

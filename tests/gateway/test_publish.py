@@ -21,13 +21,13 @@ TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 @pytest.fixture(scope="module")
-def server(module_servers: MakeServer) -> Server:
-    return module_servers(gateway_publish_rate_per_s=0)
+def server(gateway_servers: MakeServer) -> Server:
+    return gateway_servers(gateway_publish_rate_per_s=0)
 
 
 @pytest.fixture(scope="module")
-def limited(module_servers: MakeServer) -> Server:
-    return module_servers(gateway_publish_rate_per_s=1, gateway_publish_burst=2)
+def limited(gateway_servers: MakeServer) -> Server:
+    return gateway_servers(gateway_publish_rate_per_s=1, gateway_publish_burst=2)
 
 
 def stored(server: Server, **where: Any) -> list[tuple[str, int, str, str]]:
@@ -256,8 +256,8 @@ async def test_rate_limited_nack_with_retry_after(limited: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def slow(module_servers: MakeServer) -> Server:
-    return module_servers(gateway_publish_rate_per_s=0.05, gateway_publish_burst=2)
+def slow(gateway_servers: MakeServer) -> Server:
+    return gateway_servers(gateway_publish_rate_per_s=0.05, gateway_publish_burst=2)
 
 
 async def test_the_rate_limit_is_per_device_and_survives_a_reconnect(slow: Server) -> None:

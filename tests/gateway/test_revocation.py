@@ -30,8 +30,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 @pytest.fixture(scope="module")
-def server(module_servers: MakeServer) -> Server:
-    return module_servers()
+def server(gateway_servers: MakeServer) -> Server:
+    return gateway_servers()
 
 
 async def test_revoked_live_session_closes_within_a_second(server: Server) -> None:
