@@ -193,6 +193,6 @@ def writer_pids(server_pid: int) -> list[int]:
     for task in Path(f"/proc/{server_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             with contextlib.suppress(OSError):
-                if b"relaybox.server.writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"relaybox.store.writer_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                     pids.append(int(child))
     return pids

@@ -19,7 +19,7 @@ from relaybox.errors import Unavailable
 from relaybox.jobs import scheduler
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
-from relaybox.server import autoroutes, metrics, tracing, webapp
+from relaybox.server import autoroutes, logs, metrics, tracing, webapp
 from relaybox.server.context import ServerContext
 from relaybox.server.errors import access_log, handle_error
 from relaybox.server.errors import request_id as assign_request_id
@@ -78,7 +78,8 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
             eventlog = ProcessEventLog(db, database_spec(db, settings),
                                        batch_max=settings.commit_batch_max,
                                        read_threads=settings.read_threads,
-                                       on_committed=hub.committed)
+                                       on_committed=hub.committed,
+                                       setup=logs.configure_writer)
         else:
             eventlog = EventLog(db, batch_max=settings.commit_batch_max,
                                 read_threads=settings.read_threads, on_committed=hub.committed,

@@ -10,6 +10,7 @@ included, so a careless log call cannot leak a credential (docs/operations.md Lo
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -167,6 +168,13 @@ def configure(settings: Settings, stream: Any = None) -> None:
     root.propagate = False
     _attach_framework(handler)
     _configured = True
+
+
+def configure_writer(spec: dict[str, Any]) -> None:
+    """The writer process's log set-up (store/writer_main.py runs it, named in its spec):
+    the server's format, level and redaction."""
+    configure(dataclasses.replace(Settings(), log_format=spec.get("log_format", "plain"),
+                                  log_level=spec.get("log_level", "info")))
 
 
 def _attach_framework(handler: logging.Handler) -> None:

@@ -1,5 +1,5 @@
-"""Storing publishes inside the caller's transaction: seqs, duplicates, compare-and-set,
-quotas; and the reads the writer makes in the same transaction."""
+"""Storing publishes inside the caller's transaction: seqs, duplicates, compare-and-set
+and quotas (the statements beside them are in store/sql.py)."""
 
 from __future__ import annotations
 
@@ -31,59 +31,11 @@ from relaybox.store.quotas import (
     save_bytes,
     stream_count,
 )
+from relaybox.store.sql import KEY_HEAD_SQL, executemany
 
 # INSERT … RETURNING needs SQLite 3.35 (PostgreSQL has it); older SQLite takes the general path.
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _ROWS_PER_INSERT = 100  # 800 parameters: under SQLite's oldest limit of 999
-# peewee's own: driver exceptions become pw.IntegrityError, pw.OperationalError…
-_EXCEPTION_WRAPPER = pw.__exception_wrapper__  # type: ignore[attr-defined]
-#: The newest seq of a key in a stream (compare-and-set by key), through the partial
-#: index of keyed events: "key = ?" implies "key IS NOT NULL" for both databases.
-KEY_HEAD_SQL = "SELECT MAX(seq) FROM event WHERE user_id = {p} AND stream = {p} AND key = {p}"
-
-
-#: {stream: (head_seq, floor_seq)} of a user, {stream: acked_seq} of a device, and whether
-#: the device is revoked (or gone) as of the same transaction.
-Positions = tuple[dict[str, tuple[int, int]], dict[str, int], bool]
-
-
-
-def executemany(db: pw.Database, sql: str, rows: list[Any]) -> None:
-    """``cursor.executemany`` with the driver's errors turned into peewee's (as
-    ``execute_sql`` does), so that every failure of a batch is classified alike."""
-    with _EXCEPTION_WRAPPER:
-        db.cursor().executemany(sql, rows)
-
-
-def data_error(exc: BaseException) -> bool:
-    """Whether the database (or its driver) refused a value: the fault of one item of a
-    batch, not of the database. A lock timeout, a lost connection or a database that is
-    down raise OperationalError or InterfaceError instead, and a unique violation is
-    another writer storing the same (device, id) at the same time: those fail (or
-    re-evaluate) the whole batch."""
-    # The drivers refuse some values before sending them: text that is not UTF-8 (both),
-    # a NUL (psycopg2), an integer beyond 64 bits (sqlite3). Any other ValueError is
-    # taken for a fault of the writer, not of one item.
-    if isinstance(exc, UnicodeError | OverflowError):
-        return True
-    if type(exc) is ValueError and "NUL" in str(exc):
-        return True
-    orig = getattr(exc, "orig", exc)  # peewee keeps the driver's exception
-    pgcode = getattr(orig, "pgcode", None)
-    if pgcode is not None:
-        # SQLSTATE classes 22 (data exception: too long for varchar(n), out of range…),
-        # 23 (integrity: a check) and 54 (program limit exceeded: an index row too large)
-        # are the value's fault; 08, 40, 53, 55, 57… are not. A unique violation (23505)
-        # is a concurrent writer; a NULL where the writer must put a value (23502), the
-        # writer's own fault.
-        return pgcode[:2] in ("22", "54") or (pgcode[:2] == "23"
-                                               and pgcode not in ("23505", "23502"))
-    if isinstance(exc, pw.DataError):
-        return True  # SQLite: string or blob too big
-    if isinstance(exc, pw.IntegrityError):
-        text = str(orig)
-        return not ("UNIQUE constraint failed" in text or "NOT NULL constraint failed" in text)
-    return False
 
 
 def append(db: pw.Database, reqs: list[PublishRequest], ts: int, *,
@@ -374,30 +326,6 @@ def _append_general(db: pw.Database, p: str, pg: bool, reqs: list[PublishRequest
         executemany(db, f"DELETE FROM stream_head WHERE user_id = {p} AND stream = {p} "
                     "AND head_seq = 0", empty)
     return [r for r in results if r is not None], new_events
-
-
-def positions(db: pw.Database, user_id: str, device_id: str) -> Positions:
-    """A user's stream heads (streams with events), a device's cursors, and whether the
-    device was revoked or removed meanwhile."""
-    p = "%s" if is_postgres(db) else "?"
-    # One statement (each one hands the GIL back and forth with the event loop).
-    rows = db.execute_sql(
-        f"SELECT 'd', NULL, revoked_at, NULL FROM device WHERE id = {p} "
-        f"UNION ALL SELECT 'h', stream, head_seq, floor_seq FROM stream_head "
-        f"WHERE user_id = {p} AND head_seq > 0 "
-        f'UNION ALL SELECT \'c\', stream, acked_seq, NULL FROM "cursor" WHERE device_id = {p}',
-        (device_id, user_id, device_id)).fetchall()
-    heads: dict[str, tuple[int, int]] = {}
-    cursors: dict[str, int] = {}
-    revoked = True  # also when the device row is gone
-    for kind, stream, value, floor in rows:
-        if kind == "h":
-            heads[stream] = (value, floor)
-        elif kind == "c":
-            cursors[stream] = value
-        else:
-            revoked = value is not None
-    return heads, cursors, revoked
 
 
 def append_now(db: pw.Database, reqs: list[PublishRequest],

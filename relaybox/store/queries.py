@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple, cast
 
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 from relaybox.store.models import Cursor, Event, StreamHead, database_proxy
 
 

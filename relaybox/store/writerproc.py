@@ -1,4 +1,5 @@
-"""The event log's writer in a process of its own (how ``relaybox serve`` runs it).
+"""The event log's writer in a process of its own (how ``relaybox serve`` runs it): the
+loop's end. The process's own end is store/writer_main.py.
 
 The writer thread shares the interpreter lock with the event loop: each statement of a
 commit (and the fsync) hands the lock back, and the writer then waits for whatever
@@ -6,13 +7,10 @@ Python work the loop is doing before it can go on, several times per batch. A wr
 process has its own interpreter, so a commit never waits for the loop, and the loop
 never waits for the writer's Python work.
 
-``ProcessEventLog`` keeps ``EventLog``'s API. The loop sends the items of each loop
-iteration as one frame over a socket pair; the writer process reads whatever has
-arrived (up to ``batch_max`` items), writes it in one transaction with the same code as
-the writer thread (``EventLog.apply``), and answers with one frame of results in item
-order. Frames are a 4-byte length and a pickle of plain tuples (both ends are relaybox,
-on a socket pair no one else holds); a stored publish is answered with just its seq and
-ts, and the loop rebuilds the event from the request it kept.
+``ProcessWriter`` sends the items of each loop iteration (store/codec.py) as one frame
+over a socket pair; the writer process reads whatever has arrived (up to ``batch_max``
+items), writes it in one transaction with the same code as the writer thread
+(store/batch.py), and answers with one frame of results in item order.
 
 The writer process stops when the socket closes (the server stopped or died): it
 finishes the batch it is writing, so it never leaves a transaction half done, and
@@ -35,34 +33,38 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
-import pickle
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import astuple
-from pathlib import Path
 from typing import Any
 
 import peewee as pw
 
-from relaybox.protocol.encoding import format_ts
-from relaybox.store.eventlog import (
-    Accepted,
-    EventLog,
-    Failed,
-    PublishRequest,
-    PublishResult,
-    StoredEvent,
+from relaybox.store.codec import (
+    PROBE_ITEM,
+    Handler,
+    Item,
+    WriterGone,
+    pack,
+    read_answers,
+    unpack,
 )
+from relaybox.store.events import Failed, StoredEvent
+from relaybox.store.front import EventLog
 from relaybox.store.quotas import Quotas
+from relaybox.store.writer import Settle
+
+__all__ = ["MAX_ATTEMPTS", "QUICK_DEATH_S", "RESTART_PAUSES_S", "WRITER_MODULE",
+           "ProcessEventLog", "ProcessWriter", "WriterGone", "database_spec",
+           "discard_prestarted", "prestart"]
 
 log = logging.getLogger("relaybox.store")
 
-_LEN = struct.Struct("!I")
+#: What the writer process runs: ``python -m WRITER_MODULE FD``.
+WRITER_MODULE = "relaybox.store.writer_main"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 #: Writer processes an item may be sent to: one that all of them died with is given up
@@ -73,21 +75,6 @@ MAX_ATTEMPTS = 3
 QUICK_DEATH_S = 1.0
 #: Pauses before restarting the 2nd, 3rd… writer process of a crash loop (the 1st: none).
 RESTART_PAUSES_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-
-
-# Items on the wire are plain tuples (cheap to pickle), tagged by their first element:
-_PUBLISH = 0  # (tag, user_id, device_id, client_id, stream, body, key, base_seq)
-_CURSOR = 1  # (tag, device_id, stream, seq)
-_TOUCH = 2  # (tag, device_id, user_id or None)
-_PROBE = 3  # (tag,): an empty write round trip (does writing work?)
-# A publish is answered with (seq, ts) when it was stored now (the loop still has the
-# rest of the event), ("dup", *stored event) when it repeats a stored one, or the
-# Conflicted / Failed result itself. A batch's answer is (answers, seconds, healthy).
-
-
-class WriterGone(RuntimeError):
-    """The writer process stopped before answering."""
-
 
 # Writer processes started ahead of their event log (``prestart``), by module.
 _prestarted: dict[str, tuple[subprocess.Popen[bytes], socket.socket]] = {}
@@ -107,11 +94,11 @@ def _popen(module: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
     return proc, ours
 
 
-def prestart(module: str = "relaybox.server.writer") -> None:
+def prestart(module: str = WRITER_MODULE) -> None:
     """Start the writer process of the event log this process will create, before it
     exists: the writer's start (an interpreter and its imports, ~0.15 s) then overlaps the
     server's own start instead of following it. It waits for its spec; the first
-    ``ProcessEventLog`` of ``module`` takes it."""
+    ``ProcessWriter`` of ``module`` takes it."""
     if module not in _prestarted:
         _prestarted[module] = _popen(module)
 
@@ -140,29 +127,10 @@ def database_spec(db: pw.Database, settings: Any) -> dict[str, Any]:
     return {"url": settings.database_url, **common}
 
 
-def _encode(obj: Any) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LEN.pack(len(data)) + data
-
-
-def _frames(buf: bytearray, limit: int | None = None) -> list[Any]:
-    """Take the complete frames (at most ``limit`` of them) out of ``buf``."""
-    out: list[Any] = []
-    pos = 0
-    while len(buf) - pos >= 4 and (limit is None or len(out) < limit):
-        (n,) = _LEN.unpack_from(buf, pos)
-        if len(buf) - pos - 4 < n:
-            break
-        out.append(pickle.loads(buf[pos + 4:pos + 4 + n]))  # noqa: S301 - our own frames
-        pos += 4 + n
-    del buf[:pos]
-    return out
-
-
 class _Link(asyncio.Protocol):
     """The loop's end of the socket pair."""
 
-    def __init__(self, owner: ProcessEventLog) -> None:
+    def __init__(self, owner: ProcessWriter) -> None:
         self.owner = owner
         self.buf = bytearray()
         self.transport: Any = None  # asyncio's or uvloop's (not an asyncio.Transport)
@@ -172,34 +140,35 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        for msg in _frames(self.buf):
+        for msg in unpack(self.buf):
             self.owner._answer(self, msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost(self)
 
 
-class ProcessEventLog(EventLog):
-    """``EventLog`` with the writer in a child process (SQLite files and PostgreSQL)."""
+class ProcessWriter:
+    """The writer in a child process (SQLite files and PostgreSQL); see the module's
+    docstring. ``setup(spec)``, if given, runs first in the writer process (the server
+    passes its log set-up); it crosses by name, so it must be a module-level function."""
 
-    def __init__(self, db: pw.Database, spec: dict[str, Any], *, batch_max: int = 1024,
-                 read_threads: int = 4,
-                 on_committed: Callable[[list[Any]], None] | None = None,
-                 on_batch: Callable[[int, float], None] | None = None,
-                 module: str = "relaybox.server.writer",
+    def __init__(self, spec: dict[str, Any], *, module: str = WRITER_MODULE,
+                 setup: Callable[[dict[str, Any]], None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(db, batch_max=batch_max, read_threads=read_threads,
-                         on_committed=on_committed, on_batch=on_batch)
-        self.module = module  # run with ``python -m``; it calls ``run`` (below)
-        self.checkpointer = None  # the writer process runs it beside its connection
-        self.spec = {**spec, "batch_max": batch_max}
+        self.module = module  # run with ``python -m``; it calls writer_main.run
+        self.spec = dict(spec)
+        if setup is not None:
+            self.spec["setup"] = f"{setup.__module__}:{setup.__qualname__}"
+        self.healthy = True
         self.proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._settle: Settle | None = None
         self._link: _Link | None = None
-        self._out: list[Any] = []
+        self._out: list[Item] = []
         self._flush_scheduled = False
         # One entry per item sent and not answered, in order: (kind, callback or future,
         # the PublishRequest of a publish, the item, writer processes that died with it).
-        self._pending: collections.deque[tuple[str, Any, Any, tuple[Any, ...], int]] = \
+        self._pending: collections.deque[tuple[str, Any, Any, Item, int]] = \
             collections.deque()
         self._stopping = False
         self._was_ready = False  # a writer that never opened the database is not restarted
@@ -211,20 +180,22 @@ class ProcessEventLog(EventLog):
         self._respawn: asyncio.TimerHandle | None = None
 
     @property
-    def writer_pid(self) -> int | None:
-        """The running writer process (for the memory metric)."""
+    def pid(self) -> int | None:
+        """The running writer process."""
         proc = self.proc
         return proc.pid if proc is not None and proc.returncode is None else None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def start(self, loop: asyncio.AbstractEventLoop, settle: Settle) -> None:
+        self._loop, self._settle = loop, settle
         self._spawn()
 
     async def ready(self) -> None:
         """Wait until the writer process has opened the database; raises ``WriterGone``
         (and gives up on the writer process) if it cannot."""
-        fut = self._submit((_PROBE,), "b")
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self.send(PROBE_ITEM, ("b", fut, None))
         try:
             await asyncio.wait_for(fut, READY_TIMEOUT_S)
             self._was_ready = True
@@ -252,7 +223,7 @@ class ProcessEventLog(EventLog):
             taken = None
         if taken is not None:
             try:
-                taken[1].sendall(_encode(self.spec))
+                taken[1].sendall(pack(self.spec))
             except OSError:  # it died just now
                 taken[1].close()
                 taken = None
@@ -260,7 +231,7 @@ class ProcessEventLog(EventLog):
             taken = _popen(self.module)
             # The spec (it may hold the database password) goes over the socket as the
             # first frame, never on the command line, which every local user can read.
-            taken[1].sendall(_encode(self.spec))
+            taken[1].sendall(pack(self.spec))
         self.proc, ours = taken
         ours.setblocking(False)
         link = _Link(self)
@@ -313,7 +284,6 @@ class ProcessEventLog(EventLog):
                 log.error("the writer process did not stop; killing it")
                 proc.kill()
                 proc.wait()
-        self.readers.shutdown(wait=True)
 
     def _end_input(self, link: _Link) -> None:
         """End of input: the writer process commits everything sent so far, answers it
@@ -323,30 +293,8 @@ class ProcessEventLog(EventLog):
             self._flush()
             link.transport.write_eof()
 
-    # -- API (event loop side) -------------------------------------------------
-    def publish_cb(self, req: PublishRequest, callback: Callable[[PublishResult], None]) -> None:
-        self._send((_PUBLISH, req.user_id, req.device_id, req.client_id, req.stream, req.body,
-                    req.key, req.base_seq), ("p", callback, req))
-
-    def save_cursor(self, device_id: str, stream: str, seq: int) -> None:
-        self._send((_CURSOR, device_id, stream, seq), ("c", None, None))
-
-    def touch(self, device_id: str, user_id: str | None = None) -> asyncio.Future[Any]:
-        return self._submit((_TOUCH, device_id, user_id), "t")
-
-    def probe(self) -> asyncio.Future[Any]:
-        return self._submit((_PROBE,), "b")
-
-    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        raise TypeError("the writer process runs no callables; use probe()")
-
-    def _submit(self, item: tuple[Any, ...], kind: str) -> asyncio.Future[Any]:
-        assert self._loop is not None
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._send(item, (kind, fut, None))
-        return fut
-
-    def _send(self, item: tuple[Any, ...], handler: tuple[str, Any, Any]) -> None:
+    # -- items (event loop side) -------------------------------------------------
+    def send(self, item: Item, handler: Handler) -> None:
         self._pending.append((*handler, item, 0))
         self._out.append(item)
         if not self._flush_scheduled:
@@ -363,7 +311,7 @@ class ProcessEventLog(EventLog):
         if link.transport.is_closing():
             return
         items, self._out = self._out, []
-        link.transport.write(_encode(items))
+        link.transport.write(pack(items))
 
     def _answer(self, link: _Link, msg: tuple[list[Any], float, bool]) -> None:
         if link is not self._link:
@@ -371,32 +319,9 @@ class ProcessEventLog(EventLog):
         answers, seconds, healthy = msg
         self.healthy = healthy
         self._answered = True
-        pubs: list[PublishResult] = []
-        callbacks: list[Callable[[PublishResult], None]] = []
-        new_events: list[StoredEvent] = []
-        futures: list[tuple[Any, Any, Any]] = []
-        last_ts, ts_text = -1, ""
-        for ans in answers:
-            kind, handler, req, _, _ = self._pending.popleft()
-            if kind == "p":
-                callbacks.append(handler)
-                if type(ans) is not tuple:
-                    pubs.append(ans)  # Conflicted or Failed
-                elif ans[0] == "dup":
-                    pubs.append(Accepted(StoredEvent(*ans[1:]), duplicate=True))
-                else:
-                    seq, ts = ans
-                    if ts != last_ts:  # one ts per commit batch, formatted once
-                        last_ts, ts_text = ts, format_ts(ts)
-                    ev = StoredEvent(req.user_id, req.stream, seq, req.client_id,
-                                     req.device_id, req.key, ts, req.body, ts_text)
-                    new_events.append(ev)
-                    pubs.append(Accepted(ev, duplicate=False))
-            elif kind != "c":
-                futures.append((handler, ans[0], ans[1]))
-        if callbacks:
-            self.stats.record(len(callbacks), len(new_events), seconds)
-        self._deliver(callbacks, pubs, new_events, futures, len(callbacks), seconds)
+        callbacks, pubs, new_events, futures = read_answers(self._pending, answers)
+        assert self._settle is not None
+        self._settle(callbacks, pubs, new_events, futures, len(callbacks), seconds)
 
     def _lost(self, link: _Link) -> None:
         if link is not self._link:
@@ -423,8 +348,10 @@ class ProcessEventLog(EventLog):
                 callbacks.append(handler)
             elif kind != "c":
                 futures.append((handler, None, WriterGone("the writer process stopped")))
-        self._deliver(callbacks, [Failed("the writer process stopped")] * len(callbacks), [],
-                      futures, 0, 0.0)
+        assert self._settle is not None
+        new_events: list[StoredEvent] = []
+        self._settle(callbacks, [Failed("the writer process stopped")] * len(callbacks),
+                     new_events, futures, 0, 0.0)
         if not restart:
             return
         self.healthy = False
@@ -452,168 +379,19 @@ class ProcessEventLog(EventLog):
             self._spawn()
 
 
-# -- the writer process ------------------------------------------------------------
+class ProcessEventLog(EventLog):
+    """The event log with a ``ProcessWriter``."""
 
-def _open(spec: dict[str, Any]) -> pw.Database:
-    from relaybox.store.db import make_postgres, make_sqlite
+    writer: ProcessWriter
 
-    if "sqlite" in spec:
-        return make_sqlite(Path(spec["sqlite"]), spec["synchronous"],
-                           replicated=bool(spec.get("replicated")))
-    return make_postgres(spec["url"])
-
-
-def _noop() -> None:
-    return None
-
-
-def serve(sock: socket.socket, spec: dict[str, Any], buf: bytearray | None = None) -> None:
-    """Answer batches until the socket closes (``buf``: bytes already read from it)."""
-    writer = EventLog(_open(spec), batch_max=int(spec["batch_max"]), read_threads=1,
-                      quotas=Quotas(*spec.get("quotas", ())),
-                      checkpoints=not spec.get("replicated"))
-    writer.readers.shutdown(wait=False)
-    if writer.checkpointer is not None:
-        writer.checkpointer.start()
-    buf = buf if buf is not None else bytearray()
-    queued: collections.deque[Any] = collections.deque()
-    for items in _frames(buf):
-        queued.extend(items)
-    gone = False
-    try:
-        while True:
-            if not queued:
-                data = sock.recv(1 << 20)
-                if not data:
-                    break
-                buf += data
-                # Whatever else has already arrived joins this batch.
-                sock.setblocking(False)
-                try:
-                    while True:
-                        more = sock.recv(1 << 20)
-                        if not more:
-                            break
-                        buf += more
-                except BlockingIOError:
-                    pass
-                finally:
-                    sock.setblocking(True)
-                for items in _frames(buf):
-                    queued.extend(items)
-                if not queued:
-                    continue
-            batch = [queued.popleft() for _ in range(min(len(queued), writer.batch_max))]
-            answer = _encode(_write(writer, batch))
-            if not gone:
-                try:
-                    sock.sendall(answer)
-                except OSError:
-                    gone = True  # the server died: still commit what it sent, then stop
-    finally:
-        if writer.checkpointer is not None:
-            writer.checkpointer.stop()
-        if not writer.db.is_closed():
-            writer.db.close()
-
-
-def _write(writer: EventLog, batch: list[tuple[Any, ...]]
-           ) -> tuple[list[Any], float, bool]:
-    pubs: list[PublishRequest] = []
-    cursors: dict[tuple[str, str], int] = {}
-    touches: list[tuple[str, str | None]] = []
-    calls: list[Callable[[], Any]] = []
-    for it in batch:
-        tag = it[0]
-        if tag == _PUBLISH:
-            pubs.append(PublishRequest(*it[1:]))
-        elif tag == _CURSOR:
-            k = (it[1], it[2])
-            if it[3] > cursors.get(k, -1):
-                cursors[k] = it[3]
-        elif tag == _TOUCH:
-            touches.append((it[1], it[2]))
-        else:
-            calls.append(_noop)
-    out = writer.apply(pubs, cursors, touches, calls)
-    # Answers in item order; errors cross as text (the loop only reports them).
-    pub_results = iter(out.results)
-    touch_results = iter([_plain(r) for r in out.touches])
-    call_results = iter([_plain(r) for r in out.calls])
-    answers: list[Any] = []
-    for it in batch:
-        tag = it[0]
-        if tag == _PUBLISH:
-            res = next(pub_results)
-            if type(res) is not Accepted:
-                answers.append(res)
-            elif res.duplicate:
-                ev = res.event
-                answers.append(("dup", ev.user_id, ev.stream, ev.seq, ev.id, ev.device_id,
-                                ev.key, ev.ts, ev.body))
-            else:
-                answers.append((res.event.seq, res.event.ts))
-        elif tag == _CURSOR:
-            answers.append(None)
-        elif tag == _TOUCH:
-            answers.append(next(touch_results))
-        else:
-            answers.append(next(call_results))
-    return answers, out.seconds, out.healthy
-
-
-def _plain(result: tuple[Any, Exception | None]) -> tuple[Any, Exception | None]:
-    value, exc = result
-    return value, None if exc is None else WriterGone(str(exc))
-
-
-class _NoSpec(Exception):
-    """The socket closed before any byte of a spec: the writer process is not needed."""
-
-
-def read_spec(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
-    """The first frame on the socket (the spec), and whatever arrived after it."""
-    buf = bytearray()
-    while True:
-        first = _frames(buf, limit=1)
-        if first:
-            return first[0], buf
-        data = sock.recv(1 << 16)
-        if not data:
-            if not buf:
-                raise _NoSpec
-            raise ConnectionResetError("the server closed the socket during the spec")
-        buf += data
-
-
-def run(argv: list[str], setup: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """The writer process's main: ``argv`` is [program, socket fd]. The spec comes as
-    the socket's first frame; ``setup(spec)`` then configures logging."""
-    # The server decides when the writer stops (by closing the socket): a Ctrl-C or a
-    # SIGTERM sent to the whole process group must not interrupt a commit.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(argv[1]))
-    try:
-        spec, buf = read_spec(sock)
-    except _NoSpec:
-        sock.close()
-        return 0  # a prestarted writer process that was not needed
-    except (OSError, pickle.UnpicklingError) as exc:
-        sock.close()
-        print(f"error: relaybox writer process: {exc}", file=sys.stderr)
-        return 1
-    if setup is not None:
-        setup(spec)
-    started = time.monotonic()
-    try:
-        serve(sock, spec, buf)
-    except ConnectionResetError:
-        pass  # the server is gone, and so is whatever it had not sent completely
-    except Exception as exc:
-        log.error("the writer process stopped: %s", exc)
-        return 1
-    finally:
-        sock.close()
-    log.debug("writer process done after %.1f s", time.monotonic() - started)
-    return 0
+    def __init__(self, db: pw.Database, spec: dict[str, Any], *, batch_max: int = 1024,
+                 read_threads: int = 4,
+                 on_committed: Callable[[list[Any]], None] | None = None,
+                 on_batch: Callable[[int, float], None] | None = None,
+                 module: str = WRITER_MODULE,
+                 setup: Callable[[dict[str, Any]], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(db, read_threads=read_threads, on_committed=on_committed,
+                         on_batch=on_batch,
+                         writer=ProcessWriter({**spec, "batch_max": batch_max}, module=module,
+                                              setup=setup, monotonic=monotonic))

@@ -90,7 +90,7 @@ async def test_the_writer_process_ends_with_its_server(servers: MakeServer, end:
     (pid,) = writer_pids(server.proc.pid)
     # Its command line holds nothing but python -m module fd: no database URL.
     args = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    assert len(args) == 4 and args[1:3] == [b"-m", b"relaybox.server.writer"]
+    assert len(args) == 4 and args[1:3] == [b"-m", b"relaybox.store.writer_main"]
     assert args[3].isdigit()
     fd = os.pidfd_open(pid)  # readable once that process has exited
     try:

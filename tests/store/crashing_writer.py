@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relaybox.store import writerproc
+from relaybox.store import codec, writer_main
 
 _spec: dict[str, Any] = {}
 
@@ -25,7 +25,7 @@ def _setup(spec: dict[str, Any]) -> None:
 
 
 def _write(writer: Any, batch: list[tuple[Any, ...]]) -> Any:
-    bodies = [it[5] for it in batch if it[0] == writerproc._PUBLISH]
+    bodies = [it[5] for it in batch if it[0] == codec.PUBLISH]
     if "die_on_body" in _spec and _spec["die_on_body"] in bodies:
         os._exit(3)
     out = _real_write(writer, batch)
@@ -36,8 +36,8 @@ def _write(writer: Any, batch: list[tuple[Any, ...]]) -> Any:
     return out
 
 
-_real_write = writerproc._write
-writerproc._write = _write
+_real_write = writer_main._write
+writer_main._write = _write
 
 if __name__ == "__main__":
-    sys.exit(writerproc.run(sys.argv, _setup))
+    sys.exit(writer_main.run(sys.argv, _setup))

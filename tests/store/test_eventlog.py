@@ -13,16 +13,16 @@ import pytest
 
 from relaybox.protocol.encoding import uuid4
 from relaybox.store import queries
-from relaybox.store.eventlog import (
+from relaybox.store.append import append_now
+from relaybox.store.events import (
     Accepted,
     Conflicted,
-    EventLog,
     Failed,
     PublishRequest,
     PublishResult,
     StoredEvent,
-    append_now,
 )
+from relaybox.store.front import EventLog
 from relaybox.store.models import Cursor, Event, StreamHead
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -358,8 +358,8 @@ async def test_positions_read_heads_cursors_and_revocation(db: pw.Database) -> N
 
     from relaybox.services.devices import add_device
     from relaybox.services.users import add_user
-    from relaybox.store.eventlog import positions
     from relaybox.store.models import Device
+    from relaybox.store.sql import positions
 
     user = add_user(db, "alice")
     other = add_user(db, "bob")

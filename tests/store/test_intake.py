@@ -9,8 +9,9 @@ import peewee as pw
 import pytest
 
 from relaybox.protocol.encoding import dumps, uuid4
-from relaybox.store.eventlog import PublishRequest, data_error
+from relaybox.store.events import PublishRequest
 from relaybox.store.intake import publish_problem
+from relaybox.store.sql import data_error
 
 U, D = "u1-" + "0" * 33, "d1-" + "0" * 33
 

@@ -21,13 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relaybox.protocol.encoding import dumps, uuid4
-from relaybox.store.eventlog import (
-    Accepted,
-    EventLog,
-    PublishRequest,
-    PublishResult,
-    Refused,
-)
+from relaybox.store.events import Accepted, PublishRequest, PublishResult, Refused
+from relaybox.store.front import EventLog
 from relaybox.store.models import Cursor, Device, Event, StreamHead, User
 from relaybox.store.writerproc import ProcessEventLog
 from tests.store.test_writerproc import spec_for

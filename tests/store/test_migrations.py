@@ -6,8 +6,9 @@ from typing import Any
 
 import peewee as pw
 
-from relaybox.store import eventlog, migrate
+from relaybox.store import migrate
 from relaybox.store.models import MODELS
+from relaybox.store.sql import KEY_HEAD_SQL
 from tests.store.conftest import MakeDb
 
 
@@ -85,7 +86,7 @@ def test_the_newest_seq_of_a_key_is_read_through_the_key_index(make_db: MakeDb) 
     db = make_db()
     migrate.up(db)
     pg = isinstance(db, pw.PostgresqlDatabase)
-    sql = eventlog.KEY_HEAD_SQL.format(p="%s" if pg else "?")
+    sql = KEY_HEAD_SQL.format(p="%s" if pg else "?")
     if pg:
         db.execute_sql("SET enable_seqscan = off")  # an empty table: force the choice
         plan = " ".join(r[0] for r in db.execute_sql("EXPLAIN " + sql, ("u", "s", "k")))
@@ -110,7 +111,7 @@ def test_002_keeps_every_event_and_indexes_only_the_keyed_ones(make_db: MakeDb) 
     db.execute_sql("COMMIT")
     assert migrate.up(db) == applied[1:]
     assert db.execute_sql("SELECT COUNT(*) FROM event").fetchone()[0] == 30
-    head = db.execute_sql(eventlog.KEY_HEAD_SQL.format(p=p), ("u", "s", "k")).fetchone()[0]
+    head = db.execute_sql(KEY_HEAD_SQL.format(p=p), ("u", "s", "k")).fetchone()[0]
     assert head == 30
     if not isinstance(db, pw.PostgresqlDatabase):
         # The index holds the ten keyed events only.

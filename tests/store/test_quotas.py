@@ -14,15 +14,9 @@ import pytest
 from relaybox.config import load_settings
 from relaybox.protocol.encoding import uuid4
 from relaybox.services import retention
-from relaybox.store.eventlog import (
-    Accepted,
-    Conflicted,
-    EventLog,
-    PublishRequest,
-    PublishResult,
-    Refused,
-    append_now,
-)
+from relaybox.store.append import append_now
+from relaybox.store.events import Accepted, Conflicted, PublishRequest, PublishResult, Refused
+from relaybox.store.front import EventLog
 from relaybox.store.models import StreamHead, User
 from relaybox.store.quotas import Quotas
 from relaybox.store.writerproc import ProcessEventLog

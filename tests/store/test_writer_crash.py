@@ -18,7 +18,7 @@ import peewee as pw
 import pytest
 
 from relaybox.store import queries, writerproc
-from relaybox.store.eventlog import Accepted, Failed, PublishRequest
+from relaybox.store.events import Accepted, Failed, PublishRequest
 from relaybox.store.models import Cursor
 from tests.store.test_writerproc import D1, D2, U1, Writer, req, spec_for, stored
 
@@ -55,9 +55,9 @@ async def kill_with_queued(writer: Writer, *send: Any) -> list[Any]:
     os.kill(writer.pid(), signal.SIGSTOP)
     made = [f() for f in send]
     await asyncio.sleep(0)  # one loop iteration: the frame goes out
-    link = writer.log._link
+    link = writer.log.writer._link
     os.kill(writer.pid(), signal.SIGKILL)
-    while writer.log._link is link:  # until the loop has seen the socket close
+    while writer.log.writer._link is link:  # until the loop has seen the socket close
         await asyncio.sleep(0)
     return made
 
@@ -88,7 +88,7 @@ async def test_acks_a_writer_died_with_are_durable_before_the_next_catch_up(
     assert (await positions)[1]["s"] == 3
     assert (await later)[1] == {"s": 3, "t": 1}
     assert cursor_of(D2, "s") == 3
-    assert writer.log.started == 2
+    assert writer.log.writer.started == 2
 
 
 async def test_publishes_a_writer_died_with_are_stored_once_and_acked(
@@ -110,7 +110,7 @@ async def test_publishes_committed_by_a_writer_that_died_unanswered_are_not_stor
         await w.log.ready()
         reqs = [req(body=str(i)) for i in range(5)]
         results = await asyncio.gather(*(w.log.publish(r) for r in reqs))
-        assert (tmp_path / "died").exists() and w.log.started == 2
+        assert (tmp_path / "died").exists() and w.log.writer.started == 2
         # The next writer process finds them stored: each is answered with its event.
         assert all(isinstance(r, Accepted) and r.duplicate for r in results)
         assert [r.event.seq for r in results] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
@@ -130,7 +130,7 @@ async def test_an_item_every_writer_dies_of_is_given_up_and_what_follows_goes_on
             "the writer process stopped")
         res = await w.log.publish(req(body="fine"))
         assert isinstance(res, Accepted) and res.event.seq == 1
-        assert w.log.started == writerproc.MAX_ATTEMPTS + 1
+        assert w.log.writer.started == writerproc.MAX_ATTEMPTS + 1
         assert [b for b in (e.body for e in w.committed)] == ["fine"]
     finally:
         await w.stop()
@@ -155,20 +155,20 @@ async def test_only_writers_that_die_soon_after_starting_are_restarted_after_a_p
             # Each lived long and answered: restarted at once, never counted as a loop.
             clock.now += writerproc.QUICK_DEATH_S
             (probe,) = await kill_with_queued(w, w.log.probe)
-            assert w.log._respawn is None and w.log.quick_deaths == 0
+            assert w.log.writer._respawn is None and w.log.writer.quick_deaths == 0
             await probe
-        assert w.log.started == 4
+        assert w.log.writer.started == 4
         # Dying soon after starting, one after the other: the first of them is restarted
         # at once, the next ones after growing pauses.
         (probe,) = await kill_with_queued(w, w.log.probe)
-        assert w.log._respawn is None and w.log.quick_deaths == 1
+        assert w.log.writer._respawn is None and w.log.writer.quick_deaths == 1
         await probe
         (probe,) = await kill_with_queued(w, w.log.probe)
-        assert w.log._respawn is not None and w.log.quick_deaths == 2
+        assert w.log.writer._respawn is not None and w.log.writer.quick_deaths == 2
         await probe  # after the pause
         # A stop during a pause still has the next writer commit what the last one left.
         await kill_with_queued(w, lambda: w.log.save_cursor(D1, "s", 7))
-        assert w.log._respawn is not None and w.log.quick_deaths == 3
+        assert w.log.writer._respawn is not None and w.log.writer.quick_deaths == 3
     finally:
         await w.stop()
     assert cursor_of(D1, "s") == 7

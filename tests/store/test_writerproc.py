@@ -16,7 +16,7 @@ import pytest
 
 from relaybox.protocol.encoding import uuid4
 from relaybox.store import queries, writerproc
-from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, StoredEvent
+from relaybox.store.events import Accepted, Conflicted, PublishRequest, StoredEvent
 from relaybox.store.models import Event
 from relaybox.store.writerproc import ProcessEventLog, WriterGone
 
@@ -39,7 +39,7 @@ def spec_for(db: pw.Database) -> dict[str, Any]:
 
 class Writer:
     def __init__(self, db: pw.Database, spec: dict[str, Any] | None = None,
-                 module: str = "relaybox.server.writer", **kw: Any) -> None:
+                 module: str = writerproc.WRITER_MODULE, **kw: Any) -> None:
         self.committed: list[StoredEvent] = []
         self.log = ProcessEventLog(db, spec or spec_for(db), read_threads=1,
                                    on_committed=self.committed.extend, module=module, **kw)
@@ -49,8 +49,8 @@ class Writer:
         await asyncio.get_running_loop().run_in_executor(None, self.log.stop)
 
     def pid(self) -> int:
-        assert self.log.proc is not None
-        return self.log.proc.pid
+        assert self.log.writer.proc is not None
+        return self.log.writer.proc.pid
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ async def test_stop_commits_everything_sent_before_it(db: pw.Database) -> None:
     results = [await f for f in futs]
     assert [r.event.seq for r in results if isinstance(r, Accepted)] == list(range(1, 301))
     assert len(stored(db)) == 300
-    assert w.log.proc is not None and w.log.proc.returncode == 0
+    assert w.log.writer.proc is not None and w.log.writer.proc.returncode == 0
 
 
 async def test_the_writer_process_ignores_interrupts_and_ends_with_its_input(
@@ -117,10 +117,10 @@ async def test_the_writer_process_ignores_interrupts_and_ends_with_its_input(
     res = await writer.log.publish(req())
     assert isinstance(res, Accepted) and res.event.seq == 1
     # The server dying looks like this to the writer: its socket closes.
-    proc = writer.log.proc
-    assert proc is not None and writer.log._link is not None
-    writer.log._stopping = True
-    writer.log._link.transport.abort()
+    proc = writer.log.writer.proc
+    assert proc is not None and writer.log.writer._link is not None
+    writer.log.writer._stopping = True
+    writer.log.writer._link.transport.abort()
     code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
     assert code == 0
 
@@ -134,17 +134,17 @@ async def test_ready_fails_when_the_writer_cannot_open_the_database(
     with pytest.raises(WriterGone, match="could not open the database"):
         await w.log.ready()
     await w.stop()
-    assert w.log.started == 1  # no restarts after giving up
+    assert w.log.writer.started == 1  # no restarts after giving up
 
 
 async def test_a_prestarted_writer_process_is_taken_by_the_first_event_log(
         db: pw.Database) -> None:
     writerproc.prestart()
-    proc, _ = writerproc._prestarted["relaybox.server.writer"]
+    proc, _ = writerproc._prestarted[writerproc.WRITER_MODULE]
     w = Writer(db)
     try:
         await w.log.ready()
-        assert w.log.proc is proc and w.log.started == 1
+        assert w.log.writer.proc is proc and w.log.writer.started == 1
         res = await w.log.publish(req())
         assert isinstance(res, Accepted) and res.event.seq == 1
     finally:
@@ -156,7 +156,7 @@ async def test_a_prestarted_writer_process_is_taken_by_the_first_event_log(
 async def test_a_prestarted_writer_process_nobody_took_exits_quietly(
         capfd: pytest.CaptureFixture[str]) -> None:
     writerproc.prestart()
-    proc, _ = writerproc._prestarted["relaybox.server.writer"]
+    proc, _ = writerproc._prestarted[writerproc.WRITER_MODULE]
     writerproc.discard_prestarted()
     assert proc.returncode == 0
     assert "error" not in capfd.readouterr().err
