@@ -4,16 +4,17 @@ Nothing here imports opentelemetry unless ``tracing.enabled`` is set, and the ho
 gateway calls cost one global lookup when it is not. A publish span runs from the
 ``publish`` frame to its ack or nack, with ``relaybox.commit`` (the group commit that
 stored it) and ``relaybox.fanout`` (relay to the live sessions) as children, drawn from
-the timings of the batch that carried the event. Both are made around the event log
-(``EventLog.publish`` and its batch callbacks), so the gateway needs no tracing code.
+the timings of the batch that carried the event. Both come from the hooks the event log
+offers its observer (store/front.py ``EventLogObserver``), so the gateway needs no
+tracing code.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from sanic import HTTPResponse, Request, Sanic
 from relaybox import __version__
 from relaybox.config import Settings
 from relaybox.server import logs
+from relaybox.store.events import PublishRequest, PublishResult, StoredEvent
 
 log = logging.getLogger("relaybox.server")
 
@@ -67,7 +69,6 @@ class _State:
     tracer: Any
     provider: Any
     batches: deque[_Batch] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
-    pending: tuple[int, int, frozenset[tuple[str, str, int]]] | None = None
 
     def batch_of(self, key: tuple[str, str, int] | None) -> _Batch | None:
         for b in reversed(self.batches):
@@ -208,64 +209,24 @@ def publish_span(stream: str, client_id: str, device_id: str | None = None
     return PublishSpan(state, state.tracer.start_span("relaybox.publish", attributes=attrs))
 
 
-def _wrap_eventlog(state: _State, eventlog: Any) -> None:
-    """A span for every publish (gateway or HTTP), with its batch's commit and fan-out."""
-    publish = eventlog.publish
-    publish_cb = getattr(eventlog, "publish_cb", None)  # the gateway's future-less path
-    committed = eventlog.on_committed
-    on_batch = eventlog.on_batch
-    inside = False  # one span per publish even if one entry point calls the other
+class _PublishObserver:
+    """The event log's hooks (store/front.py ``EventLogObserver``): a span for every
+    publish (gateway or HTTP), with its batch's commit and fan-out."""
 
-    def traced_publish(req: Any) -> Any:
-        nonlocal inside
-        span = publish_span(req.stream, req.client_id, req.device_id)
-        inside = True
-        try:
-            fut = publish(req)
-        finally:
-            inside = False
-        # Added before the caller's own callback: the span ends as the ack is sent.
-        fut.add_done_callback(lambda f: span.finish(
-            None if f.cancelled() or f.exception() is not None else f.result()))
-        return fut
+    __slots__ = ("state",)
 
-    def traced_publish_cb(req: Any, callback: Any) -> None:
-        if inside:
-            publish_cb(req, callback)  # type: ignore[misc]
-            return
-        span = publish_span(req.stream, req.client_id, req.device_id)
+    def __init__(self, state: _State) -> None:
+        self.state = state
 
-        def done(result: Any) -> None:
-            try:
-                callback(result)  # the ack or nack is queued first
-            finally:
-                span.finish(result)
+    def publishing(self, req: PublishRequest) -> Callable[[PublishResult], None]:
+        return publish_span(req.stream, req.client_id, req.device_id).finish
 
-        publish_cb(req, done)  # type: ignore[misc]
-
-    def traced_committed(events: list[Any]) -> None:
-        start = time.time_ns()
-        try:
-            if committed is not None:
-                committed(events)
-        finally:
-            state.pending = (start, time.time_ns(),
-                             frozenset((e.user_id, e.stream, e.seq) for e in events))
-
-    def traced_batch(size: int, seconds: float) -> None:
-        if on_batch is not None:
-            on_batch(size, seconds)
-        now = time.time_ns()
-        pending, state.pending = state.pending, None
-        fan_start, fan_end, keys = pending if pending is not None else (now, now, frozenset())
-        state.batches.append(_Batch(keys, fan_start - int(seconds * 1e9), fan_start,
-                                    fan_start, fan_end, size))
-
-    eventlog.publish = traced_publish
-    if publish_cb is not None:
-        eventlog.publish_cb = traced_publish_cb
-    eventlog.on_committed = traced_committed
-    eventlog.on_batch = traced_batch
+    def batch(self, new_events: list[StoredEvent], size: int, seconds: float,
+              fanout_start_ns: int, fanout_end_ns: int) -> None:
+        keys = frozenset((e.user_id, e.stream, e.seq) for e in new_events)
+        self.state.batches.append(_Batch(keys, fanout_start_ns - int(seconds * 1e9),
+                                         fanout_start_ns, fanout_start_ns, fanout_end_ns,
+                                         size))
 
 
 # -- the app side ------------------------------------------------------------------------------
@@ -279,7 +240,7 @@ def install(app: Sanic, settings: Settings) -> None:
     @app.before_server_start
     async def trace_eventlog(app: Sanic) -> None:
         if _state is not None:
-            _wrap_eventlog(_state, app.ctx.relay.eventlog)
+            app.ctx.relay.eventlog.observe(_PublishObserver(_state))
 
     @app.after_server_stop
     async def stop_tracing(app: Sanic) -> None:

@@ -380,3 +380,36 @@ async def test_positions_read_heads_cursors_and_revocation(db: pw.Database) -> N
     Device.update(revoked_at=1).where(Device.id == phone.id).execute()
     assert positions(db, user.id, phone.id) == (heads, {"a": 2}, True)
     assert positions(db, user.id, uuid4()) == (heads, {}, True)  # removed: revoked too
+
+
+class Recorder:
+    """An ``EventLogObserver`` that notes what it is told, in order."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def publishing(self, req: PublishRequest) -> Callable[[PublishResult], None]:
+        self.seen.append(f"publishing {req.client_id}")
+        return lambda res: self.seen.append(f"done {type(res).__name__}")
+
+    def batch(self, new_events: list[StoredEvent], size: int, seconds: float,
+              fanout_start_ns: int, fanout_end_ns: int) -> None:
+        assert seconds >= 0 and fanout_start_ns <= fanout_end_ns
+        self.seen.append(f"batch {size} {[e.seq for e in new_events]}")
+
+
+async def test_an_observer_sees_each_publish_and_batch_after_fan_out_and_before_acks(
+        log: Log) -> None:
+    seen: list[str] = []
+    log.log.on_committed = lambda events: seen.append(f"fan-out {len(events)}")
+    log.log.observe(Recorder(seen))
+    release = log.hold()
+    first = req(id="a")
+    futs = [log.log.publish(first), log.log.publish(req(id="b"))]
+    log.log.publish_cb(first, lambda res: seen.append("ack"))  # a repeat, in the batch
+    release()
+    await asyncio.gather(*futs)
+    await log.barrier()
+    assert seen == ["publishing a", "publishing b", "publishing a", "fan-out 2",
+                    "batch 3 [1, 2]", "done Accepted", "done Accepted", "ack",
+                    "done Accepted"]
