@@ -6,15 +6,18 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import peewee as pw
 from rich.console import Console
 
-from relaybox.cli.safe import json_text, visible
+from relaybox.cli.safe import json_text, markup, visible
 from relaybox.config import ConfigError, Settings, load_settings
 from relaybox.errors import RelayError
+
+if TYPE_CHECKING:
+    from relaybox.services.notify import Change
 
 out = Console()
 err = Console(stderr=True)
@@ -63,21 +66,25 @@ def emit_json(doc: Any) -> None:
 
 def open_db(settings: Settings, *, must_exist: bool = True) -> pw.Database:
     """Open (and bind) the database; with ``must_exist`` refuse an uninitialised data dir."""
-    from relaybox.services import identity
-    from relaybox.store.db import open_database
+    from relaybox.services.datadir import open_store
 
-    path = settings.sqlite_path
-    if must_exist and path is not None and not path.exists():
-        raise CliError(f"no relaybox database in {settings.data_dir} (run 'relaybox init')")
-    db = open_database(settings)
     try:
-        db.connect(reuse_if_open=True)
-    except pw.OperationalError as exc:
-        raise CliError(f"cannot open the database: {exc}") from None
-    if must_exist and not identity.is_initialised(db):
-        raise CliError(f"the database in {settings.data_dir} is not initialised "
-                       "(run 'relaybox init')")
-    return db
+        return open_store(settings, must_exist=must_exist)
+    except RelayError as exc:
+        raise CliError(exc.detail) from None
+
+
+def tell_servers(settings: Settings, change: Change) -> bool:
+    """Tell running servers about ``change`` (services/notify.py); False when none could be
+    told, with a warning when some may run but Redis refused."""
+    from relaybox.services.notify import tell_running_servers
+
+    told = tell_running_servers(settings, change)
+    if told.problem is not None:
+        err.print(f"[yellow]warning:[/] the change is saved, but running servers could not "
+                  f"be told ({markup(told.problem)}); live sessions notice on their next "
+                  "connect")
+    return told.told
 
 
 def run_main(group: click.Group, argv: list[str]) -> Any:

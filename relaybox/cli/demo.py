@@ -141,18 +141,17 @@ def _running(pid: int) -> bool:
 
 def _prepare(data_dir: Path) -> list[str]:
     """Initialise the data dir with a user ``demo`` and one pairing code per device."""
-    from relaybox.cli.init_cmd import initialise
     from relaybox.config import load_settings
+    from relaybox.services.datadir import initialise, open_store
     from relaybox.services.pairing import create_pairing_code
-    from relaybox.services.users import add_user
-    from relaybox.store.db import open_database
+    from relaybox.services.users import create_user
 
     settings = load_settings(data_dir, env={})
     initialise(settings)
-    db = open_database(settings)
+    db = open_store(settings)
     try:
-        user = add_user(db, "demo")
-        return [create_pairing_code(db, user, settings=settings)[0] for _ in DEVICES]
+        user = create_user(db, "demo")
+        return [create_pairing_code(db, user.name, settings=settings)[0] for _ in DEVICES]
     finally:
         db.close()
 

@@ -3,66 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
 from relaybox.cli.common import (
     emit_json,
-    err,
     open_db,
     out,
     print_table,
     relay_errors,
     settings_for,
+    tell_servers,
 )
 from relaybox.cli.safe import cell, markup
-from relaybox.config import Settings
-from relaybox.store.db import write_transaction
-from relaybox.store.eventlog import StoredEvent
+
+if TYPE_CHECKING:
+    from relaybox.services.devices import DeviceInfo
+    from relaybox.services.notify import Change
 
 
-def announce(settings: Settings, events: list[StoredEvent],
-             controls: list[dict[str, Any]]) -> bool:
-    """Tell running servers through Redis; False when none could be told.
-
-    Never starts a Redis of its own: with the embedded one, the URL comes from a live
-    server's record (bus.redis_url_for), and no live server means nobody to tell.
-    """
-    from relaybox.bus import BUS_ERRORS, SyncBus, redis_url_for
-    from relaybox.services.fanout import announce_sync
-
-    url = redis_url_for(settings.redis_url, settings.run_dir)
-    if url is None:
-        return False
-    bus = SyncBus(url)
-    try:
-        announce_sync(bus, events, controls)
-        return True
-    except BUS_ERRORS as exc:
-        err.print(f"[yellow]warning:[/] the change is saved, but running servers could not "
-                  f"be told ({markup(exc)}); live sessions notice on their next connect")
-        return False
-    finally:
-        bus.close()
-
-
-def _change_device(device_id: str, change_fn: Callable[[Any, Any], Any]) -> dict[str, Any]:
-    """Apply a revoke/unrevoke in one transaction, tell running servers, describe the result."""
-    from relaybox.services.devices import require_device
-
+def _change_device(device_id: str,
+                   change_fn: Callable[[Any, str], tuple[DeviceInfo, Change]]
+                   ) -> dict[str, Any]:
+    """Apply a revoke/unrevoke (the service owns the transaction), tell running servers,
+    describe the result."""
     settings = settings_for()
     db = open_db(settings)
     try:
-        d = require_device(device_id)
-        with write_transaction(db):
-            change = change_fn(db, d)
-        d = require_device(d.id)
-        doc = _doc(d, d.user.name)
+        info, change = change_fn(db, device_id)
     finally:
         db.close()
-    doc["server_notified"] = announce(settings, change.events, change.controls)
+    doc = _doc(info)
+    doc["server_notified"] = tell_servers(settings, change)
     return doc
 
 
@@ -71,12 +45,10 @@ def _short(ts: str) -> str:
     return ts[:16].replace("T", " ")
 
 
-def _doc(d: Any, user_name: str | None) -> dict[str, Any]:
-    from relaybox.services.devices import device_json
-
-    doc = device_json(d)
+def _doc(d: DeviceInfo) -> dict[str, Any]:
+    doc = d.as_json()
     doc.pop("online", None)  # the CLI reads the database; presence lives in the server
-    doc["user"] = user_name
+    doc["user"] = d.user_name
     return doc
 
 
@@ -97,19 +69,17 @@ def register(cli: click.Group) -> None:
     @relay_errors
     def list_cmd(user_ref: str | None, revoked: bool, as_json: bool) -> None:
         """List devices (all users unless --user)."""
-        from relaybox.services.devices import list_devices
-        from relaybox.services.users import find_user
-        from relaybox.store.models import User
+        from relaybox.services.devices import devices_of
+        from relaybox.services.users import user_info
 
         settings = settings_for()
         db = open_db(settings)
         try:
-            user_id = find_user(user_ref).id if user_ref is not None else None
-            names = {u.id: u.name for u in User.select(User.id, User.name)}
-            found: list[Any] = list_devices(user_id, True if revoked else None)
-            docs = [_doc(d, names.get(d.user_id)) for d in found]
+            user_id = user_info(user_ref).user_id if user_ref is not None else None
+            found = devices_of(user_id, True if revoked else None, user_names=True)
         finally:
             db.close()
+        docs = [_doc(d) for d in found]
         if as_json:
             emit_json(docs)
             return
@@ -140,7 +110,7 @@ def register(cli: click.Group) -> None:
 
         Its tokens stop working at once and running servers close its session.
         """
-        from relaybox.services.devices import revoke_device
+        from relaybox.services.devices import revoke as revoke_device
 
         doc = _change_device(device_id, lambda db, d: revoke_device(db, d, reason))
         if as_json:
@@ -157,7 +127,7 @@ def register(cli: click.Group) -> None:
 
         Its old refresh tokens stay revoked: it signs in afresh.
         """
-        from relaybox.services.devices import unrevoke_device
+        from relaybox.services.devices import unrevoke as unrevoke_device
 
         doc = _change_device(device_id, unrevoke_device)
         if as_json:

@@ -20,7 +20,6 @@ from relaybox.cli.common import (
     settings_for,
 )
 from relaybox.cli.safe import cell, visible
-from relaybox.store.db import write_transaction
 
 
 def _duration(seconds: float) -> str:
@@ -125,7 +124,7 @@ def register(cli: click.Group) -> None:
 
         Only a hash of the token is stored, so it cannot be shown again.
         """
-        from relaybox.services.identity import rotate_admin_token
+        from relaybox.services.identity import new_admin_token
 
         if not rotate:
             raise click.UsageError("the admin token is stored only as a hash and cannot be "
@@ -133,8 +132,7 @@ def register(cli: click.Group) -> None:
         settings = settings_for()
         db = open_db(settings)
         try:
-            with write_transaction(db):
-                token = rotate_admin_token()
+            token = new_admin_token(db)
         finally:
             db.close()
         if as_json:

@@ -19,7 +19,6 @@ from relaybox.cli.common import (
 )
 from relaybox.cli.safe import markup, visible
 from relaybox.protocol.encoding import check_name, format_ts
-from relaybox.store.db import write_transaction
 
 
 def claim_line(code: str, url: str, name: str) -> str:
@@ -84,33 +83,28 @@ def register(cli: click.Group) -> None:
         for a terminal device.
         """
         from relaybox.services.devices import valid_name
-        from relaybox.services.pairing import create_pairing_code
-        from relaybox.services.users import find_user
-        from relaybox.store.models import Device
+        from relaybox.services.pairing import code_for_user
 
         if device_name is not None:
             valid_name(device_name)  # the claim would refuse it (api.md Devices)
         settings = settings_for()
         db = open_db(settings)
         try:
-            user = find_user(user_ref)
-            with write_transaction(db):
-                code, expires_at = create_pairing_code(db, user, ttl_s=ttl,
-                                                       settings=settings)
-            n = Device.select().where(Device.user == user.id).count()
+            made = code_for_user(db, user_ref, ttl_s=ttl, settings=settings)
         finally:
             db.close()
+        code, expires_at, user_name = made.code, made.expires_at, made.user_name
         # Devices use public_url (the proxy) when set; else where this server listens.
         url = settings.public_url.rstrip("/") or server_urls(settings)[0]
         link = pair_link(code, url)
         if as_json:
-            emit_json({"code": code, "expires_at": format_ts(expires_at), "user": user.name,
+            emit_json({"code": code, "expires_at": format_ts(expires_at), "user": user_name,
                        "link": link})
             return
-        line = claim_line(code, url, device_name or _default_name(user.name, n + 1))
+        line = claim_line(code, url, device_name or _default_name(user_name, made.devices + 1))
         left = max(0, round(expires_at / 1000 - time.time()))
         local = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(expires_at / 1000))
-        out.print(f"Pairing code for [bold]{markup(user.name)}[/]: [bold yellow]{code}[/]")
+        out.print(f"Pairing code for [bold]{markup(user_name)}[/]: [bold yellow]{code}[/]")
         out.print(f"  expires {local} (in {left // 60} min {left % 60} s); single use")
         if not no_qr:
             click.echo(qr_text(link), nl=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from rich.table import Table
 
@@ -15,10 +13,9 @@ from relaybox.cli.common import (
     print_table,
     relay_errors,
     settings_for,
+    tell_servers,
 )
 from relaybox.cli.safe import cell, markup
-from relaybox.protocol.encoding import format_ts
-from relaybox.store.db import write_transaction
 
 
 def register(cli: click.Group) -> None:
@@ -35,19 +32,18 @@ def register(cli: click.Group) -> None:
 
         Then pair a first device with 'relaybox pair NAME'.
         """
-        from relaybox.services.users import add_user
+        from relaybox.services.users import create_user
 
         settings = settings_for()
         db = open_db(settings)
         try:
-            with write_transaction(db):
-                u = add_user(db, name)
+            u = create_user(db, name)
         finally:
             db.close()
         if as_json:
-            emit_json({"user_id": u.id, "name": u.name, "created_at": format_ts(u.created_at)})
+            emit_json(u.as_json())
             return
-        out.print(f"[green]Added user[/] {markup(u.name)} ({u.id})")
+        out.print(f"[green]Added user[/] {markup(u.name)} ({u.user_id})")
         out.print(f"  pair a device: relaybox pair {markup(u.name)}")
 
     @user.command("list")
@@ -55,27 +51,16 @@ def register(cli: click.Group) -> None:
     @relay_errors
     def list_cmd(as_json: bool) -> None:
         """List users with their device counts."""
-        import peewee as pw
-
-        from relaybox.store.models import Device, User
+        from relaybox.services.users import users_with_devices
 
         settings = settings_for()
         db = open_db(settings)
         try:
-            total = pw.fn.COUNT(Device.id)
-            active = Device.id.is_null(False) & Device.revoked_at.is_null()
-            live = pw.fn.SUM(pw.Case(None, [(active, 1)], 0))
-            query: Any = (User.select(User.id, User.name, User.created_at,
-                                      total.alias("devices"), live.alias("active"))
-                          .join(Device, pw.JOIN.LEFT_OUTER, on=(Device.user == User.id))
-                          .group_by(User.id, User.name, User.created_at)
-                          .order_by(User.created_at))
-            rows: list[dict[str, Any]] = list(query.dicts())
+            found = users_with_devices()
         finally:
             db.close()
-        docs = [{"user_id": r["id"], "name": r["name"], "created_at": format_ts(r["created_at"]),
-                 "devices": int(r["devices"] or 0), "active_devices": int(r["active"] or 0)}
-                for r in rows]
+        docs = [{**u.as_json(), "devices": u.devices, "active_devices": u.active_devices}
+                for u in found]
         if as_json:
             emit_json(docs)
             return
@@ -103,24 +88,22 @@ def register(cli: click.Group) -> None:
 
         Their devices, events and cursors go; live sessions are closed.
         """
-        from relaybox.cli.devices import announce
-        from relaybox.services.users import find_user, remove_user
+        from relaybox.services.users import delete_user, user_info
 
         settings = settings_for()
         db = open_db(settings)
         try:
-            u = find_user(name)
+            u = user_info(name)
             if not yes:
                 raise CliError(f"this deletes user {u.name!r} with all their devices and "
                                "events; run again with --yes")
-            with write_transaction(db):
-                device_ids = remove_user(db, u)
+            removed = delete_user(db, u.user_id)
         finally:
             db.close()
-        # hub.on_control closes the sessions of these devices on every server process.
-        notified = announce(settings, [], [{"kind": "user_removed", "device_ids": device_ids}])
+        notified = tell_servers(settings, removed.change)
         if as_json:
-            emit_json({"user_id": u.id, "name": u.name, "removed_devices": device_ids,
-                       "server_notified": notified})
+            emit_json({"user_id": u.user_id, "name": u.name,
+                       "removed_devices": removed.device_ids, "server_notified": notified})
             return
-        out.print(f"[green]Removed user[/] {markup(u.name)} and {len(device_ids)} device(s)")
+        out.print(f"[green]Removed user[/] {markup(u.name)} and {len(removed.device_ids)} "
+                  "device(s)")

@@ -13,7 +13,7 @@ import peewee as pw
 from relaybox.bus import Bus
 from relaybox.config import Settings
 from relaybox.server.hub import Hub
-from relaybox.services.devices import Change
+from relaybox.services.notify import Change, Notifier
 from relaybox.store.eventlog import EventLog
 
 log = logging.getLogger("relaybox.server")
@@ -66,12 +66,7 @@ class ServerContext:
     # -- announcing writes done outside the event log ---------------------------------------
     async def announce(self, change: Change) -> None:
         """Relay notices of a service write here and on every other process."""
-        if change.events:
-            self.hub.committed(change.events)
-        for ctl in change.controls:
-            await self.hub.on_control(ctl)
-            if self.bus is not None:
-                await self.bus.publish_control(**ctl)
+        await Notifier(self.bus, hub=self.hub, node_id=self.node_id).notify(change)
 
     async def run_sync(self, fn: Any, *args: Any) -> Any:
         """Run blocking service code off the loop."""

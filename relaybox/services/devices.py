@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import peewee as pw
 
-from relaybox.errors import InvalidInput, NotFound
+from relaybox.errors import Forbidden, InvalidInput, NotFound
 from relaybox.protocol.encoding import check_name, dumps, format_ts, now_ms, parse_uuid, uuid7
+from relaybox.services.notify import Change
 from relaybox.store.db import write_transaction
 from relaybox.store.eventlog import Accepted, PublishRequest, StoredEvent, append_now
 from relaybox.store.models import Device, User
@@ -17,31 +18,46 @@ from relaybox.store.models import Device, User
 DEVICES_STREAM = "sys.devices"
 
 
-@dataclass
-class Change:
-    """What a write did that running servers must hear about."""
-
-    events: list[StoredEvent] = field(default_factory=list)
-    controls: list[dict[str, Any]] = field(default_factory=list)
-
-
 def _uid(device: Device) -> str:
     """The owning user's id without loading the user row."""
     return str(device.user_id)  # type: ignore[attr-defined]
 
 
-def device_json(d: Device, online: bool = False) -> dict[str, Any]:
-    return {
-        "device_id": d.id,
-        "user_id": _uid(d),
-        "name": d.name,
-        "created_at": format_ts(d.created_at),
-        "last_seen_at": format_ts(d.last_seen_at) if d.last_seen_at else None,
-        "online": online,
-        "revoked": d.revoked_at is not None,
-        "revoked_at": format_ts(d.revoked_at) if d.revoked_at else None,
-        "revoked_reason": d.revoked_reason,
-    }
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """A device as the CLI and the REST API show it (times in ms)."""
+
+    device_id: str
+    user_id: str
+    name: str
+    created_at: int
+    last_seen_at: int | None
+    revoked_at: int | None
+    revoked_reason: str | None
+    #: The owner's name, when the caller asked for it.
+    user_name: str | None = None
+
+    @classmethod
+    def of(cls, d: Device, user_name: str | None = None) -> DeviceInfo:
+        return cls(d.id, _uid(d), d.name, d.created_at, d.last_seen_at, d.revoked_at,
+                   d.revoked_reason, user_name)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def as_json(self, online: bool = False) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "created_at": format_ts(self.created_at),
+            "last_seen_at": format_ts(self.last_seen_at) if self.last_seen_at else None,
+            "online": online,
+            "revoked": self.revoked,
+            "revoked_at": format_ts(self.revoked_at) if self.revoked_at else None,
+            "revoked_reason": self.revoked_reason,
+        }
 
 
 def valid_name(name: str) -> str:
@@ -95,7 +111,8 @@ def add_device(db: pw.Database, user: User, name: str, public_key: bytes,
 def rename_device(db: pw.Database, device: Device, name: str,
                   clock: Callable[[], int] = now_ms) -> Change:
     device.name = valid_name(name)
-    device.save()
+    with write_transaction(db):
+        device.save()
     return Change(events=[notice(db, _uid(device), "device_renamed", device, clock)])
 
 
@@ -126,7 +143,9 @@ def unrevoke_device(db: pw.Database, device: Device,
                     clock: Callable[[], int] = now_ms) -> Change:
     if device.revoked_at is None:
         return Change()
-    Device.update(revoked_at=None, revoked_reason=None).where(Device.id == device.id).execute()
+    with write_transaction(db):
+        Device.update(revoked_at=None, revoked_reason=None).where(
+            Device.id == device.id).execute()
     device = Device.get_by_id(device.id)
     return Change(events=[notice(db, _uid(device), "device_unrevoked", device, clock)])
 
@@ -162,3 +181,66 @@ def revoked_among(device_ids: list[str]) -> dict[str, bool]:
             elif found[device_id] is not None:
                 out[device_id] = True
     return out
+
+
+# -- use cases of the CLI and the REST API: plain DeviceInfo in and out ----------------------
+def device_info(device_id: str) -> DeviceInfo | None:
+    """The device, or None when ``device_id`` names none (malformed ids included)."""
+    d = get_device(device_id)
+    return DeviceInfo.of(d) if d is not None else None
+
+
+def devices_of(user_id: str | None = None, revoked: bool | None = None, *,
+               user_names: bool = False) -> list[DeviceInfo]:
+    """Devices, oldest first: of one user or all, only revoked or unrevoked ones or both;
+    with ``user_names``, each with its owner's name."""
+    names = {u.id: u.name for u in User.select(User.id, User.name)} if user_names else {}
+    return [DeviceInfo.of(d, names.get(_uid(d))) for d in list_devices(user_id, revoked)]
+
+
+def _after(device_id: str) -> DeviceInfo:
+    """The device as it is now, with its owner's name."""
+    d = Device.get_by_id(device_id)
+    return DeviceInfo.of(d, d.user.name)
+
+
+def revoke(db: pw.Database, device_id: str, reason: str | None = None,
+           clock: Callable[[], int] = now_ms) -> tuple[DeviceInfo, Change]:
+    """Revoke the device ``device_id`` (idempotent; a malformed id is 422, an unknown one
+    404); the Change closes its live session on every server process."""
+    change = revoke_device(db, require_device(device_id), reason, clock)
+    return _after(device_id), change
+
+
+def unrevoke(db: pw.Database, device_id: str,
+             clock: Callable[[], int] = now_ms) -> tuple[DeviceInfo, Change]:
+    """Let the device connect again (idempotent); its old tokens stay revoked."""
+    change = unrevoke_device(db, require_device(device_id), clock)
+    return _after(device_id), change
+
+
+def _own(device_id: str, user_id: str) -> Device:
+    """A device of ``user_id``; another user's device is 404, like one that does not exist."""
+    d = get_device(device_id)
+    if d is None or _uid(d) != user_id:
+        raise NotFound(f"no device {device_id}", code="device_unknown")
+    return d
+
+
+def rename(db: pw.Database, device_id: str, name: str, *, user_id: str,
+           clock: Callable[[], int] = now_ms) -> tuple[DeviceInfo, Change]:
+    """Rename a device of ``user_id`` (api.md Devices)."""
+    d = _own(device_id, user_id)
+    change = rename_device(db, d, name, clock)
+    return DeviceInfo.of(d), change
+
+
+def revoke_self(db: pw.Database, device_id: str, *, user_id: str, caller_id: str,
+                clock: Callable[[], int] = now_ms) -> tuple[DeviceInfo, Change]:
+    """A device revokes itself; revoking another device is the admin's (403)."""
+    d = _own(device_id, user_id)
+    if d.id != caller_id:
+        raise Forbidden("a device may revoke only itself; use the admin API for others",
+                        code="not_this_device")
+    change = revoke_device(db, d, "revoked by the device itself", clock)
+    return _after(d.id), change

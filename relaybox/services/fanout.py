@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from relaybox.bus import CONTROL_CHANNEL, SyncBus, events_channel
+from relaybox.bus import events_channel
 from relaybox.store.eventlog import StoredEvent
 
 
@@ -35,14 +35,3 @@ def decode_control(data: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError("control message is not an object")
     return doc
-
-
-def announce_sync(bus: SyncBus | None, events: list[StoredEvent],
-                  controls: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
-    """From a CLI command or job: tell running servers about new events and notices."""
-    if bus is None:
-        return
-    for channel, message in encode_by_user("cli", events):
-        bus.redis.publish(channel, message)
-    for ctl in controls:
-        bus.redis.publish(CONTROL_CHANNEL, orjson.dumps({"node": "cli", **ctl}))

@@ -77,6 +77,12 @@ def rotate_admin_token() -> str:
     return token
 
 
+def new_admin_token(db: pw.Database) -> str:
+    """``rotate_admin_token`` in a write transaction of its own (``relaybox admin-token``)."""
+    with write_transaction(db):
+        return rotate_admin_token()
+
+
 def check_admin_token(token: str) -> bool:
     stored = _get("admin_token_hash")
     return stored is not None and hmac.compare_digest(stored, hash_token(token))

@@ -15,7 +15,8 @@ from relaybox.config import Settings
 from relaybox.errors import Conflict, Forbidden, InvalidInput, NotFound
 from relaybox.protocol.encoding import format_ts, now_ms
 from relaybox.protocol.handshake import parse_public_key
-from relaybox.services.devices import Change, add_device, valid_name
+from relaybox.services.devices import DeviceInfo, add_device, valid_name
+from relaybox.services.notify import Change
 from relaybox.services.users import find_user
 from relaybox.store.db import is_postgres, write_transaction
 from relaybox.store.models import Device, Meta, PairingCode, User
@@ -30,6 +31,17 @@ MAX_PAYLOAD_BYTES: Final = 8192
 _KEY_META: Final = "pairing_key"
 # Codes that expired this long ago are deleted when a new code is made.
 _KEEP_EXPIRED_MS: Final = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class NewCode:
+    """A pairing code made for a user (``relaybox pair``)."""
+
+    code: str
+    expires_at: int
+    user_name: str
+    #: How many devices the user has had paired (for the next default device name).
+    devices: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +132,17 @@ def create_pairing_code(
                 return format_code(raw), expires_at
 
 
+def code_for_user(db: pw.Database, user_ref: str, *, ttl_s: int | None = None,
+                  settings: Settings | None = None,
+                  clock: Callable[[], int] = now_ms) -> NewCode:
+    """A code for the user ``user_ref`` (name or id), made by the admin (no inviter)."""
+    user = find_user(user_ref)
+    code, expires_at = create_pairing_code(db, user, ttl_s=ttl_s, settings=settings,
+                                           clock=clock)
+    devices = Device.select().where(Device.user == user.id).count()
+    return NewCode(code, expires_at, user.name, devices)
+
+
 def _check_quota(db: pw.Database, user: User, quota: int, now: int) -> None:
     """Refuse a code past the user's quota of live ones (inside the write transaction)."""
     if is_postgres(db):
@@ -177,7 +200,7 @@ def lookup_code(text: str, clock: Callable[[], int] = now_ms) -> CodeInfo:
 
 
 def claim_code(db: pw.Database, text: str, public_key: str, name: str,
-               clock: Callable[[], int] = now_ms) -> tuple[Device, Change]:
+               clock: Callable[[], int] = now_ms) -> tuple[DeviceInfo, Change]:
     """Consume a code and add the device it pairs (blocking).
 
     Exactly one of several concurrent claims of one code wins: the code is marked used by
@@ -206,7 +229,9 @@ def claim_code(db: pw.Database, text: str, public_key: str, name: str,
                 raise _unknown()
             if Device.select().where(Device.public_key == key_bytes).exists():
                 raise _key_taken()
-            return add_device(db, User.get_by_id(row["user"]), name, key_bytes, clock)
+            device, change = add_device(db, User.get_by_id(row["user"]), name, key_bytes,
+                                        clock)
+            return DeviceInfo.of(device), change
     except pw.IntegrityError:
         raise _key_taken() from None
 

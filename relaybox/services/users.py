@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import peewee as pw
 
 from relaybox.errors import Conflict, InvalidInput, NotFound
-from relaybox.protocol.encoding import now_ms, uuid7
+from relaybox.protocol.encoding import format_ts, now_ms, uuid7
+from relaybox.services.notify import Change
 from relaybox.store.db import write_transaction
 from relaybox.store.models import Cursor, Device, Event, PairingCode, StreamHead, User
 
@@ -52,3 +55,68 @@ def remove_user(db: pw.Database, user: User) -> list[str]:
         Device.delete().where(Device.user == user.id).execute()
         user.delete_instance()
     return device_ids
+
+
+# -- use cases of the CLI and the REST API: plain UserInfo out ---------------------------------
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A user as the CLI and the REST API show it; device counts when asked for."""
+
+    user_id: str
+    name: str
+    created_at: int
+    devices: int = 0
+    active_devices: int = 0
+
+    @classmethod
+    def of(cls, u: User) -> UserInfo:
+        return cls(u.id, u.name, u.created_at)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "name": self.name,
+                "created_at": format_ts(self.created_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedUser:
+    user: UserInfo
+    device_ids: list[str]
+    #: Closes the sessions of the removed devices on every server process.
+    change: Change
+
+
+def create_user(db: pw.Database, name: str, clock: Callable[[], int] = now_ms) -> UserInfo:
+    return UserInfo.of(add_user(db, name, clock))
+
+
+def user_info(ref: str) -> UserInfo:
+    """A user by name or id (404 ``user_unknown``)."""
+    return UserInfo.of(find_user(ref))
+
+
+def all_users() -> list[UserInfo]:
+    """Every user, oldest first."""
+    return [UserInfo.of(u) for u in list_users()]
+
+
+def users_with_devices() -> list[UserInfo]:
+    """Every user, oldest first, with their device counts (one query)."""
+    total = pw.fn.COUNT(Device.id)
+    active = Device.id.is_null(False) & Device.revoked_at.is_null()
+    live = pw.fn.SUM(pw.Case(None, [(active, 1)], 0))
+    query: Any = (User.select(User.id, User.name, User.created_at,
+                              total.alias("devices"), live.alias("active"))
+                  .join(Device, pw.JOIN.LEFT_OUTER, on=(Device.user == User.id))
+                  .group_by(User.id, User.name, User.created_at)
+                  .order_by(User.created_at))
+    return [UserInfo(r["id"], r["name"], r["created_at"], int(r["devices"] or 0),
+                     int(r["active"] or 0)) for r in query.dicts()]
+
+
+def delete_user(db: pw.Database, ref: str) -> RemovedUser:
+    """Delete the user ``ref`` (name or id) with everything of theirs."""
+    user = find_user(ref)
+    device_ids = remove_user(db, user)
+    # hub.on_control closes the sessions of these devices on every server process.
+    change = Change(controls=[{"kind": "user_removed", "device_ids": device_ids}])
+    return RemovedUser(UserInfo.of(user), device_ids, change)

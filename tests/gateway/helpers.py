@@ -278,13 +278,13 @@ def database(server: Server) -> Iterator[pw.Database]:
 def announce(server: Server, change: Any) -> None:
     """Tell running servers about a change made in the test process, as the CLI does."""
     from relaybox.bus import SyncBus, redis_url_for
-    from relaybox.services.fanout import announce_sync
+    from relaybox.services.notify import Notifier
 
     url = redis_url_for("", server.data_dir / "run")
     assert url is not None, "no server is running on this data dir"
     bus = SyncBus(url)
     try:
-        announce_sync(bus, change.events, change.controls)
+        Notifier(bus).notify_blocking(change)
     finally:
         bus.close()
 

@@ -116,7 +116,7 @@ async def test_revoking_through_one_node_closes_the_session_on_the_other(
         nodes: tuple[Server, Server], shared_redis: str) -> None:
     from relaybox.bus import SyncBus
     from relaybox.services.devices import revoke_device
-    from relaybox.services.fanout import announce_sync
+    from relaybox.services.notify import Notifier
     from relaybox.store.models import Device
 
     first, second = nodes
@@ -128,7 +128,7 @@ async def test_revoking_through_one_node_closes_the_session_on_the_other(
         change = revoke_device(db, Device.get_by_id(gone.device_id))
     bus = SyncBus(shared_redis)
     try:
-        announce_sync(bus, change.events, change.controls)
+        Notifier(bus).notify_blocking(change)
     finally:
         bus.close()
     frames, code = await until_close(cg.ws, timeout=5)

@@ -24,27 +24,24 @@ from relaybox.server.api.models import (
 )
 from relaybox.server.auth import admin_auth, relay
 from relaybox.services import devices, pairing, users
+from relaybox.services.devices import DeviceInfo
 from relaybox.services.users import USER_NAME_RE
-from relaybox.store.models import Device, User
 
 bp = Blueprint("admin", url_prefix="/api/v1/admin")
 
 
-def _revocation(d: Device) -> dict[str, Any]:
-    full = devices.device_json(d)
+def _revocation(d: DeviceInfo) -> dict[str, Any]:
+    full = d.as_json()
     return {"device_id": full["device_id"], "user_id": full["user_id"], "name": full["name"],
             "revoked_at": full["revoked_at"], "reason": full["revoked_reason"]}
 
 
-async def _device(request: Request, device_id: str) -> Device:
-    device: Device | None = await relay(request).run_sync(devices.get_device, device_id)
+async def _device(request: Request, device_id: str) -> DeviceInfo:
+    """The device, 404 for an id that names none (a malformed one too)."""
+    device: DeviceInfo | None = await relay(request).run_sync(devices.device_info, device_id)
     if device is None:
         raise NotFound(f"no device {device_id}", code="device_unknown")
     return device
-
-
-def _user(u: User) -> dict[str, Any]:
-    return {"user_id": u.id, "name": u.name, "created_at": format_ts(u.created_at)}
 
 
 @bp.post("/revoke-device")
@@ -57,8 +54,9 @@ async def revoke(request: Request) -> HTTPResponse:
     ctx = relay(request)
     req = parse_body(request, RevokeRequest)
     device = await _device(request, req.device_id)
-    await ctx.announce(await ctx.run_sync(devices.revoke_device, ctx.db, device, req.reason))
-    return json(_revocation(await _device(request, req.device_id)))
+    device, change = await ctx.run_sync(devices.revoke, ctx.db, device.device_id, req.reason)
+    await ctx.announce(change)
+    return json(_revocation(device))
 
 
 @bp.post("/unrevoke-device")
@@ -71,8 +69,9 @@ async def unrevoke(request: Request) -> HTTPResponse:
     ctx = relay(request)
     req = parse_body(request, UnrevokeRequest)
     device = await _device(request, req.device_id)
-    await ctx.announce(await ctx.run_sync(devices.unrevoke_device, ctx.db, device))
-    return json(_revocation(await _device(request, req.device_id)))
+    device, change = await ctx.run_sync(devices.unrevoke, ctx.db, device.device_id)
+    await ctx.announce(change)
+    return json(_revocation(device))
 
 
 @bp.get("/revoked-devices")
@@ -80,7 +79,7 @@ async def unrevoke(request: Request) -> HTTPResponse:
      ok=(200, {"type": "array", "items": ref(RevocationOut)}, [ex.REVOKED]))
 async def revoked_devices(request: Request) -> HTTPResponse:
     await admin_auth(request)
-    rows = await relay(request).run_sync(devices.list_devices, None, True)
+    rows = await relay(request).run_sync(devices.devices_of, None, True)
     return json([_revocation(d) for d in rows])
 
 
@@ -88,7 +87,7 @@ async def revoked_devices(request: Request) -> HTTPResponse:
 @doc("Users", auth="admin", ok=(200, {"type": "array", "items": ref(UserOut)}, [ex.USER]))
 async def list_users(request: Request) -> HTTPResponse:
     await admin_auth(request)
-    return json([_user(u) for u in await relay(request).run_sync(users.list_users)])
+    return json([u.as_json() for u in await relay(request).run_sync(users.all_users)])
 
 
 @bp.post("/users")
@@ -98,7 +97,7 @@ async def create_user(request: Request) -> HTTPResponse:
     await admin_auth(request)
     ctx = relay(request)
     req = parse_body(request, NewUser)
-    return json(_user(await ctx.run_sync(users.add_user, ctx.db, req.name)), status=201)
+    return json((await ctx.run_sync(users.create_user, ctx.db, req.name)).as_json(), status=201)
 
 
 @bp.post("/users/<user>/pairing")

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from relaybox.errors import Forbidden, NotFound
 from relaybox.server.api import examples as ex
 from relaybox.server.api.docs import doc, path_param, ref
 from relaybox.server.api.models import UUID_RE, DeviceOut, RenameRequest, parse_body
 from relaybox.server.auth import device_auth, relay
 from relaybox.server.context import ServerContext
 from relaybox.services import devices
-from relaybox.store.models import Device
+from relaybox.services.devices import DeviceInfo
 
 bp = Blueprint("devices", url_prefix="/api/v1")
 _FIELDS = ("device_id", "name", "created_at", "last_seen_at", "online", "revoked")
 
 
-def _out(ctx: ServerContext, d: Device) -> dict[str, Any]:
-    full = devices.device_json(d, online=ctx.hub.online(d.id))
+def _out(ctx: ServerContext, d: DeviceInfo) -> dict[str, Any]:
+    full = d.as_json(online=ctx.hub.online(d.device_id))
     return {k: full[k] for k in _FIELDS}
 
 
@@ -31,7 +31,7 @@ def _out(ctx: ServerContext, d: Device) -> dict[str, Any]:
 async def list_devices(request: Request) -> HTTPResponse:
     claims = await device_auth(request)
     ctx = relay(request)
-    rows = await ctx.run_sync(devices.list_devices, claims.user_id)
+    rows = await ctx.run_sync(devices.devices_of, claims.user_id)
     return json([_out(ctx, d) for d in rows])
 
 
@@ -46,10 +46,9 @@ async def rename_device(request: Request, device_id: str) -> HTTPResponse:
     claims = await device_auth(request)
     ctx = relay(request)
     req = parse_body(request, RenameRequest)
-    device = await ctx.run_sync(devices.get_device, device_id)
-    if device is None or device.user_id != claims.user_id:
-        raise NotFound(f"no device {device_id}", code="device_unknown")
-    await ctx.announce(await ctx.run_sync(devices.rename_device, ctx.db, device, req.name))
+    device, change = await ctx.run_sync(
+        functools.partial(devices.rename, ctx.db, device_id, req.name, user_id=claims.user_id))
+    await ctx.announce(change)
     return json(_out(ctx, device))
 
 
@@ -64,12 +63,8 @@ async def rename_device(request: Request, device_id: str) -> HTTPResponse:
 async def revoke_self(request: Request, device_id: str) -> HTTPResponse:
     claims = await device_auth(request)
     ctx = relay(request)
-    device = await ctx.run_sync(devices.get_device, device_id)
-    if device is None or device.user_id != claims.user_id:
-        raise NotFound(f"no device {device_id}", code="device_unknown")
-    if device.id != claims.device_id:
-        raise Forbidden("a device may revoke only itself; use the admin API for others",
-                        code="not_this_device")
-    await ctx.announce(await ctx.run_sync(devices.revoke_device, ctx.db, device,
-                                          "revoked by the device itself"))
-    return json(_out(ctx, await ctx.run_sync(devices.get_device, device_id)))
+    device, change = await ctx.run_sync(functools.partial(
+        devices.revoke_self, ctx.db, device_id, user_id=claims.user_id,
+        caller_id=claims.device_id))
+    await ctx.announce(change)
+    return json(_out(ctx, device))

@@ -70,5 +70,5 @@ async def claim(request: Request) -> HTTPResponse:
     device, change = await ctx.run_sync(pairing.claim_code, ctx.db, req.code, req.public_key,
                                         req.name)
     await ctx.announce(change)
-    return json({"device_id": device.id, "user_id": device.user_id,
+    return json({"device_id": device.device_id, "user_id": device.user_id,
                  "server_id": ctx.server_id}, status=201)

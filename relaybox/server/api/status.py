@@ -16,7 +16,7 @@ from relaybox.server.api.examples import READY as READY_EXAMPLE
 from relaybox.server.api.examples import STATUS as STATUS_EXAMPLE
 from relaybox.server.api.models import HealthOut, StatusOut
 from relaybox.server.context import ServerContext
-from relaybox.store.db import ping
+from relaybox.services.datadir import database_answers
 
 bp = Blueprint("status", url_prefix="/api/v1")
 
@@ -55,8 +55,8 @@ async def _parts(request: Request) -> tuple[bool, bool]:
         # reported at once instead of waiting on it again.
         snap = await monitor.check()
         return snap.database, snap.redis
-    db_ok = await asyncio.get_running_loop().run_in_executor(ctx.eventlog.readers, ping,
-                                                             ctx.db)
+    db_ok = await asyncio.get_running_loop().run_in_executor(ctx.eventlog.readers,
+                                                             database_answers, ctx.db)
     redis_ok = True if ctx.bus is None else await ctx.bus.ping()
     return db_ok, redis_ok
 
