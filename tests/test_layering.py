@@ -48,6 +48,29 @@ def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) 
     assert offending(package, forbidden) == []
 
 
+# design.md: the CLI and the REST handlers parse, call a service and render; they never
+# query the database themselves nor open it (services own the use cases and their
+# transactions, and return plain dataclasses).
+STORE_INTERNALS = ("relaybox.store.models", "relaybox.store.db")
+
+
+@pytest.mark.parametrize("package", ["cli", "server/api"])
+def test_the_cli_and_the_rest_handlers_reach_the_database_only_through_services(
+        package: str) -> None:
+    assert offending(package, STORE_INTERNALS) == []
+
+
+def test_services_know_nothing_of_the_web_framework_the_server_or_the_cli() -> None:
+    assert offending("services", ("sanic", "sanic_ext", "relaybox.server", "relaybox.cli")) == []
+
+
+def test_the_import_scan_sees_imports_inside_functions() -> None:
+    # The CLI imports lazily (start-up time), so a rule that read only the top of a
+    # module would miss most of its imports.
+    names = imports_of("cli")["relaybox/cli/users.py"]
+    assert "relaybox.services.users" in names
+
+
 def test_only_the_bus_and_the_rate_limiter_talk_to_redis() -> None:
     # The rate limiter hands Redis to the `limits` library (one shared counter store).
     allowed = {"relaybox/bus.py", "relaybox/server/ratelimit.py"}
