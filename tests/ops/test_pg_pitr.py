@@ -117,6 +117,7 @@ class Cluster:
             "[global]\n"
             f"repo1-path={self.root / 'repo'}\n"
             "repo1-retention-full=2\n"
+            "compress-type=lz4\n"
             "start-fast=y\n"
             f"lock-path={self.root / 'lock'}\n"
             f"log-path={self.root / 'log'}\n"
@@ -267,6 +268,7 @@ def test_pgbackrest_restores_the_cluster_to_a_moment(cluster: Cluster,
     cluster.pgbackrest("--type=full", "backup", timeout=120)
     info = json.loads(cluster.pgbackrest("--output=json", "info"))
     assert [b["type"] for b in info[0]["backup"]] == ["full"], info
+    backup_mb = info[0]["backup"][0]["info"]["size"] / 2**20
     step("stanza-create, check, full backup")
 
     # -- relaybox on a database of that cluster --------------------------------------------
@@ -313,7 +315,8 @@ def test_pgbackrest_restores_the_cluster_to_a_moment(cluster: Cluster,
     cluster.until_promoted()
     t2 = time.monotonic()
     print(f"\npgBackRest restore: {t1 - t0:.2f} s copying the backup, {t2 - t1:.2f} s "
-          f"replaying WAL to {target} and promoting; {t2 - t0:.2f} s in all")
+          f"replaying WAL to {target} and promoting; {t2 - t0:.2f} s in all "
+          f"(a {backup_mb:.0f} MB cluster)")
     step("restore and promote")
 
     # -- exactly the N events, gap-free; none of the M ------------------------------------
@@ -326,6 +329,9 @@ def test_pgbackrest_restores_the_cluster_to_a_moment(cluster: Cluster,
     # Besides: the two devices' sys.devices events (seed added them), also gap-free.
     assert [(r[0], r[1]) for r in rows if r[0] != "notes"] == [("sys.devices", 1),
                                                                ("sys.devices", 2)]
+
+    # The promoted cluster, on a new timeline, goes on archiving into the same stanza.
+    assert cluster.archive_now().startswith("00000002")
 
     # -- relaybox on the restored database: same server, devices authenticate --------------
     assert _relaybox(data, "migrate", "status")  # schema readable, nothing pending
