@@ -19,8 +19,8 @@ import httpx
 import nacl.signing
 import websockets
 
-from relaybox.protocol.encoding import b64url_encode, random_nonce
-from relaybox.protocol.handshake import gateway_signing_bytes
+from relaybox.client.handshake import run_handshake
+from relaybox.protocol.client import ClientHandshake, HandshakeRefused
 
 
 def free_port() -> int:
@@ -149,16 +149,12 @@ class Gw:
                       **kw: Any) -> Gw:
         ws = await websockets.connect(server.ws_url, max_size=None, compression=None, **kw)
         gw = cls(ws)
-        nonce = random_nonce()
-        await gw.send({"type": "hello", "protocol": 1, "device_id": dev.device_id,
-                       "nonce": nonce})
-        ch = await gw.recv()
-        assert ch["type"] == "challenge", ch
-        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
-                                    ch["nonce"])
-        sig = dev.key.sign(msg).signature
-        await gw.send({"type": "auth", "signature": b64url_encode(sig)})
-        gw.welcome = await gw.recv()
+        hs = ClientHandshake(dev.device_id, dev.key, server_id=server_id, strict=True)
+        try:
+            gw.welcome = await run_handshake(hs, ws.send,
+                                             lambda: asyncio.wait_for(ws.recv(), 10))
+        except HandshakeRefused as exc:
+            gw.welcome = exc.refused.frame  # the refusal, for the test to look at
         return gw
 
     async def send(self, obj: Any) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from relaybox.protocol.encoding import b64url_encode, random_nonce
+from relaybox.client.handshake import run_handshake
+from relaybox.protocol.client import ClientHandshake
 from relaybox.protocol.errors import ProtocolError, PublishRefused
-from relaybox.protocol.handshake import gateway_signing_bytes
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, Unknown, parse_message
 from tests.fuzz.strategies import Frame, oversized_text
 from tests.support import DeviceKey, Server
@@ -155,17 +155,8 @@ async def connect(server: Server) -> Any:
 async def handshake(server: Server, dev: DeviceKey) -> tuple[Any, dict[str, Any]]:
     """A connection of ``dev`` past ``welcome``; returns it and the welcome frame."""
     ws = await connect(server)
-    nonce = random_nonce()
-    await ws.send(json.dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
-                              "nonce": nonce}))
-    ch = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-    assert ch["type"] == "challenge", ch
-    msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
-                                ch["nonce"])
-    await ws.send(json.dumps({"type": "auth",
-                              "signature": b64url_encode(dev.key.sign(msg).signature)}))
-    welcome = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-    assert welcome["type"] == "welcome", welcome
+    hs = ClientHandshake(dev.device_id, dev.key, strict=True)
+    welcome = await run_handshake(hs, ws.send, lambda: asyncio.wait_for(ws.recv(), TIMEOUT_S))
     return ws, welcome
 
 

@@ -14,8 +14,9 @@ import httpx
 import peewee as pw
 import websockets
 
-from relaybox.protocol.encoding import b64url_encode, random_nonce, uuid4
-from relaybox.protocol.handshake import gateway_signing_bytes
+from relaybox.client.handshake import run_handshake
+from relaybox.protocol.client import ClientHandshake, HandshakeRefused
+from relaybox.protocol.encoding import random_nonce, uuid4
 from tests.support import DeviceKey, Gw, Server
 
 Frame = dict[str, Any]
@@ -244,13 +245,13 @@ async def handshake_with(server: Server, device_id: str, sign: Callable[[bytes],
                          source: str = "127.0.0.1") -> tuple[Any, Frame, Frame]:
     """hello → challenge → auth signed by ``sign``; returns (ws, challenge, answer)."""
     ws = await raw(server, source)
-    nonce = random_nonce()
-    await ws.send(json.dumps(hello(device_id, nonce)))
-    ch = await recv_json(ws)
-    assert ch["type"] == "challenge", ch
-    msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], device_id, nonce, ch["nonce"])
-    await ws.send(json.dumps({"type": "auth", "signature": b64url_encode(sign(msg))}))
-    return ws, ch, await recv_json(ws)
+    hs = ClientHandshake(device_id, sign, strict=True)
+    try:
+        answer = await run_handshake(hs, ws.send, lambda: asyncio.wait_for(ws.recv(), 10))
+    except HandshakeRefused as exc:
+        answer = exc.refused.frame  # auth_failed, revoked …: what the test looks at
+    assert hs.challenge is not None, answer
+    return ws, hs.challenge, answer
 
 
 def env(**settings: Any) -> dict[str, str]:

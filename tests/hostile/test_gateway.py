@@ -17,7 +17,7 @@ import psutil
 import pytest
 import websockets
 
-from relaybox.protocol.encoding import b64url_encode, random_nonce
+from relaybox.protocol.encoding import b64url_encode
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, connect_synced, handshake_with, hello, users
 from tests.support import Server
@@ -117,16 +117,17 @@ def flood(sock: socket.socket, blob: bytes, most: int) -> int:
 
 
 def authenticate(sock: socket.socket, dev: Any) -> None:
-    from relaybox.protocol.handshake import gateway_signing_bytes
+    """The handshake of ``dev`` over a bare socket, with the protocol core."""
+    from relaybox.protocol.client import ClientHandshake, SendAuth, Welcomed
 
-    nonce = random_nonce()
-    sock.sendall(text(hello(dev.device_id, nonce)))
+    hs = ClientHandshake(dev.device_id, dev.key, strict=True)
+    sock.sendall(frame(0x1, hs.hello().encode()))
     (ch,), _ = read_until(sock, 1)
-    msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
-                                ch["nonce"])
-    sock.sendall(text({"type": "auth", "signature": b64url_encode(dev.key.sign(msg).signature)}))
+    auth = hs.receive(ch)
+    assert isinstance(auth, SendAuth), ch
+    sock.sendall(frame(0x1, auth.frame.encode()))
     (welcome,), _ = read_until(sock, 1)
-    assert welcome["type"] == "welcome", welcome
+    assert isinstance(hs.receive(welcome), Welcomed), welcome
 
 
 def read_until(sock: socket.socket, count: int) -> tuple[list[dict[str, Any]], bytes]:

@@ -20,8 +20,9 @@ from websockets.asyncio.client import ClientConnection
 
 from relaybox.client import Client, ConflictError, FatalError, Identity, PublishError
 from relaybox.client.errors import ClientClosedError
-from relaybox.protocol.encoding import b64url_encode, dumps, loads, random_nonce, uuid4
-from relaybox.protocol.handshake import gateway_signing_bytes
+from relaybox.client.handshake import run_handshake
+from relaybox.protocol.client import ClientHandshake, HandshakeFailed, HandshakeRefused
+from relaybox.protocol.encoding import dumps, loads, uuid4
 from tests.support import DeviceKey
 from tests.torture.ledger import Ledger, NormalClose, Published, now
 
@@ -247,23 +248,15 @@ class Subscriber:
                 await asyncio.sleep(self.rng.uniform(0.05, 0.5))  # reconnect backoff
 
     async def _handshake(self, ws: ClientConnection) -> dict[str, Any]:
-        nonce = random_nonce()
-        await ws.send(dumps({"type": "hello", "protocol": 1, "device_id": self.device_id,
-                             "nonce": nonce}))
-        ch = loads(await ws.recv())
-        assert isinstance(ch, dict)
-        if ch.get("type") != "challenge":
-            raise ValueError(f"no challenge: {ch}")
-        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], self.device_id, nonce,
-                                    ch["nonce"])
-        await ws.send(dumps({"type": "auth",
-                             "signature": b64url_encode(self.dev.key.sign(msg).signature)}))
-        welcome = loads(await ws.recv())
-        assert isinstance(welcome, dict)
-        if welcome.get("type") != "welcome":
-            self.ledger.violation(f"subscriber {self.device_id}: handshake refused: {welcome}")
-            raise ValueError(f"no welcome: {welcome}")
-        return welcome
+        hs = ClientHandshake(self.device_id, self.dev.key, strict=True)
+        try:
+            return await run_handshake(hs, ws.send, ws.recv)
+        except HandshakeFailed as exc:
+            if hs.challenge is None:
+                raise ValueError(f"no challenge: {exc}") from None
+            answer = exc.refused.frame if isinstance(exc, HandshakeRefused) else exc
+            self.ledger.violation(f"subscriber {self.device_id}: handshake refused: {answer}")
+            raise ValueError(f"no welcome: {answer}") from None
 
     async def _session(self) -> None:
         ws = await websockets.connect(self.url, max_size=None, compression=None, proxy=None,

@@ -10,8 +10,9 @@ from typing import Any
 
 import websockets
 
-from relaybox.protocol.encoding import b64url_encode, dumps, loads, random_nonce
-from relaybox.protocol.handshake import gateway_signing_bytes
+from relaybox.client.handshake import run_handshake
+from relaybox.protocol.client import ClientHandshake, HandshakeRefused
+from relaybox.protocol.encoding import dumps, loads
 from tests.support import DeviceKey
 from tests.torture.faults import Node
 from tests.torture.ledger import Ledger
@@ -64,25 +65,18 @@ async def _connect(node: Node, dev: DeviceKey) -> _Conn | str:
                                       proxy=None, open_timeout=BOUND_S, max_queue=None)
     except Exception as exc:
         return f"connect failed: {exc!r}"
+    hs = ClientHandshake(dev.device_id, dev.key, strict=True)
     try:
         async with asyncio.timeout(BOUND_S):
-            nonce = random_nonce()
-            await ws.send(dumps({"type": "hello", "protocol": 1, "device_id": dev.device_id,
-                                 "nonce": nonce}))
-            ch: Any = loads(await ws.recv())
-            msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id,
-                                        nonce, ch["nonce"])
-            await ws.send(dumps({"type": "auth",
-                                 "signature": b64url_encode(dev.key.sign(msg).signature)}))
-            welcome: Any = loads(await ws.recv())
+            welcome = await run_handshake(hs, ws.send, ws.recv)
     except websockets.ConnectionClosed:
         return f"closed during the handshake with {ws.close_code}"
+    except HandshakeRefused as exc:
+        await ws.close()
+        return f"handshake answered {exc.refused.frame}"
     except Exception as exc:
         await ws.close()
         return f"handshake failed: {exc!r}"
-    if welcome.get("type") != "welcome":
-        await ws.close()
-        return f"handshake answered {welcome}"
     return _Conn(ws, node.name, welcome)
 
 
