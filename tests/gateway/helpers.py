@@ -15,7 +15,7 @@ import peewee as pw
 import websockets
 
 from relaybox.client.handshake import run_handshake
-from relaybox.protocol.client import ClientHandshake, HandshakeRefused
+from relaybox.protocol.client import ClientHandshake, HandshakeRefused, SendAuth
 from relaybox.protocol.encoding import random_nonce, uuid4
 from tests.support import DeviceKey, Gw, Server
 
@@ -252,6 +252,16 @@ async def handshake_with(server: Server, device_id: str, sign: Callable[[bytes],
         answer = exc.refused.frame  # auth_failed, revoked …: what the test looks at
     assert hs.challenge is not None, answer
     return ws, hs.challenge, answer
+
+
+async def send_auth(ws: Any, dev: DeviceKey) -> ClientHandshake:
+    """hello → challenge → auth of ``dev`` on ``ws``, without reading the answer."""
+    hs = ClientHandshake(dev.device_id, dev.key, strict=True)
+    await ws.send(hs.hello())
+    auth = hs.receive(await recv_json(ws))
+    assert isinstance(auth, SendAuth), auth
+    await ws.send(auth.frame)
+    return hs
 
 
 def env(**settings: Any) -> dict[str, str]:

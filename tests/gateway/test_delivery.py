@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from typing import Any
 
 import pytest
 
-from relaybox.protocol.encoding import b64url_encode, random_nonce
-from relaybox.protocol.handshake import gateway_signing_bytes
 from relaybox.store.models import Device, Event, StreamHead
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
@@ -20,9 +17,9 @@ from tests.gateway.helpers import (
     connect_synced,
     database,
     device_token,
-    hello,
     raw,
     recv_json,
+    send_auth,
     until_registered,
     users,
 )
@@ -329,13 +326,7 @@ async def test_a_session_still_in_its_handshake_gets_welcome_before_any_presence
     try:
         lock.execute("BEGIN IMMEDIATE")  # the server's writer now waits for this lock
         ws = await raw(server)
-        nonce = random_nonce()
-        await ws.send(json.dumps(hello(b.device_id, nonce)))
-        ch = await recv_json(ws)
-        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], b.device_id, nonce,
-                                    ch["nonce"])
-        await ws.send(json.dumps({"type": "auth",
-                                  "signature": b64url_encode(b.key.sign(msg).signature)}))
+        await send_auth(ws, b)
         # b is registered (the server holds its session) but has no welcome yet.
         await until_registered(server, token, b.device_id)
         assert only(await ca.barrier(), "presence") == []  # b is not online until welcomed

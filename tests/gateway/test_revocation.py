@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 
 import pytest
 
-from relaybox.protocol.encoding import b64url_encode, random_nonce
-from relaybox.protocol.handshake import gateway_signing_bytes
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     connect_synced,
     database,
     device_token,
     handshake_with,
-    hello,
     raw,
-    recv_json,
     revoke,
+    send_auth,
     until_close,
     until_registered,
     users,
@@ -70,13 +66,7 @@ async def test_a_revoke_landing_between_key_lookup_and_registration_still_closes
     try:
         lock.execute("BEGIN IMMEDIATE")  # the server's writer waits: no touch, no welcome
         ws = await raw(server)
-        nonce = random_nonce()
-        await ws.send(json.dumps(hello(dev.device_id, nonce)))
-        ch = await recv_json(ws)
-        msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], dev.device_id, nonce,
-                                    ch["nonce"])
-        await ws.send(json.dumps({"type": "auth",
-                                  "signature": b64url_encode(dev.key.sign(msg).signature)}))
+        await send_auth(ws, dev)
         # Registered: the key lookup went through and the session waits for the writer.
         await until_registered(server, token, dev.device_id)
         lock.execute("UPDATE device SET revoked_at = 1 WHERE id = ?", (dev.device_id,))
