@@ -1,7 +1,20 @@
-"""Pure sans-IO gateway protocol core: messages, frames, handshake, close codes."""
+"""Pure sans-IO gateway protocol core: messages, frames, both handshake sides, close codes."""
 
 from __future__ import annotations
 
+from relaybox.protocol.client import (
+    FATAL_HANDSHAKE_ERRORS,
+    ClientEvent,
+    ClientHandshake,
+    ClientState,
+    HandshakeFailed,
+    HandshakeRefused,
+    Refused,
+    SendAuth,
+    ServerMismatch,
+    Skipped,
+    Welcomed,
+)
 from relaybox.protocol.codes import CLOSE_REASONS, CloseCode
 from relaybox.protocol.encoding import (
     STREAM_NAME_RE,
@@ -56,14 +69,20 @@ from relaybox.protocol.messages import (
 
 __all__ = [
     "CLOSE_REASONS",
+    "FATAL_HANDSHAKE_ERRORS",
     "GATEWAY_CONTEXT",
     "PROTOCOL_VERSION",
     "STREAM_NAME_RE",
     "TOKEN_CONTEXT",
     "Ack",
     "Auth",
+    "ClientEvent",
+    "ClientHandshake",
+    "ClientState",
     "CloseCode",
     "Handshake",
+    "HandshakeFailed",
+    "HandshakeRefused",
     "HandshakeState",
     "Hello",
     "Message",
@@ -71,7 +90,12 @@ __all__ = [
     "ProtocolError",
     "Publish",
     "PublishRefused",
+    "Refused",
+    "SendAuth",
+    "ServerMismatch",
+    "Skipped",
     "Unknown",
+    "Welcomed",
     "ack_frame",
     "b64url_decode",
     "b64url_encode",
