@@ -1,14 +1,26 @@
-"""Locust users for a relaybox server: REST API users and gateway (WebSocket) users.
+r"""Locust users for a relaybox server: REST API users and gateway (WebSocket) users.
+
+Locust goes into relaybox's environment (this file imports relaybox.protocol); it is not
+a relaybox dependency nor a test extra:
 
     pip install locust
     RELAYBOX_ADMIN_TOKEN=rbadm_… locust -f docs/ops/locustfile.py --host http://HOST:PORT
+
+Against a throwaway local server, headless for 15 s (docs/performance.md has the numbers
+this printed):
+
+    relaybox --data-dir /tmp/lb init --json            # prints admin_token
+    RELAYBOX_RATE_LIMITS_PAIRING_PER_MIN=1000 relaybox --data-dir /tmp/lb serve --port 8765 &
+    RELAYBOX_ADMIN_TOKEN=rbadm_… locust -f docs/ops/locustfile.py --headless \
+        --host http://127.0.0.1:8765 --users 20 --spawn-rate 5 --run-time 15s --only-summary
 
 Each simulated user makes its own relaybox user and device through the admin API and a
 pairing claim when it starts, and revokes the device when it stops. The server's
 limits apply to the load like to any client (api.md §4 Rate limits): pairing claims
 are 10 a minute per address, so ramp users up slowly (``--spawn-rate 0.15``) or raise
-``rate_limits.pairing_per_min`` on a test server; ``limits.connections_per_address``
-caps the gateway users from one machine (64 by default).
+``rate_limits.pairing_per_min`` on a test server (as above); a refused claim shows as a
+failed ``/pairing/claim`` and stops that user. ``limits.connections_per_address`` caps
+the gateway users from one machine (64 by default).
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import uuid
 from typing import Any
 
 import nacl.signing
-from locust import HttpUser, User, between, events, task
+from locust import HttpUser, between, events, task
 from websockets.sync.client import connect
 
 from relaybox.protocol.encoding import b64url_encode, random_nonce
@@ -31,17 +43,21 @@ ADMIN = {"Authorization": f"Bearer {os.environ.get('RELAYBOX_ADMIN_TOKEN', '')}"
 
 
 def make_device(client: Any) -> tuple[str, str, nacl.signing.SigningKey]:
-    """A new user and one device on it: (user name, device_id, key)."""
+    """A new user and one device on it: (user name, device_id, key). ``client`` is the
+    Locust user's HttpSession, so these requests count in the statistics too; a refused
+    one (a wrong admin token, the pairing rate limit) stops the user with the reason."""
     name = f"locust-{secrets.token_hex(4)}"
     client.post("/api/v1/admin/users", json={"name": name}, headers=ADMIN,
-                name="/admin/users")
-    code = client.post(f"/api/v1/admin/users/{name}/pairing", headers=ADMIN,
-                       name="/admin/users/{user}/pairing").json()["code"]
+                name="/admin/users").raise_for_status()
+    r = client.post(f"/api/v1/admin/users/{name}/pairing", headers=ADMIN,
+                    name="/admin/users/{user}/pairing")
+    r.raise_for_status()
     key = nacl.signing.SigningKey.generate()
-    doc = client.post("/api/v1/pairing/claim", name="/pairing/claim", json={
-        "code": code, "public_key": b64url_encode(bytes(key.verify_key)),
-        "name": "locust"}).json()
-    return name, doc["device_id"], key
+    r = client.post("/api/v1/pairing/claim", name="/pairing/claim", json={
+        "code": r.json()["code"], "public_key": b64url_encode(bytes(key.verify_key)),
+        "name": "locust"})
+    r.raise_for_status()
+    return name, r.json()["device_id"], key
 
 
 def revoke(client: Any, device_id: str) -> None:
@@ -92,17 +108,16 @@ class RestUser(HttpUser):
         self.client.get("/api/v1/devices", headers=self.auth, name="/devices")
 
 
-class GatewayUser(User):
+class GatewayUser(HttpUser):
     """A device on the gateway: signs in over the WebSocket, publishes and reads its
-    own events back; each publish → ack is one Locust request ("gateway publish")."""
+    own events back; each publish → ack is one Locust request ("gateway publish"). The
+    HTTP client (an HttpUser's) only makes and revokes the device."""
 
     wait_time = between(0.1, 0.5)
 
     def on_start(self) -> None:
-        import httpx
-
-        with httpx.Client(base_url=self.host, timeout=15) as http:
-            self.user, self.device_id, self.key = make_device(http)
+        self.ws: Any = None
+        self.user, self.device_id, self.key = make_device(self.client)
         url = self.host.replace("http", "ws", 1).rstrip("/") + "/api/v1/gateway"
         t0 = time.perf_counter()
         try:
@@ -123,12 +138,10 @@ class GatewayUser(User):
             raise
 
     def on_stop(self) -> None:
-        import httpx
-
-        if getattr(self, "ws", None) is not None:
+        if self.ws is not None:
             self.ws.close()
-        with httpx.Client(base_url=self.host, timeout=15) as http:
-            revoke(http, self.device_id)
+        if getattr(self, "device_id", None):
+            revoke(self.client, self.device_id)
 
     def _fire(self, name: str, t0: float, exc: BaseException | None) -> None:
         events.request.fire(request_type="WS", name=name, exception=exc, context={},
