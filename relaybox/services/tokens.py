@@ -69,8 +69,9 @@ def check_timestamp(timestamp: int, settings: Settings, clock: Callable[[], int]
 
 
 def verify_token_request(server_id: str, device_id: str, timestamp: int, nonce: str,
-                         signature: str) -> Device:
-    """The device whose key signed this token request; Unauthorized otherwise (blocking)."""
+                         signature: str) -> str:
+    """The id of the device whose key signed this token request; Unauthorized otherwise
+    (blocking)."""
     device = None
     try:
         device = Device.get_or_none(Device.id == parse_uuid(device_id))
@@ -88,7 +89,7 @@ def verify_token_request(server_id: str, device_id: str, timestamp: int, nonce: 
     # Only the key holder learns that the device is revoked.
     if device.revoked_at is not None:
         raise Unauthorized("this device was revoked", code="device_revoked")
-    return device
+    return str(device.id)
 
 
 def nonce_key(device_id: str, nonce: str) -> str:
@@ -120,7 +121,7 @@ def _new_refresh(device_id: str, family_id: str, settings: Settings, now: int) -
     return token
 
 
-def issue_pair(db: pw.Database, device: Device, settings: Settings,
+def issue_pair(db: pw.Database, device_id: str, settings: Settings,
                clock: Callable[[], int] = now_ms) -> TokenPair:
     """A fresh access token and the first refresh token of a new family (blocking).
 
@@ -130,7 +131,7 @@ def issue_pair(db: pw.Database, device: Device, settings: Settings,
     access token carries the epoch read here, so it cannot outlive that revocation.
     """
     with write_transaction(db):
-        device = _standing_device(db, device.id)
+        device = _standing_device(db, device_id)
         refresh = _new_refresh(device.id, uuid7(), settings, clock())
     access, ttl = issue_access_token(device, settings, clock)
     return TokenPair(access, ttl, refresh)

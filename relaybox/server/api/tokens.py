@@ -33,10 +33,10 @@ async def token(request: Request) -> HTTPResponse:
     await limit_address(request, "token", ctx.settings.rate_token_per_min)
     req = parse_body(request, TokenRequest)
     tokens.check_timestamp(req.timestamp, ctx.settings)
-    device = await ctx.run_sync(tokens.verify_token_request, ctx.server_id, req.device_id,
-                                req.timestamp, req.nonce, req.signature)
-    await remember_nonce(request, device.id, req.nonce)
-    pair = await ctx.run_sync(tokens.issue_pair, ctx.db, device, ctx.settings)
+    device_id = await ctx.run_sync(tokens.verify_token_request, ctx.server_id, req.device_id,
+                                   req.timestamp, req.nonce, req.signature)
+    await remember_nonce(request, device_id, req.nonce)
+    pair = await ctx.run_sync(tokens.issue_pair, ctx.db, device_id, ctx.settings)
     return json(pair.as_json())
 
 
