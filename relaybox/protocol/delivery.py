@@ -4,7 +4,7 @@ Pure and sans-I/O like the rest of the core: the server feeds it the positions r
 the handshake, acks from the device, committed events and the results of its reads, and
 gets back frames to send and decisions (send now, or leave it to the pump). Where events
 come from (the hub's ring, storage) and when frames are written is the server's business
-(``relaybox/server/delivery.py``). protocol.md §3 Delivery, Flow control and Catch-up.
+(``relaybox/server/gateway/delivery.py``). protocol.md §3 Delivery, Flow control and Catch-up.
 """
 
 from __future__ import annotations

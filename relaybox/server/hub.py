@@ -20,7 +20,7 @@ from relaybox.services.fanout import decode_control, decode_events, encode_by_us
 from relaybox.store.eventlog import StoredEvent
 
 if TYPE_CHECKING:
-    from relaybox.server.gateway import Session
+    from relaybox.server.gateway.session import Session
 
 log = logging.getLogger("relaybox.gateway")
 

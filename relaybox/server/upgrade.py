@@ -1,16 +1,18 @@
 """Gateway connections opened without Sanic's request path (docs/performance.md).
 
-Once open, a gateway connection runs on relaybox's own frame handling (``wsio.py``), but
-opening one through Sanic costs a connection task, an HTTP request object, routing,
-middleware and signal dispatch, a WebSocket object with tasks of its own, and a handler
-task: about half of the server's CPU time per handshake. ``GatewayProtocol`` reads a new
-connection's first bytes. When they are exactly one complete WebSocket upgrade request
-for the gateway's path, it answers with the `websockets` library's sans-I/O server
-protocol (the same library and checks Sanic uses) and starts the session at once.
-Everything else goes to Sanic unchanged: other routes, a request split over several
-reads or followed by more bytes, an upgrade the library refuses (Sanic then answers
-with its usual error), and deployments behind proxies (``proxies_count`` > 0), where
-Sanic derives the client's address from forwarding headers.
+Once open, a gateway connection runs on relaybox's own ``GatewayConnection``
+(``gateway/connection.py``) whichever way it came in, but opening one through Sanic
+costs a connection task, an HTTP request object, routing, middleware and signal
+dispatch, a WebSocket object with tasks of its own, and a handler task: about half of
+the server's CPU time per handshake. ``GatewayProtocol`` reads a new connection's first
+bytes. When they are exactly one complete WebSocket upgrade request for the gateway's
+path, it answers with the `websockets` library's sans-I/O server protocol (the same
+library and checks Sanic uses), hands the transport to a ``GatewayConnection`` and
+starts the session at once. Everything else goes to Sanic unchanged: other routes, a
+request split over several reads or followed by more bytes, an upgrade the library
+refuses (Sanic then answers with its usual error), and deployments behind proxies
+(``proxies_count`` > 0), where Sanic derives the client's address from forwarding
+headers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ import base64
 import binascii
 import email.utils
 import logging
-import os
 import re
 import resource
 import time
-from collections import deque
 from typing import Any
 
 from sanic.exceptions import RequestTimeout
@@ -37,7 +37,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
-from relaybox.server.wsio import FrameReader
+from relaybox.server.gateway.connection import GatewayConnection
 
 log = logging.getLogger("relaybox.gateway")
 
@@ -160,7 +160,7 @@ class GatewayProtocol(WebSocketProtocol):
     relaybox's connection limits (docs/security.md Limits): a deadline for every request
     head (first byte included), open connections per peer address and per process."""
 
-    __slots__ = ("_first", "_head_count", "_head_timer", "_peer", "_refused", "on_drain")
+    __slots__ = ("_first", "_head_count", "_head_timer", "_peer", "_refused")
 
     def connection_made(self, transport: Any) -> None:
         # Sanic's HttpProtocol.connection_made without starting the connection task: the
@@ -169,7 +169,6 @@ class GatewayProtocol(WebSocketProtocol):
         self._peer = ""
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
-        self.on_drain: Any = None  # the gateway session's, once one runs here
         try:
             transport.set_write_buffer_limits(low=16384, high=65536)
             self.transport = transport
@@ -225,6 +224,8 @@ class GatewayProtocol(WebSocketProtocol):
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended (for a gateway connection, its ``GatewayConnection``,
+        the transport's protocol by then, passes this on)."""
         self._cancel_head_deadline()
         if self._refused:
             self.transport = None
@@ -237,11 +238,8 @@ class GatewayProtocol(WebSocketProtocol):
                 _per_address.pop(self._peer, None)
             self._peer = ""
         super().connection_lost(exc)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.on_drain is not None:
-            self.on_drain()
+        if isinstance(self.websocket, GatewayConnection):
+            self.websocket = None  # the connection is over: let it go
 
     # -- the request head deadline (limits.header_timeout_s) ---------------------------
     def _arm_head_deadline(self) -> None:
@@ -318,215 +316,14 @@ class GatewayProtocol(WebSocketProtocol):
                 log.debug("gateway upgrade left to Sanic", exc_info=True)
                 return False
             self.transport.write(b"".join(proto.data_to_send()))
-        ws = LeanWebsocket(self, proto)
-        self.websocket = ws  # type: ignore[assignment]
-        from relaybox.server.gateway import Session
+        # From here on the transport's bytes, flow control and loss go to the connection;
+        # Sanic still sees it as this protocol's websocket (to close it on shutdown).
+        conn = GatewayConnection(self.transport, proto, float(self.websocket_timeout),
+                                 owner=self)
+        conn.take_over()
+        self.websocket = conn  # type: ignore[assignment]
+        from relaybox.server.gateway.session import Session
 
         address = self.conn_info.client_ip if self.conn_info is not None else ""
-        session = ws.session = Session(relay, ws, address or "unknown")
-        task = self.loop.create_task(session.run())
-        # Like Sanic's handler task, the session is cancelled when the connection is lost
-        # (SanicProtocol.connection_lost cancels ``_task``).
-        self._task = task
-        task.add_done_callback(ws.session_done)
+        conn.start(Session(relay, conn, address or "unknown"))
         return True
-
-
-class LeanWebsocket:
-    """A WebSocket connection as the gateway session uses it.
-
-    The same attributes and coroutines of Sanic's ``WebsocketImplProtocol`` that
-    ``gateway.py`` and ``wsio.py`` use, with no task of its own: incoming bytes are parsed
-    by a ``FrameReader`` (until the session installs its own), writes go straight to the
-    transport, and the TCP connection is closed when the close handshake completes, or
-    a close timeout after the session ended.
-    """
-
-    def __init__(self, io_proto: GatewayProtocol, ws_proto: ServerProtocol) -> None:
-        self.io_proto = io_proto
-        self.ws_proto = ws_proto
-        self.loop = io_proto.loop
-        self.conn_mutex = asyncio.Lock()
-        self.close_timeout = float(io_proto.websocket_timeout)
-        self._messages: deque[str | bytes] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._eof = False
-        self._lost = False
-        self.session: Any = None  # the running session (set by GatewayProtocol)
-        self._ended: Any = None  # the finished session, until the connection is gone
-        self._abort_timer: asyncio.TimerHandle | None = None
-        self._eof_sent = False
-        # Messages before the session installs its reader go to ``recv``.
-        FrameReader(self, self._message, self._peer_closed, _nothing).install()
-
-    def data_received(self, data: bytes) -> None:  # replaced by FrameReader.install
-        raise NotImplementedError
-
-    def take_messages(self) -> list[str | bytes]:
-        """Messages parsed before the session installed its own reader (in order)."""
-        messages = list(self._messages)
-        self._messages.clear()
-        return messages
-
-    # -- what the gateway session calls -----------------------------------------------
-    async def recv(self) -> str | bytes | None:
-        """The next message; None once the connection closed."""
-        while not self._messages:
-            if self._eof:
-                return None
-            self._waiter = self.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._messages.popleft()
-
-    async def send(self, text: str) -> None:
-        async with self.conn_mutex:
-            await self.io_proto._can_write.wait()
-            if self.ws_proto.state is not State.OPEN:
-                raise ConnectionError("websocket is closed")
-            self.ws_proto.send_text(text.encode())
-            self._write(self.ws_proto.data_to_send())
-
-    async def send_data(self, chunks: list[bytes]) -> None:
-        self._write(chunks)
-
-    def write_now(self, chunks: list[bytes]) -> None:
-        """What the protocol answers by itself (pongs, the close reply), written at once."""
-        self._write(chunks)
-
-    async def ping(self) -> None:
-        async with self.conn_mutex:
-            if self.ws_proto.state is State.OPEN:
-                self.ws_proto.send_ping(os.urandom(4))
-                self._write(self.ws_proto.data_to_send())
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send our close frame; the connection closes when the peer answers it."""
-        async with self.conn_mutex:
-            if self.ws_proto.state is State.OPEN:
-                self.ws_proto.send_close(code, reason)
-                self._write(self.ws_proto.data_to_send())
-
-    def fail_connection(self, code: int = 1006, reason: str = "") -> bool:
-        """Put a close frame on the transport (whatever is queued) and drop the connection."""
-        transport = self.io_proto.transport
-        if transport is None or self._lost:
-            return True
-        transport.pause_reading()
-        self.ws_proto.data_to_send()  # discard what was not written yet
-        if self.ws_proto.state is State.OPEN:
-            if code in (1000, 1001):
-                self.ws_proto.send_close(code, reason)
-            else:
-                self.ws_proto.fail(code, reason)
-            for chunk in self.ws_proto.data_to_send():
-                if chunk and not self._eof_sent:
-                    transport.write(chunk)
-        self._end_stream(transport)
-        return True
-
-    def end_connection(self, code: int = 1000, reason: str = "") -> None:
-        self.fail_connection(code, reason)
-
-    # -- what GatewayProtocol calls ----------------------------------------------------
-    def eof_received(self) -> bool:
-        self.ws_proto.receive_eof()
-        self._peer_closed()
-        return False  # the transport closes itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        self._peer_closed()
-        if self.session is None:
-            self._release()
-
-    def session_done(self, task: asyncio.Task[Any]) -> None:
-        """The session ended: close now if the close handshake is complete, else after
-        the close timeout (the peer's answer to our close frame closes it earlier)."""
-        if not task.cancelled() and task.exception() is not None:
-            log.error("gateway session failed", exc_info=task.exception())
-        session, self.session = self.session, None
-        transport = self.io_proto.transport
-        if self._lost or transport is None:
-            self._release(session)
-            return
-        self._ended = session
-        if self.ws_proto.state is State.CLOSED:
-            self._end_stream(transport)
-        else:
-            self._abort_later()
-
-    def _release(self, session: Any = None) -> None:
-        """Once both the session and the connection are over, drop the references that
-        tie their objects into cycles (protocol ↔ websocket ↔ readers ↔ session ↔ tasks,
-        the frame parser's generator), so that reference counting frees them at once
-        instead of leaving several dozen objects per connection to the cyclic collector."""
-        session = session or self._ended
-        self._ended = None
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
-            self._abort_timer = None
-        if session is not None:
-            session.release()
-        self.__dict__.pop("data_received", None)
-        parser = getattr(self.ws_proto, "parser", None)
-        if parser is not None and hasattr(parser, "close"):
-            parser.close()
-        proto = self.io_proto
-        if proto.websocket is self:
-            proto.websocket = None
-        proto._task = None
-
-    # -- internals ----------------------------------------------------------------------
-    def _write(self, chunks: list[bytes]) -> None:
-        transport = self.io_proto.transport
-        if transport is None or transport.is_closing() or self._eof_sent:
-            return
-        for chunk in chunks:
-            if chunk:
-                transport.write(chunk)
-            else:  # end of the stream (after our close frame): the server ends TCP
-                self._end_stream(transport)
-                return
-
-    def _end_stream(self, transport: Any) -> None:
-        """Half-close: send FIN after what is queued, and let the peer close its side (or
-        drop the connection after the close timeout). Closing outright while the peer's
-        bytes are still unread (frames it sent after an oversized one) makes the kernel
-        send a reset, and the peer loses our close frame (1006 instead of 1009)."""
-        if self._eof_sent:
-            return
-        self._eof_sent = True
-        if transport.can_write_eof():
-            transport.write_eof()
-            self._abort_later()
-        else:
-            transport.close()
-
-    def _message(self, data: str | bytes) -> None:
-        self._messages.append(data)
-        self._wake()
-
-    def _peer_closed(self) -> None:
-        self._eof = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _abort_later(self) -> None:
-        if self._abort_timer is None:
-            self._abort_timer = self.loop.call_later(self.close_timeout, self._abort)
-
-    def _abort(self) -> None:
-        self._abort_timer = None
-        transport = self.io_proto.transport
-        if transport is not None and not self._lost:
-            transport.abort()
-
-
-def _nothing() -> None:
-    return None

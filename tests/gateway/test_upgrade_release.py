@@ -1,10 +1,10 @@
 """A finished gateway connection is freed by reference counting, not the cyclic GC.
 
-Every connection used to leave a few dozen objects in reference cycles (protocol ↔
-websocket ↔ frame readers ↔ session ↔ tasks, the frame parser's generator), collected by
-the cyclic GC in pauses of several milliseconds. The websocket's release breaks them. The
-connection's transport and Sanic protocol are stand-ins here (only the attributes the
-websocket uses); the websocket, its frame reader and the `websockets` protocol are real.
+Every connection used to leave a few dozen objects in reference cycles (connection ↔
+session ↔ tasks, the frame parser's generator), collected by the cyclic GC in pauses of
+several milliseconds. The connection's release breaks them. The transport and the HTTP
+protocol that accepted the connection are stand-ins here (only what the connection
+uses); the ``GatewayConnection``, the session and the `websockets` protocol are real.
 """
 
 from __future__ import annotations
@@ -19,12 +19,19 @@ import pytest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relaybox.server.upgrade import LeanWebsocket
+from relaybox.server.gateway.connection import GatewayConnection
+
+# "hello" in one masked text frame, as a client sends it.
+HELLO = b"\x81\x85abcd" + bytes(b ^ m for b, m in zip(b"hello", b"abcdabcd", strict=False))
 
 
 class _Transport:
     def __init__(self) -> None:
         self.closed = False
+        self.protocol: Any = None
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
 
     def write(self, data: bytes) -> None:
         pass
@@ -38,25 +45,56 @@ class _Transport:
     def abort(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
     def pause_reading(self) -> None:
         pass
 
+    def resume_reading(self) -> None:
+        pass
 
-class _Protocol:
-    """The parts of GatewayProtocol that a LeanWebsocket uses."""
+    def get_write_buffer_size(self) -> int:
+        return 0
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.websocket_timeout = 10.0
-        self.transport = _Transport()
-        self._can_write = asyncio.Event()
-        self._can_write.set()
-        self.websocket: Any = None
-        self._task: Any = None
+
+class _Owner:
+    """The HTTP protocol that accepted the connection: told when it is lost."""
+
+    lost = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
 
 
 class _Session:
+    """A session as the connection sees it: a handler with ``serve``."""
+
     released = False
+
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+
+    async def serve(self) -> None:
+        await asyncio.sleep(0)
+
+    def on_message(self, data: str | bytes) -> None:
+        self.messages.append(data)
+
+    def on_peer_closed(self) -> None:
+        pass
+
+    def on_written(self) -> None:
+        pass
+
+    def on_drain(self) -> None:
+        pass
+
+    def on_close_reply(self, out: list[bytes]) -> None:
+        pass
 
     def release(self) -> None:
         self.released = True
@@ -75,29 +113,27 @@ def no_cyclic_gc() -> Iterator[None]:
 @pytest.mark.parametrize("order", ["lost_first", "session_first"])
 async def test_a_finished_connection_needs_no_cyclic_gc(no_cyclic_gc: None, order: str
                                                         ) -> None:
-    loop = asyncio.get_running_loop()
-    io = _Protocol(loop)
-    ws = LeanWebsocket(io, ServerProtocol(state=State.OPEN))  # type: ignore[arg-type]
-    io.websocket = ws
-    session = ws.session = _Session()
-    task = loop.create_task(asyncio.sleep(0))
-    io._task = task
-    await task
-    ws.data_received(b"\x81\x85abcd" + bytes(b ^ m for b, m in zip(b"hello", b"abcdabcd",
-                                                                     strict=False)))
-    assert await ws.recv() == "hello"  # the reader and parser have run
+    transport, owner = _Transport(), _Owner()
+    conn = GatewayConnection(transport, ServerProtocol(state=State.OPEN),  # type: ignore[arg-type]
+                             10.0, owner=owner)  # type: ignore[arg-type]
+    conn.take_over()
+    assert transport.protocol is conn
+    session = _Session()
+    conn.data_received(HELLO)  # before the session is attached: held for it
+    task = conn.start(session)
+    conn.attach(session)
+    assert session.messages == ["hello"]  # the parser has run
 
     if order == "lost_first":
-        ws.connection_lost(None)
-        ws.session_done(task)
+        conn.connection_lost(None)
+        await asyncio.gather(task, return_exceptions=True)
     else:  # the session ends first: our close frame waits for the peer's answer
-        ws.session_done(task)
-        ws.connection_lost(None)
-    assert session.released
-    assert io.websocket is None and io._task is None
+        await task
+        conn.connection_lost(None)
+    assert session.released and owner.lost
 
-    gone: list[weakref.ref[Any]] = [weakref.ref(ws), weakref.ref(ws.ws_proto)]
-    del ws
+    gone: list[weakref.ref[Any]] = [weakref.ref(conn), weakref.ref(conn.ws_proto)]
+    del conn, task, transport.protocol
     assert [ref() for ref in gone] == [None, None]
 
 
@@ -105,24 +141,26 @@ async def test_a_released_session_needs_no_cyclic_gc(no_cyclic_gc: None) -> None
     from types import SimpleNamespace
 
     from relaybox.config import Settings
-    from relaybox.server.gateway import Session
-    from relaybox.server.wsio import FrameReader
+    from relaybox.server.gateway.session import Session
 
     settings = Settings(gateway_window=8, gateway_publish_rate_per_s=0,
                         gateway_publish_burst=1)
-    session = Session(SimpleNamespace(settings=settings), None, "127.0.0.1")  # type: ignore[arg-type]
+    transport = _Transport()
+    conn = GatewayConnection(transport, ServerProtocol(state=State.OPEN),  # type: ignore[arg-type]
+                             10.0)
+    session = Session(SimpleNamespace(settings=settings), conn, "127.0.0.1")  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     # As in a real session: tasks whose coroutines refer to the session, cancelled at the
-    # end, the main task, and a frame reader calling back into the session.
+    # end, the main task, and the connection calling back into the session.
     session._tasks = [loop.create_task(session.wake.wait()) for _ in range(2)]
     session._main = session._tasks[0]
-    session.reader = FrameReader(SimpleNamespace(), session._on_message,
-                                 session._on_peer_closed, session._touch)
+    conn.attach(session)
+    conn.on_activity = session._touch
     for t in session._tasks:
         t.cancel()
     await asyncio.gather(*session._tasks, return_exceptions=True)
 
-    session.release()
+    conn.connection_lost(None)  # the connection releases its session
     gone = weakref.ref(session)
     del session
     assert gone() is None

@@ -1,0 +1,378 @@
+"""A gateway session: one device's life on one connection, from the handshake to the
+wind-down; sending with the output bound and the heartbeat (protocol.md §2, §4, §7).
+
+The session calls its ``GatewayConnection`` (connection.py) to write, pause reading and
+close, and is called by it for every message (receive.py). What to deliver is decided by
+the protocol core's ``DeliveryState``, fed by the pump (delivery.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from relaybox.protocol.codes import CloseCode
+from relaybox.protocol.delivery import DeliveryState
+from relaybox.protocol.encoding import uuid7
+from relaybox.protocol.errors import ProtocolError
+from relaybox.protocol.frames import error_frame
+from relaybox.server import logs
+from relaybox.server.gateway.connection import GatewayConnection, adopt
+from relaybox.server.gateway.delivery import Delivery
+from relaybox.server.gateway.handshake import HandshakeSteps
+from relaybox.server.gateway.receive import Closing, Receive
+from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
+
+if TYPE_CHECKING:
+    from relaybox.server.context import ServerContext
+
+log = logging.getLogger("relaybox.gateway")
+
+CLOSE_WRITE_TIMEOUT_S = 2.0  # to write what is queued and the close frame
+CLOSE_FLUSH_TIMEOUT_S = 5.0  # to make a closing session's acks durable
+_background: set[asyncio.Future[Any]] = set()  # wind-downs outliving their handler
+
+
+class Session(Delivery, Receive, HandshakeSteps):
+    """One authenticated WebSocket connection of one device.
+
+    ``ws`` is the session's ``GatewayConnection`` (the direct upgrade), or Sanic's
+    websocket when the upgrade came through Sanic's request path: ``run`` then takes the
+    connection over from it first.
+    """
+
+    def __init__(self, ctx: ServerContext, ws: Any, address: str) -> None:
+        self.ctx = ctx
+        self.conn: GatewayConnection | None = ws if isinstance(ws, GatewayConnection) else None
+        self._sanic_ws = None if self.conn is not None else ws
+        self.address = address
+        self.session_id = uuid7()
+        self.device_id = ""
+        self.user_id = ""
+        s = ctx.settings
+        self.state = DeliveryState("", s.gateway_window)
+        self.outbox: list[str] = []
+        self.outbox_bytes = 0  # in ``outbox``: queued, not yet handed to the transport
+        # protocol.md §7 max_outbox_bytes: past it reading pauses (and live delivery with
+        # it) until the peer has read. What was read before the pause may still be
+        # answered (one read of pongs, acks of pending publishes, the one event that
+        # crossed the mark): past twice the bound plus one frame the session closes.
+        self._out_high = s.gateway_max_outbox_bytes
+        self._out_max = 2 * s.gateway_max_outbox_bytes + s.gateway_max_frame_bytes
+        self._flush_scheduled = False
+        self._sender_idle = asyncio.Event()
+        self._sender_idle.set()
+        self.wake = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pending_publishes = 0
+        self._early: list[str | bytes] = []  # messages that arrived before READY
+        self._early_waiter: asyncio.Future[None] | None = None
+        self._peer_closed = asyncio.Event()
+        # The device's own, from the hub, once authenticated.
+        self.bucket: TokenBucket | SharedBucket = UNLIMITED
+        self.last_rx = time.monotonic()
+        self.paused = False
+        self.registered = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._hb_timer: asyncio.TimerHandle | None = None
+        self._hb_next_ping = 0.0
+        self._hb_ping_sent_at: float | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self._close_reply: list[bytes] = []  # our answer to the peer's close, held
+        self._close_reply_released = False
+
+    # -- sending -----------------------------------------------------------------------
+    def send(self, frame: str) -> None:
+        """Queue a frame; every frame queued in one loop turn goes out in one socket write."""
+        if self.close_code is not None:
+            return
+        self.outbox.append(frame)
+        self.outbox_bytes += len(frame)
+        if self.outbox_bytes > self._out_high:
+            self._check_output()
+            if self.close_code is not None:
+                return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._sender_idle.clear()
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        """End of the loop turn: write the outbox directly, or hand it to ``_flush`` while
+        the transport asked to pause writing."""
+        frames, self.outbox = self.outbox, []
+        try:
+            if frames and not self._write(frames):
+                self.outbox[:0] = frames
+                asyncio.get_running_loop().create_task(self._flush())
+                return
+            self.outbox_bytes = 0
+        except Exception:
+            self._drop_outbox()
+            self.close_soon(CloseCode.NORMAL, "")
+        self._flush_scheduled = False
+        self._sender_idle.set()
+        if self.state.paused:
+            self.on_drain()
+
+    async def _flush(self) -> None:
+        try:
+            await self._write_all()
+        except Exception:
+            self._drop_outbox()
+            self.close_soon(CloseCode.NORMAL, "")
+        finally:
+            self._flush_scheduled = False
+            self._sender_idle.set()
+        if self.state.paused:
+            self.on_drain()
+
+    async def _write_all(self) -> None:
+        """Write the outbox, waiting while the transport's buffer is full."""
+        while self.outbox:
+            if self.conn is None:
+                raise ConnectionError("the connection is gone")
+            await self.conn.wait_writable()
+            frames, self.outbox = self.outbox, []
+            if self._write(frames):
+                self.outbox_bytes -= sum(len(f) for f in frames)
+            else:
+                self.outbox[:0] = frames
+
+    def _write(self, frames: list[str]) -> bool:
+        if self.conn is None:
+            raise ConnectionError("the connection is gone")
+        return self.conn.write_texts(frames)
+
+    def _drop_outbox(self) -> None:
+        self.outbox.clear()
+        self.outbox_bytes = 0
+
+    # -- the output bound (protocol.md §7 max_outbox_bytes) --------------------------------
+    def on_written(self) -> None:
+        """After something was queued or written: pause reading past the bound, close with
+        4429 far past it (a peer that sends and never reads)."""
+        self._check_output()
+
+    def _check_output(self) -> None:
+        if self.close_code is not None:
+            return
+        conn = self.conn
+        size = self.outbox_bytes + (conn.write_buffer_size() if conn is not None else 0)
+        if size > self._out_max:
+            self._drop_outbox()
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.outbox_overflow()
+            if conn is not None:
+                conn.pause_reading("closing")  # nothing more is read from this peer
+            self.close_soon(CloseCode.RATE_LIMITED, "outbox_full")
+        elif size > self._out_high and not self.state.paused:
+            self.state.paused = True
+            if conn is not None:
+                conn.pause_reading("output")
+
+    def on_drain(self) -> None:
+        """The transport took everything (called after writes and when it resumes writing):
+        read again, and let delivery send what it held back."""
+        conn = self.conn
+        if not self.state.paused or self.outbox or conn is None or not conn.writable:
+            return
+        self.state.paused = False
+        conn.resume_reading("output")
+        self.wake.set()
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """End the session with ``code`` (after what is already queued is written)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            if self._main is not None and not self._main.done():
+                self._main.cancel()
+
+    def release(self) -> None:
+        """After the session ended and its connection is gone (the connection calls it):
+        drop the references from the session to its tasks and connection (each refers
+        back to the session)."""
+        self._tasks.clear()
+        self._stop_heartbeat()
+        self._main = None
+        self.conn = None
+        self._sanic_ws = None
+
+    # -- main -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve a connection that came through Sanic's request path (``app.py``)."""
+        if self.conn is None:
+            try:
+                self.conn, early = await adopt(self._sanic_ws)
+            except ConnectionError:
+                return  # gone before its handler ran: nothing to serve
+            finally:
+                self._sanic_ws = None
+            self._early.extend(early)
+        await self.conn.start(self)
+
+    async def serve(self) -> None:
+        """The session's life on its connection (``GatewayConnection.start`` runs it)."""
+        self._main = asyncio.current_task()
+        logs.bind_session(self.session_id, "")
+        assert self.conn is not None
+        # Any bytes (pongs included) are proof of life (protocol.md §4).
+        self.conn.on_activity = self._touch
+        self.conn.attach(self)
+        try:
+            try:
+                await self._handshake()
+                self._tasks.append(asyncio.create_task(self._pump()))
+                self._start_heartbeat()
+                early, self._early = self._early, []
+                if self.conn is not None:
+                    self.conn.resume_reading("early")
+                for data in early:
+                    self._handle(data)
+                # Messages are handled by ``on_message`` from here on.
+                await self._peer_closed.wait()
+            except Closing as exc:
+                if self.close_code is None:
+                    self.close_code, self.close_reason = exc.code, exc.reason
+            except ProtocolError as exc:
+                if self.close_code is None:
+                    self.close_code = exc.close_code or CloseCode.BAD_REQUEST
+                    self.close_reason = exc.code
+                    with contextlib.suppress(Exception):
+                        self.outbox.append(error_frame(exc.code, exc.message))
+            except asyncio.CancelledError:
+                if self.close_code is None:
+                    raise
+            except Exception as exc:
+                if self.close_code is None and not _is_closed_error(exc):
+                    log.exception("session %s failed", self.session_id)
+                    self.close_code, self.close_reason = CloseCode.GOING_AWAY, "going_away"
+        finally:
+            self._stop_heartbeat()
+            for t in self._tasks:
+                t.cancel()
+            if self.registered:
+                self.ctx.hub.unregister(self)
+            # The session is cancelled as soon as the socket is gone, which would skip
+            # the cursor flush and leave `finished` unset (a replacing session waits for
+            # it): the wind-down runs in a task of its own.
+            wind_down = asyncio.ensure_future(self._wind_down())
+            _background.add(wind_down)
+            wind_down.add_done_callback(_background.discard)
+            await asyncio.shield(wind_down)
+
+    async def _wind_down(self) -> None:
+        try:
+            for t in self._tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            await self._finish()
+            if self.close_code is None and not self._close_reply and self.conn is not None:
+                # The WebSocket layer itself may have closed (1009 for an oversized frame).
+                sent = self.conn.close_sent_code
+                if sent is not None and sent not in (CloseCode.NORMAL, 1005):
+                    self.close_code = sent
+            if self.registered:
+                await self._flush_cursors()
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.session_closed(self.close_code)
+        finally:
+            self._send_close_reply()
+            self.finished.set()
+
+    def on_close_reply(self, out: list[bytes]) -> None:
+        """The peer closed: our answer waits until its acks are durable (protocol.md §3
+        Delivery). A device that reconnects as soon as it has our answer, to another
+        process or node, then finds its cursors stored. When the peer answers a close of
+        ours (or the session has wound down already) it goes out at once: holding it
+        would only keep the peer waiting on a close it already has."""
+        self._close_reply.extend(out)
+        if self._close_reply_released or self.close_code is not None:
+            self._send_close_reply()
+
+    def _send_close_reply(self) -> None:
+        self._close_reply_released = True
+        out, self._close_reply = self._close_reply, []
+        if out and self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.write_chunks(out)
+
+    async def _finish(self) -> None:
+        code = self.close_code or CloseCode.NORMAL
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_WRITE_TIMEOUT_S):
+                await self._write_all()
+                await conn.close(code, self.close_reason)
+        except TimeoutError:
+            # A peer that reads nothing blocks our writes: put the close frame straight on
+            # the transport and drop the connection, so that the peer still learns our
+            # code (§4: 4410) instead of a later 1000.
+            with contextlib.suppress(Exception):
+                conn.fail_connection(code, self.close_reason)
+        except Exception as exc:
+            log.debug("session %s: close: %s", self.session_id, exc)  # already gone
+
+    async def _flush_cursors(self) -> None:
+        # Acks received before the close are durable before the next catch-up starts.
+        # Bounded: a writer that cannot commit (disk full, database down) must not hold
+        # the close; the device may then be sent again what it had acked.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
+                await self.ctx.eventlog.touch(self.device_id)
+
+    # -- liveness (protocol.md §4) --------------------------------------------------------
+    def _touch(self) -> None:
+        self.last_rx = time.monotonic()
+
+    def _start_heartbeat(self) -> None:
+        interval = self.ctx.settings.gateway_heartbeat_s
+        self._hb_next_ping = time.monotonic() + interval
+        self._hb_timer = asyncio.get_running_loop().call_later(interval / 4, self._heartbeat)
+
+    def _stop_heartbeat(self) -> None:
+        if self._hb_timer is not None:
+            self._hb_timer.cancel()
+            self._hb_timer = None
+
+    def _heartbeat(self) -> None:
+        """Every heartbeat_s / 4 (a timer, not a task): ping every heartbeat_s; close with
+        4410 when nothing at all arrived within heartbeat_s after a ping (protocol.md §4),
+        unless we paused reading ourselves."""
+        self._hb_timer = None
+        if self.close_code is not None:
+            return
+        interval = self.ctx.settings.gateway_heartbeat_s
+        now = time.monotonic()
+        if self.paused:
+            self.last_rx = now
+        sent = self._hb_ping_sent_at
+        if sent is not None:
+            if self.last_rx >= sent:
+                self._hb_ping_sent_at = None
+            elif now - sent > interval:
+                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
+                return
+        if now >= self._hb_next_ping:
+            self._hb_next_ping = now + interval
+            if self._hb_ping_sent_at is None:
+                self._hb_ping_sent_at = now
+            # Written at once, ahead of nothing: the protocol object's bytes go straight
+            # to the transport, so a peer that does not read cannot hold the ping back.
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.ping()
+        self._hb_timer = asyncio.get_running_loop().call_later(interval / 4, self._heartbeat)
+
+
+def _is_closed_error(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return "Closed" in name or isinstance(exc, ConnectionError)
