@@ -66,8 +66,8 @@ def add_head_and_options(app: Sanic) -> None:
     for group in list(app.router.groups.values()):
         if "OPTIONS" in group.methods:
             continue
-        hosts = (set(map(itemgetter("host"), group.requirements))
-                 if group.requirements else [None])
+        names = sorted({h for h in map(itemgetter("host"), group.requirements or []) if h})
+        hosts: list[str] | None = names or None
         base = next((r for r in group if not r.name.endswith("_head")), group[0])
         handler = openapi.definition(
             summary=clean_route_name(base.name).title(),
