@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from relaybox import __version__
-from relaybox.cli.common import CliError, err, open_db, settings_for
+from relaybox.cli.common import CliError, err, settings_for
 from relaybox.config import Settings
 
 
@@ -93,9 +93,9 @@ def _serve(settings: Settings) -> None:
         write_server_file,
     )
     from relaybox.cli.init_cmd import initialise, show_init
+    from relaybox.errors import RelayError
     from relaybox.server import prom, tracing
-    from relaybox.services import identity
-    from relaybox.store import migrate
+    from relaybox.services.datadir import prepare
 
     log = logging.getLogger("relaybox.server")
     problem = tracing.check(settings)
@@ -106,20 +106,13 @@ def _serve(settings: Settings) -> None:
     if fresh or not settings.data_dir.exists():
         res = initialise(settings)
         show_init(res, stderr=True)
-    db = open_db(settings, must_exist=False)
     try:
-        # Nodes started together on one empty database set it up one at a time.
-        with migrate.exclusive(db):
-            applied = migrate.up(db)
-            if not identity.is_initialised(db):
-                _, token = identity.initialise(db)
-                if token:
-                    err.print(f"admin token [bold yellow]{token}[/] (shown once)")
-        from relaybox.services.users import list_users
-
-        users = len(list_users())
-    finally:
-        db.close()
+        prepared = prepare(settings)
+    except RelayError as exc:
+        raise CliError(exc.detail) from None
+    if prepared.admin_token:
+        err.print(f"admin token [bold yellow]{prepared.admin_token}[/] (shown once)")
+    applied, users = prepared.applied, prepared.users
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
 

@@ -25,6 +25,16 @@ class InitResult:
     created: bool
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` did to a database before a server starts on it."""
+
+    applied: list[str]
+    #: A new admin token when the database had none (shown once).
+    admin_token: str | None
+    users: int
+
+
 class NotInitialised(Unavailable):
     """The data dir has no relaybox database yet (run ``relaybox init``)."""
 
@@ -101,6 +111,23 @@ def initialise(settings: Settings, *, force: bool = False) -> InitResult:
     if db_path is not None and db_path.exists():
         os.chmod(db_path, 0o600)
     return InitResult(str(d), secrets.server_id, token, str(cfg), created)
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Migrate the database and give it a server identity if it has none (``relaybox
+    serve``). Nodes started together on one empty database do it one at a time."""
+    from relaybox.services.users import list_users
+
+    db = open_store(settings, must_exist=False)
+    try:
+        token = None
+        with migrate.exclusive(db):
+            applied = migrate.up(db)
+            if not identity.is_initialised(db):
+                _, token = identity.initialise(db)
+        return Prepared(applied, token, len(list_users()))
+    finally:
+        db.close()
 
 
 def _write_private(path: Path, text: str) -> None:

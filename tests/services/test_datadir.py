@@ -38,3 +38,14 @@ def test_the_opened_store_is_migrated_answers_and_rotates_the_admin_token(
         assert identity.check_admin_token(new) and not identity.check_admin_token(str(old))
     finally:
         db.close()
+
+
+def test_prepare_migrates_and_gives_an_empty_database_an_identity_once(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path / "data", env={})
+    settings.data_dir.mkdir(mode=0o700)
+    first = datadir.prepare(settings)
+    assert first.applied == sorted(p.stem for p in migrate.MIGRATIONS_DIR.glob("0*.py"))
+    assert first.admin_token is not None and first.users == 0
+    again = datadir.prepare(settings)
+    assert (again.applied, again.admin_token) == ([], None)
+    assert datadir.is_initialised(settings)
