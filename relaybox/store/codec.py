@@ -45,6 +45,18 @@ def publish_item(req: PublishRequest) -> Item:
             req.key, req.base_seq)
 
 
+def cursor_item(device_id: str, stream: str, seq: int) -> Item:
+    return (CURSOR, device_id, stream, seq)
+
+
+def touch_item(device_id: str, user_id: str | None) -> Item:
+    return (TOUCH, device_id, user_id)
+
+
+def call_item(fn: Callable[[], Any]) -> Item:
+    return (CALL, fn)
+
+
 def _noop() -> None:
     return None
 

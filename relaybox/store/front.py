@@ -21,7 +21,14 @@ import peewee as pw
 from relaybox.protocol.encoding import now_ms
 from relaybox.store.batch import BatchWriter
 from relaybox.store.checkpoint import WalCheckpointer
-from relaybox.store.codec import CALL, CURSOR, CURSOR_HANDLER, PROBE_ITEM, TOUCH, publish_item
+from relaybox.store.codec import (
+    CURSOR_HANDLER,
+    PROBE_ITEM,
+    call_item,
+    cursor_item,
+    publish_item,
+    touch_item,
+)
 from relaybox.store.events import PublishRequest, PublishResult, StoredEvent
 from relaybox.store.quotas import Quotas
 from relaybox.store.sql import connection_lost
@@ -128,7 +135,7 @@ class EventLog:
 
     def save_cursor(self, device_id: str, stream: str, seq: int) -> None:
         """Record an ack; committed with the next batch (cursors are batched)."""
-        self.writer.send((CURSOR, device_id, stream, seq), CURSOR_HANDLER)
+        self.writer.send(cursor_item(device_id, stream, seq), CURSOR_HANDLER)
 
     def touch(self, device_id: str, user_id: str | None = None) -> asyncio.Future[Any]:
         """Record that ``device_id`` was seen now, in the next batch.
@@ -137,7 +144,7 @@ class EventLog:
         earlier session's acks) is durable by then. With ``user_id``, it resolves to the
         user's stream heads and the device's cursors as of that commit (``Positions``).
         """
-        return self._submit((TOUCH, device_id, user_id), "t")
+        return self._submit(touch_item(device_id, user_id), "t")
 
     def probe(self) -> asyncio.Future[Any]:
         """A future that resolves after an (empty) write round trip through the writer."""
@@ -148,7 +155,7 @@ class EventLog:
         (a callable does not cross to a writer process: use ``probe``)."""
         if not isinstance(self.writer, ThreadWriter):
             raise TypeError("the writer process runs no callables; use probe()")
-        return self._submit((CALL, fn), "b")
+        return self._submit(call_item(fn), "b")
 
     def _submit(self, item: tuple[Any, ...], kind: str) -> asyncio.Future[Any]:
         assert self._loop is not None
