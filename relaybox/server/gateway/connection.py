@@ -61,14 +61,12 @@ class GatewayConnection(asyncio.Protocol):
         self._pauses: set[str] = set()  # why reading is paused (back-pressure)
         self._writable = asyncio.Event()  # pause_writing / resume_writing (flow control)
         self._writable.set()
-        self.last_rx = 0.0  # set by the session: any bytes are proof of life (§4)
-        self.on_activity: Callable[[], None] | None = None
+        self.on_activity: Callable[[], None] | None = None  # any bytes prove life (§4)
         self.peer_closed = False
         self._lost = False
         self._eof_sent = False
         self._abort_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
-        self._ended: Handler | None = None  # the finished session, until the connection goes
 
     # -- taking the transport over -----------------------------------------------------
     def take_over(self) -> None:
@@ -283,7 +281,6 @@ class GatewayConnection(asyncio.Protocol):
         close timeout (the peer's answer to our close frame closes it earlier)."""
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway session failed", exc_info=task.exception())
-        self._ended = self.handler
         if self._lost:
             self._release()
         elif self.ws_proto.state is State.CLOSED:
@@ -299,12 +296,9 @@ class GatewayConnection(asyncio.Protocol):
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
-        ended, self._ended = self._ended, None
         handler, self.handler = self.handler, None
-        for h in (ended, handler):
-            if h is not None:
-                h.release()
-                break
+        if handler is not None:
+            handler.release()
         self.on_activity = None
         self._task = None
         parser = getattr(self.ws_proto, "parser", None)
