@@ -93,15 +93,7 @@ class Bus:
     # -- pub/sub ---------------------------------------------------------------
     async def publish(self, channel: str, payload: bytes) -> bool:
         """Publish; False (and logged) when Redis is unavailable."""
-        try:
-            await self.redis.publish(channel, payload)
-            self.healthy = True
-            return True
-        except Exception as exc:
-            if self.healthy:
-                log.warning("redis publish failed: %s", exc)
-            self.healthy = False
-            return False
+        return await self.publish_many([(channel, payload)])
 
     async def publish_control(self, kind: str, **data: Any) -> bool:
         return await self.publish(CONTROL_CHANNEL, encode_control(kind, self.node_id, data))
@@ -113,14 +105,16 @@ class Bus:
         return bool(counts and int(counts[0][1]) > 0)
 
     async def publish_many(self, messages: list[tuple[str, bytes]]) -> bool:
-        """Publish several messages in one round trip (a pipeline, not a transaction)."""
-        if len(messages) == 1:
-            return await self.publish(*messages[0])
+        """Publish several messages in one round trip (a pipeline, not a transaction);
+        False (and logged) when Redis is unavailable."""
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for channel, payload in messages:
-                    pipe.publish(channel, payload)
-                await pipe.execute()
+            if len(messages) == 1:
+                await self.redis.publish(*messages[0])
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for channel, payload in messages:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
             self.healthy = True
             return True
         except Exception as exc:
