@@ -10,7 +10,7 @@ come from (the hub's ring, storage) and when frames are written is the server's 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +27,7 @@ HOLD = 2  # not now (window full, output paused, stream behind): wake the pump
 
 
 class Event(Protocol):
-    """What delivery needs of a committed event (``relaybox.store`` ``StoredEvent``)."""
+    """What delivery needs of a committed event (``relaybox.server.eventframe.Framed``)."""
 
     @property
     def seq(self) -> int: ...
@@ -172,7 +172,7 @@ class DeliveryState:
         st.done = st.floor
         return frame
 
-    def needs_storage(self, stream: str, ring: Sequence[Event] | None) -> bool:
+    def needs_storage(self, stream: str, ring: Sized | None) -> bool:
         """Whether the ring's answer (None: it cannot tell) leaves a read from storage."""
         st = self.streams[stream]
         return ring is None or (not ring and st.known_head > st.done)

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaybox.protocol.encoding import format_ts
-from relaybox.protocol.frames import event_frame
 
 
 @dataclass(slots=True)
 class StoredEvent:
-    """An event as committed; ``frame`` is its gateway `event` message, built once."""
+    """An event as committed: plain data. ``wire`` is where a caller may keep the event's
+    encoding, so that it is built once for every recipient (relaybox/server/eventframe.py);
+    the store never sets nor reads it."""
 
     user_id: str
     stream: str
@@ -22,7 +23,7 @@ class StoredEvent:
     ts: int
     body: str
     _ts_text: str | None = field(default=None, repr=False)
-    _frame: str | None = field(default=None, repr=False)
+    wire: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ts_text(self) -> str:
@@ -30,13 +31,6 @@ class StoredEvent:
         if self._ts_text is None:
             self._ts_text = format_ts(self.ts)
         return self._ts_text
-
-    @property
-    def frame(self) -> str:
-        if self._frame is None:
-            self._frame = event_frame(self.stream, self.seq, self.id, self.device_id, self.key,
-                                      self.ts_text, self.body)
-        return self._frame
 
     def as_json(self) -> dict[str, Any]:
         import orjson

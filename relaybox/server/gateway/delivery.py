@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState
 from relaybox.protocol.messages import Ack
+from relaybox.server.eventframe import Framed, event_frame_of
 from relaybox.store import queries
 from relaybox.store.eventlog import StoredEvent
 
@@ -59,7 +60,7 @@ class Delivery:
         """A newly committed event of this user (called by the hub, on the loop)."""
         decision = self.state.offer(ev.stream, ev.seq, ev.device_id)
         if decision == DELIVER:
-            self.send(ev.frame)
+            self.send(event_frame_of(ev))
             if self.ctx.metrics is not None:
                 self.ctx.metrics.delivered(ev)
         elif decision == HOLD:
@@ -100,7 +101,7 @@ class Delivery:
                 floor = await self.ctx.eventlog.read(_floor_of, self.user_id, name)
                 return state.read_empty(name, floor)
         assert events is not None
-        moved = state.take(name, events, self.send)
+        moved = state.take(name, map(Framed, events), self.send)
         await self._sender_idle.wait()  # keep the outbox bounded by the window
         return moved
 
