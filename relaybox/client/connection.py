@@ -20,28 +20,19 @@ from relaybox import __version__
 from relaybox.client.backoff import backoff_delay
 from relaybox.client.delivery import DEFAULT_WINDOW, Delivery
 from relaybox.client.errors import (
-    AuthFailedError,
+    FATAL_CLOSES,
     ClientClosedError,
     ClientError,
     FatalError,
-    ProtocolVersionError,
-    RevokedError,
-    ServerMismatchError,
-    SessionReplacedError,
+    describe,
+    fatal,
 )
 from relaybox.client.events import EventStream, Presence, parse_event, parse_gap
-from relaybox.client.handshake import run_handshake
+from relaybox.client.handshake import authenticate
 from relaybox.client.identity import Identity
 from relaybox.client.positions import StateFile
 from relaybox.client.publisher import Publisher
-from relaybox.protocol.client import (
-    ClientHandshake,
-    HandshakeFailed,
-    HandshakeRefused,
-    Refused,
-    ServerMismatch,
-    decode_frame,
-)
+from relaybox.protocol.client import HandshakeFailed, Refused, decode_frame
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import dumps
 
@@ -50,22 +41,6 @@ __all__ = ["Client"]
 log = logging.getLogger("relaybox.client")
 
 CLOSE_FLUSH_S: Final = 2.0  # how long a normal close waits for the server to read our acks
-_FATAL_CLOSES: Final[dict[int, type[FatalError]]] = {
-    CloseCode.AUTH_FAILED: AuthFailedError,
-    CloseCode.REVOKED: RevokedError,
-    CloseCode.SESSION_REPLACED: SessionReplacedError,
-}
-_FATAL_ERRORS: Final[dict[str, type[FatalError]]] = {
-    "auth_failed": AuthFailedError,
-    "revoked": RevokedError,
-    "unsupported_protocol": ProtocolVersionError,
-}
-_MESSAGES: Final[dict[type[FatalError], str]] = {
-    AuthFailedError: "the server refused this device (unknown device or wrong key)",
-    RevokedError: "this device was revoked",
-    SessionReplacedError: "this device connected again elsewhere; this session was replaced",
-    ProtocolVersionError: "the server does not speak protocol version 1",
-}
 
 
 class _Dropped(Exception):
@@ -251,7 +226,7 @@ class Client:
                 self._halt(ClientError(f"bad server URL {self.identity.server!r}: {exc}"))
                 return
             except Exception as exc:  # network errors, timeouts, HTTP refusals, closes
-                self.last_error = _describe(exc)
+                self.last_error = describe(exc)
             if self._first is not None and not self._first.done():
                 self._first.set_result(False)
             if self._closing:
@@ -285,27 +260,18 @@ class Client:
                     with contextlib.suppress(BaseException):
                         await writer
         code = ws.close_code
-        fatal = _FATAL_CLOSES.get(code or 0)
-        if fatal is not None and not self._closing:
-            raise fatal(_MESSAGES[fatal])
+        kind = FATAL_CLOSES.get(code or 0)
+        if kind is not None and not self._closing:
+            raise fatal(kind)
         reason = f" {ws.close_reason}" if ws.close_reason else ""
         raise _Dropped(f"connection closed ({code}{reason})")
 
     async def _handshake(self, ws: ClientConnection) -> dict[str, Any]:
         """protocol.md §2: hello, challenge, auth, welcome."""
-        ident = self.identity
-        hs = ClientHandshake(ident.device_id, ident.signing_key, server_id=ident.server_id)
         try:
             async with asyncio.timeout(self.open_timeout):
-                return await run_handshake(hs, ws.send, ws.recv, on_error=self._refused)
-        except ServerMismatch as exc:
-            raise ServerMismatchError(
-                f"the server at {ident.server} has server_id {exc.got}, but this device "
-                f"was paired with server {ident.server_id}; refusing to authenticate"
-            ) from None
-        except HandshakeRefused as exc:
-            fatal = _FATAL_ERRORS[exc.refused.code]
-            raise fatal(_MESSAGES[fatal]) from None
+                return await authenticate(self.identity, ws.send, ws.recv,
+                                          on_error=self._refused)
         except HandshakeFailed as exc:
             raise _Dropped(str(exc)) from None
 
@@ -423,10 +389,3 @@ class Client:
         """
         self._check_usable()
         return self._delivery.open_stream(streams)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    return text

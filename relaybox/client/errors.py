@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from relaybox.protocol.codes import CloseCode
 
 
@@ -79,3 +81,36 @@ class ApiError(ClientError):
         self.status = status
         self.code = code
         self.detail = detail
+
+
+#: protocol.md §6: the closes after which the client stops for good.
+FATAL_CLOSES: Final[dict[int, type[FatalError]]] = {
+    CloseCode.AUTH_FAILED: AuthFailedError,
+    CloseCode.REVOKED: RevokedError,
+    CloseCode.SESSION_REPLACED: SessionReplacedError,
+}
+#: protocol.md §2 step 4: the handshake refusals after which it stops for good.
+FATAL_REFUSALS: Final[dict[str, type[FatalError]]] = {
+    "auth_failed": AuthFailedError,
+    "revoked": RevokedError,
+    "unsupported_protocol": ProtocolVersionError,
+}
+_MESSAGES: Final[dict[type[FatalError], str]] = {
+    AuthFailedError: "the server refused this device (unknown device or wrong key)",
+    RevokedError: "this device was revoked",
+    SessionReplacedError: "this device connected again elsewhere; this session was replaced",
+    ProtocolVersionError: "the server does not speak protocol version 1",
+}
+
+
+def fatal(kind: type[FatalError]) -> FatalError:
+    """The error of that kind, with its one-line message."""
+    return kind(_MESSAGES[kind])
+
+
+def describe(exc: BaseException) -> str:
+    """Why a connection attempt failed, in one line."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text

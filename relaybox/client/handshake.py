@@ -6,15 +6,18 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from relaybox.client.errors import FATAL_REFUSALS, ServerMismatchError, fatal
+from relaybox.client.identity import Identity
 from relaybox.protocol.client import (
     ClientHandshake,
     HandshakeRefused,
     Refused,
     SendAuth,
+    ServerMismatch,
     Welcomed,
 )
 
-__all__ = ["run_handshake"]
+__all__ = ["authenticate", "run_handshake"]
 
 
 async def run_handshake(hs: ClientHandshake, send: Callable[[str], object],
@@ -41,6 +44,28 @@ async def run_handshake(hs: ClientHandshake, send: Callable[[str], object],
             if event.fatal or on_error is None:
                 raise HandshakeRefused(event)
             on_error(event)
+
+
+async def authenticate(identity: Identity, send: Callable[[str], object],
+                       recv: Callable[[], Awaitable[str | bytes]], *,
+                       on_error: Callable[[Refused], object]) -> dict[str, Any]:
+    """The SDK's handshake as ``identity``; returns the `welcome`.
+
+    A fatal refusal raises the SDK's FatalError for it (AuthFailedError …), a
+    challenge from another server ServerMismatchError; a handshake that made no
+    sense HandshakeFailed (worth another try).
+    """
+    hs = ClientHandshake(identity.device_id, identity.signing_key,
+                         server_id=identity.server_id)
+    try:
+        return await run_handshake(hs, send, recv, on_error=on_error)
+    except ServerMismatch as exc:
+        raise ServerMismatchError(
+            f"the server at {identity.server} has server_id {exc.got}, but this device "
+            f"was paired with server {identity.server_id}; refusing to authenticate"
+        ) from None
+    except HandshakeRefused as exc:
+        raise fatal(FATAL_REFUSALS[exc.refused.code]) from None
 
 
 async def _sent(result: object) -> None:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from relaybox.client.connection import _FATAL_ERRORS
-from relaybox.client.handshake import run_handshake
+import pytest
+
+from relaybox.client.errors import (
+    FATAL_REFUSALS,
+    AuthFailedError,
+    ProtocolVersionError,
+    RevokedError,
+    ServerMismatchError,
+)
+from relaybox.client.handshake import authenticate, run_handshake
+from relaybox.client.identity import Identity
 from relaybox.protocol import Handshake, loads, welcome_frame
 from relaybox.protocol.client import (
     FATAL_HANDSHAKE_ERRORS,
@@ -14,6 +23,7 @@ from relaybox.protocol.client import (
     HandshakeRefused,
     Refused,
 )
+from relaybox.protocol.encoding import dumps
 from tests.protocol.test_protocol_client import (
     DEVICE,
     KEY,
@@ -28,7 +38,7 @@ from tests.protocol.test_protocol_client import (
 
 
 def test_the_sdk_knows_every_fatal_refusal() -> None:
-    assert set(_FATAL_ERRORS) == FATAL_HANDSHAKE_ERRORS
+    assert set(FATAL_REFUSALS) == FATAL_HANDSHAKE_ERRORS
 
 
 def drive(answers: list[Any], **kw: Any) -> tuple[list[str], Any]:
@@ -77,3 +87,39 @@ def test_the_driver_raises_a_refusal_or_hands_a_harmless_one_over() -> None:
     _, result = drive([error, fatal], on_error=seen.append)
     assert [r.code for r in seen] == ["busy"]
     assert isinstance(result, HandshakeRefused) and result.refused.code == "revoked"
+
+
+def identity(server_id: str = SERVER) -> Identity:
+    return Identity("http://relay.test", server_id, DEVICE, USER, bytes(range(32)))
+
+
+def authenticate_against(answers: list[str], ident: Identity) -> Any:
+    script = iter(answers)
+
+    async def recv() -> str:
+        return next(script)
+
+    async def main() -> Any:
+        return await authenticate(ident, lambda frame: None, recv, on_error=lambda r: None)
+
+    try:
+        return asyncio.run(main())
+    except Exception as exc:
+        return exc
+
+
+def test_the_sdk_refuses_to_sign_for_another_server() -> None:
+    challenge = dumps({"type": "challenge", "session_id": SESSION, "server_id": SERVER,
+                       "nonce": SERVER_NONCE})
+    result = authenticate_against([challenge], identity(server_id=USER))
+    assert isinstance(result, ServerMismatchError)
+    assert f"has server_id {SERVER}, but this device was paired with server {USER}" in str(
+        result)
+
+
+@pytest.mark.parametrize(("code", "kind"), [("auth_failed", AuthFailedError),
+                                            ("revoked", RevokedError),
+                                            ("unsupported_protocol", ProtocolVersionError)])
+def test_a_fatal_refusal_is_the_sdks_fatal_error(code: str, kind: type[Exception]) -> None:
+    error = dumps({"type": "error", "code": code, "message": "no", "ref": None})
+    assert type(authenticate_against([error], identity())) is kind
