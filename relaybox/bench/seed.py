@@ -1,4 +1,4 @@
-"""Bench users and devices written straight into a throwaway server's database."""
+"""Bench users and devices written into a throwaway server's database before it starts."""
 
 from __future__ import annotations
 
@@ -17,15 +17,14 @@ def seed_devices(data_dir: Path, per_user: int, users: int = 1,
     """Initialise ``data_dir`` and create users with devices (before the server starts),
     in the database the server will use (``env``: its RELAYBOX_* settings). Names are new
     on every run, so that a shared PostgreSQL database can be measured again."""
-    from relaybox.cli.init_cmd import initialise
     from relaybox.config import load_settings
+    from relaybox.services.datadir import initialise, open_store
     from relaybox.services.devices import add_device
     from relaybox.services.users import add_user
-    from relaybox.store.db import open_database
 
     settings = load_settings(data_dir, env=env or {})
     initialise(settings)
-    db = open_database(settings)
+    db = open_store(settings)
     out = []
     tag = secrets.token_hex(3)
     try:
@@ -44,7 +43,11 @@ def seed_devices(data_dir: Path, per_user: int, users: int = 1,
 
 def seed_devices_more(data_dir: Path, n: int,
                       env: Mapping[str, str] | None = None) -> list[Device]:
-    """``n`` more devices, spread over users of 50 devices (after ``seed_devices``)."""
+    """``n`` more devices, spread over users of 50 devices (after ``seed_devices``).
+
+    Inserted in bulk straight into the tables of the throwaway database, before its
+    server starts: the idle-memory part needs thousands, which the services would add
+    one device (and one ``sys.devices`` notice) at a time."""
     from relaybox.config import load_settings
     from relaybox.protocol.encoding import uuid7
     from relaybox.store.db import open_database
