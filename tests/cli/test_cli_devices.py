@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import psutil
@@ -90,3 +91,17 @@ def test_admin_token_rotate_replaces_the_token(data_dir: Path) -> None:
 def test_admin_token_without_rotate_is_a_usage_error(data_dir: Path) -> None:
     r = run(data_dir, "admin-token")
     assert r.exit_code == 2 and "--rotate" in r.stderr
+
+
+def test_a_revocation_redis_refuses_is_saved_and_says_servers_were_not_told(
+        data_dir: Path) -> None:
+    dev = seed(data_dir, {"alice": 1})["alice"][0]
+    env = {"RELAYBOX_REDIS_URL": f"unix://{data_dir}/no-redis.sock"}
+    r = run(data_dir, "device", "revoke", dev.device_id, "--json", env=env)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["server_notified"] is False
+    warning = " ".join(r.stderr.split())  # rich wraps the line
+    assert warning.startswith("warning: the change is saved, but running servers could not "
+                              "be told (Error ")
+    assert warning.endswith("); live sessions notice on their next connect")
+    assert run_json(data_dir, "device", "list", "--revoked")[0]["device_id"] == dev.device_id
