@@ -36,8 +36,9 @@ import nacl.signing
 from locust import HttpUser, between, events, task
 from websockets.sync.client import connect
 
+from relaybox.protocol.client import ClientHandshake, SendAuth
 from relaybox.protocol.encoding import b64url_encode, random_nonce
-from relaybox.protocol.handshake import gateway_signing_bytes, token_signing_bytes
+from relaybox.protocol.handshake import token_signing_bytes
 
 ADMIN = {"Authorization": f"Bearer {os.environ.get('RELAYBOX_ADMIN_TOKEN', '')}"}
 
@@ -58,6 +59,18 @@ def make_device(client: Any) -> tuple[str, str, nacl.signing.SigningKey]:
         "name": "locust"})
     r.raise_for_status()
     return name, r.json()["device_id"], key
+
+
+def handshake(ws: Any, device_id: str, key: nacl.signing.SigningKey) -> dict[str, Any]:
+    """protocol.md §2 on a blocking WebSocket, with relaybox's protocol core; `welcome`."""
+    hs = ClientHandshake(device_id, key, strict=True)
+    ws.send(hs.hello())
+    while not hs.done:
+        event = hs.receive_text(ws.recv(10))
+        if isinstance(event, SendAuth):
+            ws.send(event.frame)
+    assert hs.welcome is not None, hs.refusal
+    return hs.welcome
 
 
 def revoke(client: Any, device_id: str) -> None:
@@ -122,16 +135,7 @@ class GatewayUser(HttpUser):
         t0 = time.perf_counter()
         try:
             self.ws = connect(url, compression=None, max_size=None)
-            nonce = random_nonce()
-            self.ws.send(json.dumps({"type": "hello", "protocol": 1,
-                                     "device_id": self.device_id, "nonce": nonce}))
-            ch = json.loads(self.ws.recv(10))
-            msg = gateway_signing_bytes(ch["server_id"], ch["session_id"], self.device_id,
-                                        nonce, ch["nonce"])
-            self.ws.send(json.dumps({"type": "auth", "signature": b64url_encode(
-                self.key.sign(msg).signature)}))
-            welcome = json.loads(self.ws.recv(10))
-            assert welcome["type"] == "welcome", welcome
+            handshake(self.ws, self.device_id, self.key)
             self._fire("handshake", t0, None)
         except Exception as exc:
             self._fire("handshake", t0, exc)
