@@ -17,13 +17,13 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     def migrate_cmd(action: str, steps: int, as_json: bool) -> None:
         """Show, apply or roll back database migrations."""
-        from relaybox.store import migrate
+        from relaybox.services import datadir
 
         settings = settings_for()
         db = open_db(settings, must_exist=False)
         try:
             if action == "status":
-                st = migrate.status(db)
+                st = datadir.migration_status(db)
                 if as_json:
                     emit_json({"applied": st.applied, "pending": st.pending})
                     return
@@ -34,7 +34,8 @@ def register(cli: click.Group) -> None:
                     table.add_row(cell(name), "[yellow]pending[/]")
                 out.print(table)
                 return
-            names = migrate.up(db) if action == "up" else migrate.down(db, steps)
+            names = (datadir.migrate_up(db) if action == "up"
+                     else datadir.migrate_down(db, steps))
             if as_json:
                 emit_json({"action": action, "migrations": names})
             elif names:

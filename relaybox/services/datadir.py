@@ -130,6 +130,21 @@ def prepare(settings: Settings) -> Prepared:
         db.close()
 
 
+def migration_status(db: pw.Database) -> migrate.MigrationStatus:
+    """Applied and pending migrations (``relaybox migrate status``)."""
+    return migrate.status(db)
+
+
+def migrate_up(db: pw.Database) -> list[str]:
+    """Apply every pending migration; the names applied."""
+    return migrate.up(db)
+
+
+def migrate_down(db: pw.Database, steps: int) -> list[str]:
+    """Roll back the last ``steps`` migrations; the names rolled back."""
+    return migrate.down(db, steps)
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``path`` with mode 0600 from its first byte: it may hold a database password."""
     tmp = path.with_name(f".{path.name}.tmp")
