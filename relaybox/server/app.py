@@ -24,7 +24,7 @@ from relaybox.server.context import ServerContext
 from relaybox.server.errors import access_log, handle_error
 from relaybox.server.errors import request_id as assign_request_id
 from relaybox.server.gateway import Session
-from relaybox.server.hub import Hub
+from relaybox.server.gateway.hub import Hub
 from relaybox.server.upgrade import raise_open_file_limit
 from relaybox.services import identity
 from relaybox.store.db import open_database

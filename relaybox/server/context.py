@@ -12,7 +12,7 @@ import peewee as pw
 
 from relaybox.bus import Bus
 from relaybox.config import Settings
-from relaybox.server.hub import Hub
+from relaybox.server.gateway.hub import Hub
 from relaybox.services.notify import Change, Notifier
 from relaybox.store.eventlog import EventLog
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relaybox.server.devicekeys import DeviceKeys
-from relaybox.server.hub import Hub
+from relaybox.server.gateway.devicekeys import DeviceKeys
+from relaybox.server.gateway.hub import Hub
 from relaybox.store.queries import DeviceKey
 
 

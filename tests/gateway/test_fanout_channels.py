@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from relaybox.bus import Bus, EmbeddedRedis, live_servers, url_from_socket
-from relaybox.server.hub import Hub
+from relaybox.server.gateway.hub import Hub
 from relaybox.store.events import StoredEvent
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, connect_synced, users

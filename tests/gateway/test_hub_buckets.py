@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relaybox.server.hub import Hub
+from relaybox.server.gateway.hub import Hub
 from relaybox.server.ratelimit import UNLIMITED
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

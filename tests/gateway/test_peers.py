@@ -1,4 +1,4 @@
-"""Publishing on the bus only while another server process listens (server/peers.py)."""
+"""Publishing on the bus only while another server process listens (server/gateway/peers.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from relaybox.bus import CONTROL_CHANNEL, Bus, EmbeddedRedis, live_servers, url_from_socket
-from relaybox.server.peers import Peers
+from relaybox.server.gateway.peers import Peers
 from relaybox.services.fanout import decode_control
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import connect_synced, users

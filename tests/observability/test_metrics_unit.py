@@ -14,7 +14,7 @@ import pytest
 from relaybox.config import Settings, load_settings
 from relaybox.jobs.scheduler import JobScheduler
 from relaybox.server import prom
-from relaybox.server.hub import Hub
+from relaybox.server.gateway.hub import Hub
 from relaybox.server.metrics import Metrics
 from relaybox.server.prom import MULTIPROC_ENV
 from relaybox.store.db import open_database

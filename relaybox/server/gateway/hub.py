@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL_PREFIX, Bus, events_channel
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
-from relaybox.server.devicekeys import DeviceKeys
-from relaybox.server.peers import Peers
+from relaybox.server.gateway.devicekeys import DeviceKeys
+from relaybox.server.gateway.peers import Peers
 from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
 from relaybox.services.fanout import decode_control, decode_events, encode_by_user
