@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import peewee as pw
@@ -29,6 +28,7 @@ from relaybox.store.codec import (
     publish_item,
     touch_item,
 )
+from relaybox.store.db import ReadPool
 from relaybox.store.events import PublishRequest, PublishResult, StoredEvent
 from relaybox.store.quotas import Quotas
 from relaybox.store.sql import connection_lost
@@ -74,7 +74,8 @@ class EventLog:
         self.on_batch = on_batch
         self.observer = observer
         self.stats = BatchStats()
-        self.readers = ThreadPoolExecutor(read_threads, thread_name_prefix="relaybox-read")
+        # Readers hand a pooled PostgreSQL connection back after each read (store/db.py).
+        self.readers = ReadPool(db, read_threads)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
