@@ -197,9 +197,11 @@ def _restore_point(settings: Any, at: str | None, url: str, yes: bool, as_json: 
                    serving: Any) -> None:
     """``restore --at TIME`` / ``--latest``: from the continuous replica (docs/backup.md)."""
     from relaybox.services import litestream
-    from relaybox.services.pitr import parse_time, restore_point
+    from relaybox.services.pitr import POSTGRES_POINT, parse_time, restore_point
 
     when = parse_time(at) if at is not None else None
+    if settings.sqlite_path is None:
+        raise CliError(POSTGRES_POINT)
     source = url or settings.replication_url
     if not source:
         raise CliError("no replica to restore from: set replication.url or pass --from URL")

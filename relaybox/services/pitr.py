@@ -57,6 +57,11 @@ def parse_time(text: str) -> float:
     return when.timestamp()  # a naive time is local time
 
 
+#: restore --at/--latest on PostgreSQL: what to do instead.
+POSTGRES_POINT = ("restore --at/--latest rebuilds a SQLite database; with PostgreSQL "
+                  "recover to a point with its own WAL archive (docs/backup.md)")
+
+
 def restore_point(settings: Settings, at: float | None, *, url: str = "",
                   is_serving: Callable[[], bool] = lambda: False,
                   clock: Callable[[], float] = time.monotonic) -> RestoredPoint:
@@ -66,13 +71,12 @@ def restore_point(settings: Settings, at: float | None, *, url: str = "",
     from relaybox.store import migrate
 
     started = clock()
+    target = settings.sqlite_path
+    if target is None:  # before the replica: PostgreSQL has no replication.url to set
+        raise BackupError(POSTGRES_POINT)
     source = url or settings.replication_url
     if not source:
         raise BackupError("no replica to restore from: set replication.url or pass --from")
-    target = settings.sqlite_path
-    if target is None:
-        raise BackupError("restore --at/--latest rebuilds a SQLite database; with PostgreSQL "
-                          "recover to a point with its own WAL archive (docs/backup.md)")
     _check_replaceable(target)
     data_dir = settings.data_dir
     created = not data_dir.exists()

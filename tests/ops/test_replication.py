@@ -298,3 +298,16 @@ def test_restore_options_are_exclusive(tmp_path: Path) -> None:
     assert done.returncode == 2 and "one of FILE, --at TIME or --latest" in done.stderr
     done = _cli(tmp_path / "d", "restore", "--latest", "--yes")
     assert done.returncode == 1 and "no replica to restore from" in done.stderr
+
+
+def test_restore_to_a_point_on_postgresql_points_at_wal_archiving(tmp_path: Path) -> None:
+    """PostgreSQL has no replication.url to set: the answer says what to do instead."""
+    data = tmp_path / "pg"
+    data.mkdir(mode=0o700)
+    (data / "relaybox.toml").write_text(
+        'database_url = "postgresql://relaybox@127.0.0.1:1/relaybox"\n')
+    (data / "relaybox.toml").chmod(0o600)
+    done = _cli(data, "restore", "--latest", "--yes")
+    assert done.returncode == 1
+    assert "with PostgreSQL recover to a point with its own WAL archive" in done.stderr
+    assert "replication.url" not in done.stderr and "Traceback" not in done.stderr
