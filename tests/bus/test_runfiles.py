@@ -1,4 +1,4 @@
-"""Server records in <data_dir>/run: a record is live while its server holds its lock."""
+"""Server records in <data_dir>/run (bus/runfiles.py): live while their server holds the lock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Redis behind Sentinel (``redis+sentinel://``) and over TLS (``rediss://``) as redis_url.
+"""redis_url (bus/connect.py): Redis behind Sentinel (``redis+sentinel://``) and over TLS
+(``rediss://``).
 
 The Sentinel tests run a real master and a real Sentinel (``redis-server --sentinel``) on
 loopback ports; two server processes on one data dir then relay through that master.
