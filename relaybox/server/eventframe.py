@@ -24,19 +24,14 @@ class Framed:
     """A stored event as the protocol core's delivery state takes it
     (``relaybox.protocol.delivery.Event``); its frame is built only if it is sent."""
 
-    __slots__ = ("event",)
+    __slots__ = ("device_id", "event", "seq")
 
     def __init__(self, event: StoredEvent) -> None:
         self.event = event
-
-    @property
-    def seq(self) -> int:
-        return self.event.seq
-
-    @property
-    def device_id(self) -> str | None:
-        return self.event.device_id
+        self.seq = event.seq
+        self.device_id = event.device_id
 
     @property
     def frame(self) -> str:
-        return event_frame_of(self.event)
+        ev = self.event
+        return ev.wire if ev.wire is not None else event_frame_of(ev)
