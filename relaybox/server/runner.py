@@ -1,0 +1,279 @@
+"""``serve(settings)``: the one way to run the server, in the foreground until a signal.
+
+It starts the writer process early, prepares the data dir and its database, starts the
+embedded Redis (or uses the configured one), records the running server in
+``<data_dir>/run``, supervises replication, and runs Sanic; on the way out it undoes
+each step. ``relaybox serve`` calls it (and so do the demo, the bench and the tests,
+which start ``relaybox serve``); what a person should see it hands to a ``Reporter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+from relaybox import __version__
+from relaybox.config import Settings
+
+if TYPE_CHECKING:
+    from relaybox.services.datadir import InitResult
+    from relaybox.services.replication import Replicator
+
+__all__ = ["LogReporter", "Reporter", "StartError", "ready_lines", "serve", "setup_logging"]
+
+log = logging.getLogger("relaybox.server")
+
+
+class StartError(Exception):
+    """The server cannot start (one line saying why); what it had started is stopped."""
+
+
+class Reporter(Protocol):
+    """What ``serve`` tells whoever runs it; ``relaybox serve`` prints it."""
+
+    def initialised(self, result: InitResult) -> None:
+        """A missing data dir was set up before the server started."""
+
+    def admin_token(self, token: str) -> None:
+        """The database had no admin token: this new one is shown once."""
+
+    def ready(self, lines: list[str]) -> None:
+        """The server accepts connections: where it serves, and the next step."""
+
+
+class LogReporter:
+    """A ``Reporter`` writing to the log (a new admin token is not logged: a caller that
+    wants it passes its own reporter)."""
+
+    def initialised(self, result: InitResult) -> None:
+        log.info("initialised %s (server id %s)", result.data_dir, result.server_id)
+
+    def admin_token(self, token: str) -> None:
+        log.info("a new admin token was created")
+
+    def ready(self, lines: list[str]) -> None:
+        for line in lines:
+            log.info(line)
+
+
+# -- logging -------------------------------------------------------------------------------
+class _StartupNoise(logging.Filter):
+    """Drops the web framework's start-up and shutdown chatter (workers starting, its
+    extensions listed) and each migration step: the server says one line of its own."""
+
+    QUIET = frozenset(("sanic.root", "sanic.server", "relaybox.migrate"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name in self.QUIET and record.levelno <= logging.INFO)
+
+
+def setup_logging(settings: Settings) -> None:
+    from relaybox.server.logs import configure
+
+    configure(settings)
+    _quiet_startup(settings)
+
+
+def _quiet_startup(settings: Settings) -> None:
+    if settings.log_level == "debug":
+        return
+    for handler in logging.getLogger("relaybox").handlers:
+        if not any(isinstance(f, _StartupNoise) for f in handler.filters):
+            handler.addFilter(_StartupNoise())
+
+
+def _make_app(settings: Settings) -> Any:
+    """The app, in the serving process or in each worker process (which sets up its
+    own logging while the app is made)."""
+    from relaybox.server.app import create_app
+
+    app = create_app(settings)
+    _quiet_startup(settings)
+    return app
+
+
+def ready_lines(settings: Settings, users: int) -> list[str]:
+    """What the server says once it accepts connections: the URLs, and for a server
+    without users the next step."""
+    base = settings.base_url
+    lines = [f"relaybox {__version__} ready: app {base}/app/ · API {base}/api/v1 · "
+             f"docs {base}/docs"]
+    if users == 0:
+        lines.append("next: relaybox user add NAME, then relaybox pair NAME "
+                     "(its QR code pairs a phone)")
+    if settings.host in ("0.0.0.0", "::") and not settings.public_url:
+        lines.append("other machines reach it at this machine's address; set public_url "
+                     "so that pairing links and QR codes carry it")
+    return lines
+
+
+# -- the run -------------------------------------------------------------------------------
+def serve(settings: Settings, reporter: Reporter | None = None) -> None:
+    """Run the server in the foreground until SIGTERM/SIGINT (SIGHUP reloads the TLS
+    certificate). Raises ``StartError`` when it cannot start."""
+    early_writer = settings.writer_process and settings.workers == 1
+    if early_writer:
+        from relaybox.store import writerproc
+
+        # First thing: the writer process starts (its interpreter, its imports) while
+        # this one migrates, starts Redis and builds the app, rather than after: a
+        # restart acks sooner.
+        writerproc.prestart()
+    try:
+        setup_logging(settings)
+        _serve(settings, reporter or LogReporter())
+    finally:
+        if early_writer:
+            writerproc.discard_prestarted()
+
+
+def _serve(settings: Settings, reporter: Reporter) -> None:
+    from relaybox.bus import (
+        EmbeddedRedis,
+        live_servers,
+        remove_server_file,
+        url_from_socket,
+        write_server_file,
+    )
+    from relaybox.errors import RelayError
+    from relaybox.server import prom, tracing
+    from relaybox.services.datadir import initialise, prepare
+
+    problem = tracing.check(settings)
+    if problem is not None:
+        raise StartError(problem)
+    tls_ctx = _tls_context(settings)
+    fresh = settings.sqlite_path is not None and not settings.sqlite_path.exists()
+    if fresh or not settings.data_dir.exists():
+        reporter.initialised(initialise(settings))
+    try:
+        prepared = prepare(settings)
+    except RelayError as exc:
+        raise StartError(exc.detail) from None
+    if prepared.admin_token:
+        reporter.admin_token(prepared.admin_token)
+    if prepared.applied:
+        log.info("applied migrations: %s", ", ".join(prepared.applied))
+
+    # Until Sanic installs its own handlers, SIGTERM/SIGINT must still run the cleanup below.
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    embedded: EmbeddedRedis | None = None
+    record = None
+    metrics_dir = None
+    replicator = _start_replication(settings)
+    try:
+        if not settings.redis_url:
+            running = [s for s in live_servers(settings.run_dir) if s.get("redis_socket")]
+            if running:
+                socket = str(running[0]["redis_socket"])
+            else:
+                embedded = EmbeddedRedis(settings.run_dir)
+                socket = embedded.start()
+                embedded.start_watchdog()  # restarts it on the same socket if it dies
+            settings = dataclasses.replace(settings, redis_url=url_from_socket(socket))
+        record = write_server_file(settings.run_dir, {
+            "pid": os.getpid(), "host": settings.host, "port": settings.port,
+            "redis_socket": embedded.socket if embedded else None,
+            "started_at": time.time(), "url": settings.base_url,
+        })
+        # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
+        metrics_dir = prom.prepare_multiprocess(settings.run_dir) \
+            if settings.metrics_enabled else None
+        _run_sanic(settings, tls_ctx, partial(reporter.ready,
+                                              ready_lines(settings, prepared.users)))
+    finally:
+        if replicator is not None:
+            # After the server's last commit: Litestream uploads it before exiting.
+            replicator.stop()
+        if metrics_dir is not None:
+            prom.cleanup_multiprocess(metrics_dir)
+        if record is not None:
+            remove_server_file(record)
+        if embedded is not None:
+            embedded.stop()
+
+
+def _start_replication(settings: Settings) -> Replicator | None:
+    """Litestream beside the server when replication.enabled (docs/backup.md)."""
+    if not settings.replication_enabled:
+        return None
+    from relaybox.errors import RelayError
+    from relaybox.services.replication import Replicator
+
+    replicator = Replicator(settings)
+    try:
+        replicator.start()
+    except RelayError as exc:
+        raise StartError(exc.detail) from None
+    return replicator
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context, checked before anything starts (docs/deployment.md "TLS")."""
+    if not settings.tls_enabled:
+        return None
+    from relaybox.server import tls
+
+    try:
+        return tls.server_context(settings)
+    except tls.TlsError as exc:
+        raise StartError(str(exc)) from None
+
+
+def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None,
+               announce: Callable[[], None]) -> None:
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from relaybox.server import tls
+    from relaybox.server.upgrade import GatewayProtocol
+
+    loader = AppLoader(factory=partial(_make_app, settings))
+    app = loader.load()
+    kwargs: dict[str, Any] = dict(host=settings.host, port=settings.port, access_log=False,
+                                  motd=False, single_process=settings.workers == 1,
+                                  protocol=GatewayProtocol)
+    if tls_ctx is not None:
+        # One process: our context, reloaded in place. Worker processes build their own
+        # from the files (a context cannot be handed to another process).
+        kwargs["ssl"] = tls_ctx if settings.workers == 1 else {
+            "cert": settings.tls_cert_file, "key": settings.tls_key_file}
+    if settings.workers > 1:
+        kwargs["workers"] = settings.workers
+
+    def ready(*_: object) -> None:
+        announce()
+
+    # Once, when connections are accepted: by the one process, or by the main process
+    # once its workers are up.
+    if settings.workers == 1:
+        app.after_server_start(ready)
+    else:
+        app.main_process_ready(ready)
+
+    def on_hup(signum: int, _frame: object) -> None:
+        if tls_ctx is None:
+            log.info("SIGHUP: no TLS certificate to reload")
+        elif settings.workers == 1:
+            tls.reload(tls_ctx, settings)
+        else:
+            log.info("SIGHUP: restarting the workers to load the TLS certificate again")
+            app.manager.restart()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    app.prepare(**kwargs)
+    if settings.workers == 1:
+        Sanic.serve_single(primary=app)
+    else:
+        Sanic.serve(primary=app, app_loader=loader)
