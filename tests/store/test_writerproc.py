@@ -160,3 +160,28 @@ async def test_a_prestarted_writer_process_nobody_took_exits_quietly(
     writerproc.discard_prestarted()
     assert proc.returncode == 0
     assert "error" not in capfd.readouterr().err
+
+
+def note_setup(spec: dict[str, Any]) -> None:
+    """A set-up handed to the writer process (it crosses by name, as the server's does)."""
+    Path(spec["note"]).write_text(f"{os.getpid()} {spec['log_level']}")
+
+
+async def test_the_set_up_it_is_handed_runs_in_the_writer_process_first(
+        db: pw.Database, tmp_path: Path) -> None:
+    note = tmp_path / "setup-ran"
+    w = Writer(db, {**spec_for(db), "note": str(note)}, setup=note_setup)
+    try:
+        await w.log.ready()
+        assert note.read_text() == f"{w.pid()} warning"
+    finally:
+        await w.stop()
+
+
+async def test_a_set_up_that_cannot_be_found_stops_the_writer_process_with_its_reason(
+        db: pw.Database, capfd: pytest.CaptureFixture[str]) -> None:
+    w = Writer(db, {**spec_for(db), "setup": "tests.store.test_writerproc:no_such_setup"})
+    with pytest.raises(WriterGone, match="could not open the database"):
+        await w.log.ready()
+    await w.stop()
+    assert "set-up 'tests.store.test_writerproc:no_such_setup'" in capfd.readouterr().err
