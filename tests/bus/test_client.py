@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,13 +42,29 @@ class Listener:
         self.bus.start_listening(lambda channel, data: self.got.put_nowait((channel, data)),
                                  channels)
 
+    async def watch(self, channel: str) -> None:
+        """Subscribe to ``channel`` and wait for Redis to confirm it: every earlier
+        subscription is confirmed then too (Redis answers a connection's commands in
+        order)."""
+        await asyncio.wait_for(self.bus.watch(channel), 10)
+
     async def confirmed(self) -> None:
-        """Once a channel watched now is confirmed, so is every earlier subscription (Redis
-        answers a connection's commands in order)."""
-        await asyncio.wait_for(self.bus.watch("relaybox:test:fence"), 10)
+        await self.watch("relaybox:test:fence")
 
     async def next(self) -> tuple[str, bytes]:
         return await asyncio.wait_for(self.got.get(), 10)
+
+
+@contextlib.asynccontextmanager
+async def listening(url: str, node_id: str, channels: tuple[str, ...] | None = None
+                    ) -> AsyncIterator[Listener]:
+    """A Listener whose subscriptions are confirmed; closed on the way out."""
+    listener = Listener(url, node_id, channels)
+    try:
+        await listener.confirmed()
+        yield listener
+    finally:
+        await listener.bus.close()
 
 
 @pytest.fixture
@@ -59,9 +76,7 @@ async def publisher(redis_url: str) -> AsyncIterator[Bus]:
 
 async def test_publish_and_publish_many_reach_the_listener_in_order(
         redis_url: str, publisher: Bus) -> None:
-    listener = Listener(redis_url, "n2", channels=("a", "b"))
-    try:
-        await listener.confirmed()
+    async with listening(redis_url, "n2", channels=("a", "b")) as listener:
         assert await publisher.publish("a", b"1")
         assert await publisher.publish_many([("b", b"2"), ("a", b"3")])
         assert await publisher.publish_many([("b", b"4")])
@@ -70,26 +85,20 @@ async def test_publish_and_publish_many_reach_the_listener_in_order(
             ("a", b"1"), ("b", b"2"), ("a", b"3"), ("b", b"4")]
         # Messages on any channel but a user's events channel count as control.
         assert listener.bus.received == {"events": 0, "control": 4}
-    finally:
-        await listener.bus.close()
 
 
 async def test_a_control_notice_names_its_kind_and_the_sending_node(
         redis_url: str, publisher: Bus) -> None:
-    listener = Listener(redis_url, "n2")
-    sync = SyncBus(redis_url)
-    try:
-        await listener.confirmed()
-        assert await publisher.publish_control("node_up", devices=["d1"])
-        channel, data = await listener.next()
-        assert channel == CONTROL_CHANNEL
-        assert decode_control(data) == {"kind": "node_up", "node": "pub", "devices": ["d1"]}
-        assert sync.publish_control("revoke", device_id="d1") >= 1  # heard
-        assert decode_control((await listener.next())[1]) == {
-            "kind": "revoke", "node": "cli", "device_id": "d1"}
-    finally:
-        sync.close()
-        await listener.bus.close()
+    with contextlib.closing(SyncBus(redis_url)) as sync:
+        async with listening(redis_url, "n2") as listener:
+            assert await publisher.publish_control("node_up", devices=["d1"])
+            channel, data = await listener.next()
+            assert channel == CONTROL_CHANNEL
+            assert decode_control(data) == {"kind": "node_up", "node": "pub",
+                                            "devices": ["d1"]}
+            assert sync.publish_control("revoke", device_id="d1") >= 1  # heard
+            assert decode_control((await listener.next())[1]) == {
+                "kind": "revoke", "node": "cli", "device_id": "d1"}
 
 
 async def test_a_publish_that_redis_refuses_is_false_and_warned_once_per_outage(
@@ -116,44 +125,34 @@ async def test_a_publish_that_redis_refuses_is_false_and_warned_once_per_outage(
 
 async def test_a_watched_channel_is_heard_from_its_confirmation_until_unwatched(
         redis_url: str, publisher: Bus) -> None:
-    listener = Listener(redis_url, "n2")
     channel = events_channel("u1")
-    try:
-        await listener.confirmed()
-        await asyncio.wait_for(listener.bus.watch(channel), 10)
+    async with listening(redis_url, "n2") as listener:
+        await listener.watch(channel)
         assert await publisher.subscribers(channel) == 1
         assert await publisher.publish(channel, b"x")
         assert await listener.next() == (channel, b"x")
         assert listener.bus.received["events"] == 1
         listener.bus.unwatch(channel)
         # The unsubscribe goes first on the same connection: confirmed after it.
-        await asyncio.wait_for(listener.bus.watch("relaybox:test:after"), 10)
+        await listener.watch("relaybox:test:after")
         assert await publisher.subscribers(channel) == 0
-    finally:
-        await listener.bus.close()
 
 
 async def test_a_channel_unwatched_before_its_subscription_was_sent_is_cancelled(
         redis_url: str) -> None:
-    listener = Listener(redis_url, "n2")
-    try:
-        await listener.confirmed()
+    async with listening(redis_url, "n2") as listener:
         waiter = listener.bus.watch("relaybox:test:x")
         listener.bus.unwatch("relaybox:test:x")
         await asyncio.wait([waiter], timeout=10)
         assert waiter.cancelled()
         await listener.bus.watched()  # nothing left to wait for
-    finally:
-        await listener.bus.close()
 
 
 async def test_watched_channels_are_subscribed_again_after_a_lost_connection(
         redis_url: str, publisher: Bus) -> None:
-    listener = Listener(redis_url, "n3")
     channel = events_channel("u2")
-    try:
-        await listener.confirmed()
-        await asyncio.wait_for(listener.bus.watch(channel), 10)
+    async with listening(redis_url, "n3") as listener:
+        await listener.watch(channel)
         again = asyncio.Event()
         listener.bus.on_subscribed = again.set
         await listener.bus._pubsub.connection.disconnect()
@@ -163,8 +162,6 @@ async def test_watched_channels_are_subscribed_again_after_a_lost_connection(
         assert await publisher.node_alive("n3")
         assert await publisher.publish(channel, b"y")
         assert await listener.next() == (channel, b"y")
-    finally:
-        await listener.bus.close()
 
 
 async def test_counters_nonces_and_locks(redis_url: str, publisher: Bus) -> None:
@@ -175,10 +172,7 @@ async def test_counters_nonces_and_locks(redis_url: str, publisher: Bus) -> None
     assert 0 < await publisher.redis.ttl("relaybox:test:count") <= 60
     assert await publisher.remember_once("relaybox:test:nonce", 60) is True
     assert await publisher.remember_once("relaybox:test:nonce", 60) is False
-    sync = SyncBus(redis_url)
-    try:
+    with contextlib.closing(SyncBus(redis_url)) as sync:
         assert sync.ping()
         assert sync.acquire_lock("job", 60) is True
         assert sync.acquire_lock("job", 60) is False  # held until it expires
-    finally:
-        sync.close()
