@@ -143,9 +143,11 @@ def run(argv: list[str], setup: Setup | None = None) -> int:
     try:
         setup = setup or _named_setup(spec)
     except (ImportError, AttributeError) as exc:
-        sock.close()
+        # Said before the socket closes: the server gives up on a writer process that
+        # closes it unready, and may kill it then.
         print(f"error: relaybox writer process: set-up {spec.get('setup')!r}: {exc}",
               file=sys.stderr)
+        sock.close()
         return 1
     if setup is not None:
         setup(spec)
