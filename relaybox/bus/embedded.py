@@ -61,8 +61,10 @@ class EmbeddedRedis:
         if server is None:
             return
         pid = server.pid
-        with contextlib.suppress(Exception):
-            server.shutdown(save=False, now=True, force=True)
+        path = getattr(server, "socket_file", None)
+        if path:
+            with contextlib.suppress(OSError):
+                _shutdown_nosave(str(path))
         if pid:
             for _ in range(50):
                 if not _running(pid):
@@ -154,6 +156,18 @@ class EmbeddedRedis:
             if time.monotonic() > deadline or self._watch_stop.is_set():
                 raise RuntimeError("redis-server did not open its socket")
             time.sleep(0.05)
+
+
+def _shutdown_nosave(socket_path: str) -> None:
+    """SHUTDOWN NOSAVE over a plain socket: the form every Redis since 2.x accepts (the
+    NOW and FORCE flags are Redis 7; the bundled 6.2 refuses them), and no client that
+    retries against the socket that has just gone away."""
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(socket_path)
+        sock.sendall(b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n")
+        while sock.recv(256):  # an error reply, or EOF once the server has exited
+            pass
 
 
 def read_pid_file(path: str) -> int | None:
