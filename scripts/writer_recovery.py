@@ -44,7 +44,7 @@ def _writer_pid(server_pid: int) -> int:
     for task in Path(f"/proc/{server_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             with contextlib.suppress(OSError):
-                if b"relaybox.server.writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"relaybox.store.writer_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                     return int(child)
     raise RuntimeError("no writer process")
 
