@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL_PREFIX, Bus, events_channel
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
+from relaybox.server.gateway.buckets import PublishBuckets
 from relaybox.server.gateway.devicekeys import DeviceKeys
 from relaybox.server.gateway.peers import Peers
-from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
+from relaybox.server.gateway.ring import Ring
+from relaybox.server.ratelimit import SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
 from relaybox.services.fanout import decode_control, decode_events, encode_by_user
 from relaybox.store.eventlog import StoredEvent
@@ -26,39 +27,6 @@ log = logging.getLogger("relaybox.gateway")
 
 #: Runs a blocking read in the reader pool (``EventLog.read``).
 Reader = Callable[..., Awaitable[Any]]
-
-RING_SIZE = 1024  # recent events kept per stream so a lagging session resumes without a read
-
-
-class Ring:
-    """The newest events of one stream, contiguous in seq."""
-
-    __slots__ = ("events",)
-
-    def __init__(self) -> None:
-        self.events: deque[StoredEvent] = deque(maxlen=RING_SIZE)
-
-    def add(self, ev: StoredEvent) -> None:
-        if self.events and ev.seq != self.events[-1].seq + 1:
-            if ev.seq <= self.events[-1].seq:
-                return
-            self.events.clear()
-        self.events.append(ev)
-
-    def after(self, seq: int, limit: int) -> list[StoredEvent] | None:
-        """Events with seq > ``seq`` (up to ``limit``), or None when the ring cannot tell."""
-        if not self.events:
-            return None
-        first = self.events[0].seq
-        if seq + 1 < first:
-            return None
-        start = seq + 1 - first
-        if start >= len(self.events):
-            return []
-        out = []
-        for i in range(start, min(len(self.events), start + limit)):
-            out.append(self.events[i])
-        return out
 
 
 class Hub:
@@ -85,9 +53,8 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics: Any = None
         # Publish rate buckets by device, while in use and until full again.
-        self.buckets: dict[str, TokenBucket | SharedBucket] = {}
-        # Shared buckets giving their leased tokens back, by device: a hand-over waits.
-        self._releases: dict[str, asyncio.Task[None]] = {}
+        self.rates = PublishBuckets(bus, self.peers, lambda d: d in self.by_device,
+                                    self._tasks)
         # Keys of devices that authenticated here (revocation notices forget them).
         self.keys = DeviceKeys()
         # The database re-check of live sessions' devices (protocol.md §5 Revocation).
@@ -118,7 +85,7 @@ class Hub:
             self._drop(session)
             if session.ready:  # its `online` was announced
                 self._presence(session.user_id, session.device_id, False)
-            self._forget_bucket(session.device_id)
+            self.rates.forget(session.device_id)
             # Until its acks are stored, another process taking the device over must
             # still wait for it (protocol.md §3 Delivery): see on_control "session".
             self.winding_down[session.device_id] = session
@@ -131,61 +98,11 @@ class Hub:
             if self.winding_down.get(session.device_id) is session:
                 del self.winding_down[session.device_id]
 
-    # -- publish rate ------------------------------------------------------------
+    # -- publish rate (buckets.py) ------------------------------------------------
     def bucket_for(self, device_id: str, rate: float, burst: int
                    ) -> TokenBucket | SharedBucket:
-        """The device's publish bucket (protocol.md §7: the rate is per device). It
-        outlives the session: reconnecting does not refill it. While other processes
-        listen it is leased from Redis (``SharedBucket``), so that moving to another
-        node does not refill it either; a process alone keeps it here."""
-        if rate <= 0:
-            return UNLIMITED
-        bucket = self.buckets.get(device_id)
-        if self.bus is not None and self.peers.present and not isinstance(bucket,
-                                                                           SharedBucket):
-            # What is left of a bucket kept here before peers came carries over.
-            init = None if bucket is None else burst - bucket.until_full() * rate
-            bucket = self.buckets[device_id] = SharedBucket(
-                rate, burst, self._lease_for(device_id, rate, burst), init=init)
-        elif bucket is None:
-            bucket = self.buckets[device_id] = TokenBucket(rate, burst)
-        return bucket
-
-    def _lease_for(self, device_id: str, rate: float, burst: int) -> Any:
-        bus = self.bus
-        assert bus is not None
-        key = f"relaybox:publish_rate:{device_id}"
-
-        def lease(want: float, init: float | None) -> Awaitable[tuple[int, float]]:
-            return bus.lease_tokens(key, rate, burst, want, init)
-
-        return lease
-
-    def _forget_bucket(self, device_id: str) -> None:
-        """Drop an unused bucket once it is full again: a new one would be the same. Until
-        then it stays, so memory holds at most the devices of the last few seconds. A
-        shared bucket lives in Redis: it gives its leased tokens back and goes at once."""
-        bucket = self.buckets.get(device_id)
-        if bucket is None or device_id in self.by_device:
-            return
-        if isinstance(bucket, SharedBucket):
-            del self.buckets[device_id]
-            task = asyncio.get_running_loop().create_task(bucket.release())
-            self._releases[device_id] = task
-            self._tasks.add(task)
-
-            def done(t: asyncio.Task[None]) -> None:
-                self._tasks.discard(t)
-                if self._releases.get(device_id) is t:
-                    del self._releases[device_id]
-
-            task.add_done_callback(done)
-            return
-        wait = bucket.until_full()
-        if wait <= 0:
-            del self.buckets[device_id]
-        else:
-            asyncio.get_running_loop().call_later(wait, self._forget_bucket, device_id)
+        """The device's publish bucket (protocol.md §7: the rate is per device)."""
+        return self.rates.bucket_for(device_id, rate, burst)
 
     def _presence(self, user_id: str, device_id: str, online: bool) -> None:
         """Tell the user's other live sessions, here and on other processes (§3)."""
@@ -454,10 +371,7 @@ class Hub:
         if session is not None:
             await session.finished.wait()
             # Its unspent publish tokens are back in Redis before the device goes on there.
-            release = self._releases.get(session.device_id)
-            if release is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(release), 1.0)
+            await self.rates.released(session.device_id)
         if self.bus is not None:
             await self.bus.publish_control("session_done", to=node, session_id=session_id)
 
