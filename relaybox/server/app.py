@@ -19,12 +19,13 @@ from relaybox.errors import Unavailable
 from relaybox.jobs import scheduler
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import uuid7
-from relaybox.server import autoroutes, logs, metrics, tracing, webapp
+from relaybox.server import autoroutes, webapp
 from relaybox.server.context import ServerContext
 from relaybox.server.errors import access_log, handle_error
 from relaybox.server.errors import request_id as assign_request_id
 from relaybox.server.gateway import Session
 from relaybox.server.gateway.hub import Hub
+from relaybox.server.observability import health, logs, metrics_http, tracing
 from relaybox.server.upgrade import raise_open_file_limit
 from relaybox.services import identity
 from relaybox.store.db import open_database
@@ -156,7 +157,10 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
 
     register_blueprints(app)
     webapp.install(app)
-    metrics.install(app, settings)
+    # Observability, each part explicitly; health before metrics, which read its monitor.
+    logs.install(app, settings)
+    health.install(app, settings)
+    metrics_http.install(app, settings)
     tracing.install(app, settings)
     autoroutes.add_head_and_options(app)  # last: every route is known by now
     return app

@@ -75,7 +75,7 @@ class _StartupNoise(logging.Filter):
 
 
 def setup_logging(settings: Settings) -> None:
-    from relaybox.server.logs import configure
+    from relaybox.server.observability.logs import configure
 
     configure(settings)
     _quiet_startup(settings)
@@ -143,7 +143,7 @@ def _serve(settings: Settings, reporter: Reporter) -> None:
         write_server_file,
     )
     from relaybox.errors import RelayError
-    from relaybox.server import prom, tracing
+    from relaybox.server.observability import prom, tracing
     from relaybox.services.datadir import initialise, prepare
 
     problem = tracing.check(settings)

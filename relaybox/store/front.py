@@ -38,7 +38,7 @@ log = logging.getLogger("relaybox.store")
 
 
 class EventLogObserver(Protocol):
-    """Explicit hooks for whoever watches the event log (server/tracing.py)."""
+    """Explicit hooks for whoever watches the event log (server/observability/tracing.py)."""
 
     def publishing(self, req: PublishRequest) -> Callable[[PublishResult], None]:
         """A publish enters the log; the function returned is called with its result,

@@ -438,7 +438,7 @@ def test_server_log_lines_are_inert(name: str) -> None:
     """A log message that carries peer text cannot act on the terminal nor forge a line."""
     import logging
 
-    from relaybox.server.logs import PlainFormatter
+    from relaybox.server.observability.logs import PlainFormatter
 
     record = logging.LogRecord("relaybox.test", logging.INFO, __file__, 1,
                                "refused %s", (name + "\nFAKE ERROR line",), None)

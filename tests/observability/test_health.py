@@ -12,7 +12,13 @@ import peewee as pw
 import pytest
 
 from relaybox.server.gateway.hub import Hub
-from relaybox.server.health import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, HealthMonitor
+from relaybox.server.observability.health import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CircuitBreaker,
+    HealthMonitor,
+)
 from relaybox.store.db import make_sqlite
 from relaybox.store.eventlog import EventLog
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from relaybox.config import load_settings
-from relaybox.server import logs
+from relaybox.server.observability import logs
 from tests.observability.helpers import Device, start_server, stop_server, wait_until
 from tests.support import DeviceKey, Gw, seed
 

@@ -13,10 +13,10 @@ import pytest
 
 from relaybox.config import Settings, load_settings
 from relaybox.jobs.scheduler import JobScheduler
-from relaybox.server import prom
 from relaybox.server.gateway.hub import Hub
-from relaybox.server.metrics import Metrics
-from relaybox.server.prom import MULTIPROC_ENV
+from relaybox.server.observability import prom
+from relaybox.server.observability.metrics import Metrics
+from relaybox.server.observability.prom import MULTIPROC_ENV
 from relaybox.store.db import open_database
 from relaybox.store.eventlog import StoredEvent
 from tests.observability.helpers import parse, value
@@ -40,7 +40,7 @@ def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def test_deliveries_are_bucketed_like_observations(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import relaybox.server.metrics as metrics_module
+    import relaybox.server.observability.metrics as metrics_module
 
     m = _metrics(_settings(tmp_path))
     now_ms = time.time() * 1000

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sanic import Sanic
 
 from relaybox.config import load_settings
-from relaybox.server import logs, tracing
 from relaybox.server.app import create_app
+from relaybox.server.observability import logs, tracing
 from tests.observability.helpers import Device, await_until, start_server, stop_server
 from tests.support import DeviceKey, Server, free_port, seed
 
@@ -132,7 +132,7 @@ def test_tracing_off_loads_no_tracing_sdk(tmp_path: Path) -> None:
     code = f"""
 import sys
 from relaybox.config import load_settings
-from relaybox.server import tracing
+from relaybox.server.observability import tracing
 from relaybox.server.app import create_app
 create_app(load_settings({str(tmp_path)!r}, env={{}}))
 span = tracing.publish_span("s", "id")

@@ -263,7 +263,7 @@ def damaged_header(db: Path) -> Iterator[None]:
 
     The WAL is checkpointed first so that page 1 is read from the file: the writer's next
     transaction then fails with "file is not a database", the health monitor's write probe
-    keeps failing, and relaybox_database_up drops to 0 (relaybox/server/health.py).
+    keeps failing, and relaybox_database_up drops to 0 (relaybox/server/observability/health.py).
     """
     import sqlite3
 

@@ -51,7 +51,7 @@ async def _parts(request: Request) -> tuple[bool, bool]:
     ctx: ServerContext = request.app.ctx.relay
     monitor = getattr(request.app.ctx, "health", None)
     if monitor is not None:
-        # Through the circuit breakers (server/health.py): a part known to be down is
+        # Through the circuit breakers (server/observability/health.py): a part known to be down is
         # reported at once instead of waiting on it again.
         snap = await monitor.check()
         return snap.database, snap.redis

@@ -15,8 +15,8 @@ from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.frames import error_frame, welcome_frame
 from relaybox.protocol.handshake import UNKNOWN_DEVICE_KEY, Handshake
 from relaybox.protocol.messages import parse_message
-from relaybox.server import logs
 from relaybox.server.gateway.receive import Closing
+from relaybox.server.observability import logs
 from relaybox.server.ratelimit import SharedBucket, TokenBucket
 from relaybox.store import queries
 

@@ -19,11 +19,11 @@ from relaybox.protocol.delivery import DeliveryState
 from relaybox.protocol.encoding import uuid7
 from relaybox.protocol.errors import ProtocolError
 from relaybox.protocol.frames import error_frame
-from relaybox.server import logs
 from relaybox.server.gateway.connection import GatewayConnection, adopt
 from relaybox.server.gateway.delivery import Delivery
 from relaybox.server.gateway.handshake import HandshakeSteps
 from relaybox.server.gateway.receive import Closing, Receive
+from relaybox.server.observability import logs
 from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from sanic import HTTPResponse, Request, Sanic
 
 from relaybox import __version__
 from relaybox.config import Settings
-from relaybox.server import logs
+from relaybox.server.observability import logs
 from relaybox.store.events import PublishRequest, PublishResult, StoredEvent
 
 log = logging.getLogger("relaybox.server")
