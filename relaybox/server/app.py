@@ -29,7 +29,7 @@ from relaybox.server.observability import health, logs, metrics_http, tracing
 from relaybox.server.upgrade import raise_open_file_limit
 from relaybox.services import identity
 from relaybox.store.db import open_database
-from relaybox.store.eventlog import EventLog
+from relaybox.store.front import EventLog
 from relaybox.store.quotas import Quotas
 from relaybox.store.writerproc import ProcessEventLog, database_spec
 

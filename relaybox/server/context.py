@@ -14,7 +14,7 @@ from relaybox.bus import Bus
 from relaybox.config import Settings
 from relaybox.server.gateway.hub import Hub
 from relaybox.services.notify import Change, Notifier
-from relaybox.store.eventlog import EventLog
+from relaybox.store.front import EventLog
 
 log = logging.getLogger("relaybox.server")
 

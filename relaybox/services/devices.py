@@ -11,8 +11,9 @@ import peewee as pw
 from relaybox.errors import Forbidden, InvalidInput, NotFound
 from relaybox.protocol.encoding import check_name, dumps, format_ts, now_ms, parse_uuid, uuid7
 from relaybox.services.notify import Change
+from relaybox.store.append import append_now
 from relaybox.store.db import write_transaction
-from relaybox.store.eventlog import Accepted, PublishRequest, StoredEvent, append_now
+from relaybox.store.events import Accepted, PublishRequest, StoredEvent
 from relaybox.store.models import Device, User
 
 DEVICES_STREAM = "sys.devices"

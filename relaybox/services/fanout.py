@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from relaybox.bus import Row, decode_rows, encode_rows_by_user
 from relaybox.bus import decode_control as decode_control  # re-exported for the hub
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 
 
 def _row(e: StoredEvent) -> Row:

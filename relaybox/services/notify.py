@@ -11,7 +11,7 @@ import orjson
 from relaybox.bus import BUS_ERRORS, CONTROL_CHANNEL, SyncBus, redis_url_for
 from relaybox.config import Settings
 from relaybox.services.fanout import encode_by_user
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 
 #: The node id of messages sent from outside a server process (CLI commands, jobs).
 OUTSIDE = "cli"

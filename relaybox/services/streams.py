@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from relaybox.errors import (
     Conflict,
     Forbidden,
@@ -18,7 +20,7 @@ from relaybox.protocol.encoding import dumps, format_ts, is_valid_stream
 from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.messages import Publish, parse_message
 from relaybox.store import queries
-from relaybox.store.eventlog import (
+from relaybox.store.events import (
     Accepted,
     Conflicted,
     PublishRequest,
@@ -41,8 +43,15 @@ class EventsPage:
     floor_seq: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"events": [e.as_json() for e in self.events], "head_seq": self.head_seq,
+        return {"events": [event_json(e) for e in self.events], "head_seq": self.head_seq,
                 "floor_seq": self.floor_seq}
+
+
+def event_json(ev: StoredEvent) -> dict[str, Any]:
+    """An event as the REST API shows it (api.md §3 Routes, Streams)."""
+    return {"type": "event", "stream": ev.stream, "seq": ev.seq, "id": ev.id,
+            "from": ev.device_id, "key": ev.key, "ts": ev.ts_text,
+            "body": orjson.loads(ev.body) if ev.body else None}
 
 
 def require_stream(name: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from relaybox.protocol.encoding import format_ts
 
@@ -31,13 +30,6 @@ class StoredEvent:
         if self._ts_text is None:
             self._ts_text = format_ts(self.ts)
         return self._ts_text
-
-    def as_json(self) -> dict[str, Any]:
-        import orjson
-
-        return {"type": "event", "stream": self.stream, "seq": self.seq, "id": self.id,
-                "from": self.device_id, "key": self.key, "ts": self.ts_text,
-                "body": orjson.loads(self.body) if self.body else None}
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from relaybox.server.observability.health import (
     HealthMonitor,
 )
 from relaybox.store.db import make_sqlite
-from relaybox.store.eventlog import EventLog
+from relaybox.store.front import EventLog
 
 
 class Clock:

@@ -18,7 +18,7 @@ from relaybox.server.observability import prom
 from relaybox.server.observability.metrics import Metrics
 from relaybox.server.observability.prom import MULTIPROC_ENV
 from relaybox.store.db import open_database
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 from tests.observability.helpers import parse, value
 from tests.support import seed
 

@@ -18,8 +18,9 @@ from relaybox.config import load_settings
 from relaybox.services import backup, restore
 from relaybox.services.backup import BackupError
 from relaybox.store import migrate
+from relaybox.store.append import append_now
 from relaybox.store.db import open_database
-from relaybox.store.eventlog import PublishRequest, append_now
+from relaybox.store.events import PublishRequest
 from relaybox.store.models import Event
 from tests.cli.helpers import assert_error, run, run_json
 from tests.support import seed

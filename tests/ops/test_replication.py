@@ -132,7 +132,7 @@ def test_at_accepts_iso_times_and_unix_seconds() -> None:
 
 def test_replicated_connections_never_checkpoint(tmp_path: Path) -> None:
     from relaybox.store.db import make_database
-    from relaybox.store.eventlog import EventLog
+    from relaybox.store.front import EventLog
 
     s = load_settings(tmp_path, env=_env(tmp_path / "replica"))
     db = make_database(s)

@@ -12,8 +12,9 @@ import pytest
 
 from relaybox.config import Settings, load_settings
 from relaybox.services import retention
+from relaybox.store.append import append_now
 from relaybox.store.db import open_database
-from relaybox.store.eventlog import PublishRequest, append_now
+from relaybox.store.events import PublishRequest
 from relaybox.store.models import Event, PairingCode, RefreshToken, StreamHead
 from tests.cli.helpers import collect, run, run_json
 from tests.support import DeviceKey, Gw, Server, seed

@@ -16,8 +16,9 @@ from relaybox.bus import EmbeddedRedis, SyncBus, url_from_socket
 from relaybox.config import Settings, load_settings
 from relaybox.jobs import scheduler
 from relaybox.jobs.scheduler import JobScheduler
+from relaybox.store.append import append_now
 from relaybox.store.db import open_database
-from relaybox.store.eventlog import PublishRequest, append_now
+from relaybox.store.events import PublishRequest
 from relaybox.store.models import Event
 from tests.support import seed
 

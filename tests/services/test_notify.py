@@ -11,7 +11,7 @@ from relaybox.bus import CONTROL_CHANNEL, events_channel
 from relaybox.config import load_settings
 from relaybox.services.fanout import decode_events
 from relaybox.services.notify import Change, Notifier, bus_messages, tell_running_servers
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 
 
 def event(user_id: str, seq: int) -> StoredEvent:

@@ -16,7 +16,7 @@ from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState
 from relaybox.protocol.messages import Ack
 from relaybox.server.eventframe import Framed, event_frame_of
 from relaybox.store import queries
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext

@@ -18,7 +18,7 @@ from relaybox.server.gateway.ring import Ring
 from relaybox.server.ratelimit import SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
 from relaybox.services.fanout import decode_control, decode_events, encode_by_user
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 
 if TYPE_CHECKING:
     from relaybox.server.gateway.session import Session

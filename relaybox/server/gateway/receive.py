@@ -12,7 +12,7 @@ from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.frames import ack_frame, error_frame, nack_frame, pong_frame
 from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
 from relaybox.server.ratelimit import SharedBucket, TokenBucket
-from relaybox.store.eventlog import Accepted, Conflicted, PublishRequest, PublishResult, Refused
+from relaybox.store.events import Accepted, Conflicted, PublishRequest, PublishResult, Refused
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from relaybox.store.eventlog import StoredEvent
+from relaybox.store.events import StoredEvent
 
 RING_SIZE = 1024  # recent events kept per stream so a lagging session resumes without a read
 
