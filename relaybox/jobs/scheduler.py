@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import peewee as pw
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -151,7 +151,20 @@ class JobScheduler:
             self.db.close()
 
 
-async def start(ctx: Any) -> None:
+class SchedulerHost(Protocol):
+    """What the jobs need of a server process (server/context.py ``ServerContext``)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def db(self) -> pw.Database: ...
+    @property
+    def bus(self) -> object | None: ...  # only whether there is one: jobs lock through Redis
+
+    scheduler: JobScheduler | None
+
+
+async def start(ctx: SchedulerHost) -> None:
     """Start the jobs for this server process (ctx is the ServerContext)."""
     lock_url = ctx.settings.redis_url if ctx.bus is not None else None
     sched = JobScheduler(ctx.settings, ctx.db, lock_url=lock_url or None)
@@ -159,8 +172,8 @@ async def start(ctx: Any) -> None:
     ctx.scheduler = sched
 
 
-async def stop(ctx: Any) -> None:
+async def stop(ctx: SchedulerHost) -> None:
     """Stop the jobs, letting a running one finish off the event loop."""
-    sched: JobScheduler | None = getattr(ctx, "scheduler", None)
+    sched = ctx.scheduler
     if sched is not None:
         await asyncio.get_running_loop().run_in_executor(None, sched.stop)

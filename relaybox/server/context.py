@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import peewee as pw
 
@@ -14,9 +15,31 @@ from relaybox.bus import Bus
 from relaybox.config import Settings
 from relaybox.server.gateway.hub import Hub
 from relaybox.services.notify import Change, Notifier
+from relaybox.store.events import StoredEvent
 from relaybox.store.front import EventLog
 
+if TYPE_CHECKING:
+    from relaybox.jobs.scheduler import JobScheduler
+    from relaybox.server.observability.health import HealthMonitor
+
 log = logging.getLogger("relaybox.server")
+
+T = TypeVar("T")
+
+
+class MetricsHooks(Protocol):
+    """What the gateway and the event log call on the metrics (observability/metrics.py
+    ``Metrics`` is the one implementation; None when metrics are off)."""
+
+    def handshake(self, result: str) -> None: ...
+    def session_opened(self) -> None: ...
+    def session_closed(self, code: int | None) -> None: ...
+    def connection_limited(self, limit: str) -> None: ...
+    def outbox_overflow(self) -> None: ...
+    def key_lookup(self, source: str) -> None: ...
+    def nacked(self, code: str) -> None: ...
+    def delivered(self, event: StoredEvent) -> None: ...
+    def batch(self, size: int, seconds: float) -> None: ...
 
 
 @dataclass
@@ -29,9 +52,9 @@ class ServerContext:
     server_id: str
     node_id: str
     started_at: float = field(default_factory=time.time)
-    metrics: Any = None
-    scheduler: Any = None
-    health: Any = None
+    metrics: MetricsHooks | None = None
+    scheduler: JobScheduler | None = None
+    health: HealthMonitor | None = None
     _local_failures: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     # -- handshake failure limit (protocol.md §2), shared through Redis ------------------
@@ -68,6 +91,6 @@ class ServerContext:
         """Relay notices of a service write here and on every other process."""
         await Notifier(self.bus, hub=self.hub, node_id=self.node_id).notify(change)
 
-    async def run_sync(self, fn: Any, *args: Any) -> Any:
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking service code off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self.eventlog.readers, fn, *args)

@@ -6,22 +6,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL_PREFIX, Bus, events_channel
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
 from relaybox.server.gateway.buckets import PublishBuckets
 from relaybox.server.gateway.devicekeys import DeviceKeys
+from relaybox.server.gateway.interfaces import HubSession
 from relaybox.server.gateway.peers import Peers
 from relaybox.server.gateway.ring import Ring
 from relaybox.server.ratelimit import SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
 from relaybox.services.fanout import decode_control, decode_events, encode_by_user
 from relaybox.store.events import StoredEvent
-
-if TYPE_CHECKING:
-    from relaybox.server.gateway.session import Session
 
 log = logging.getLogger("relaybox.gateway")
 
@@ -41,9 +39,9 @@ class Hub:
         # node_here notices), and handshakes waiting for such a session to wind down.
         self.remote: dict[str, str] = {}
         self._handovers: dict[str, asyncio.Future[None]] = {}
-        self.by_device: dict[str, Session] = {}
-        self.winding_down: dict[str, Session] = {}  # ended here, acks not yet stored
-        self.by_user: dict[str, set[Session]] = {}
+        self.by_device: dict[str, HubSession] = {}
+        self.winding_down: dict[str, HubSession] = {}  # ended here, acks not yet stored
+        self.by_user: dict[str, set[HubSession]] = {}
         # The user's events channel, subscribed while the user has a session here: done
         # once Redis confirmed it (every event committed elsewhere from then on arrives).
         self._listening: dict[str, asyncio.Future[None]] = {}
@@ -51,7 +49,6 @@ class Hub:
         self._pending_bus: list[StoredEvent] = []
         self._bus_flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.metrics: Any = None
         # Publish rate buckets by device, while in use and until full again.
         self.rates = PublishBuckets(bus, self.peers, lambda d: d in self.by_device,
                                     self._tasks)
@@ -61,7 +58,7 @@ class Hub:
         self._revocation_checks: asyncio.Task[None] | None = None
 
     # -- sessions ----------------------------------------------------------------
-    def register(self, session: Session) -> Session | None:
+    def register(self, session: HubSession) -> HubSession | None:
         """Add a session; return the one it replaces (same device), if any. The user's
         other devices hear of it from ``announce_online`` once the session is welcomed."""
         old = self.by_device.get(session.device_id)
@@ -75,12 +72,12 @@ class Hub:
                                 session.ctx.eventlog.read)
         return old
 
-    def announce_online(self, session: Session) -> None:
+    def announce_online(self, session: HubSession) -> None:
         """The session was welcomed: tell the user's other live sessions (§3)."""
         if self.by_device.get(session.device_id) is session:
             self._presence(session.user_id, session.device_id, True)
 
-    def unregister(self, session: Session) -> None:
+    def unregister(self, session: HubSession) -> None:
         if self.by_device.get(session.device_id) is session:
             self._drop(session)
             if session.ready:  # its `online` was announced
@@ -91,7 +88,7 @@ class Hub:
             self.winding_down[session.device_id] = session
             self._spawn(self._wound_down(session))
 
-    async def _wound_down(self, session: Session) -> None:
+    async def _wound_down(self, session: HubSession) -> None:
         try:
             await session.finished.wait()
         finally:
@@ -120,7 +117,7 @@ class Hub:
             if peer.device_id != device_id and peer.ready:
                 peer.send(frame)
 
-    def _drop(self, session: Session) -> None:
+    def _drop(self, session: HubSession) -> None:
         if self.by_device.get(session.device_id) is session:
             del self.by_device[session.device_id]
         peers = self.by_user.get(session.user_id)
@@ -308,7 +305,7 @@ class Hub:
                 self.end_revoked(device_id, user_removed=not revoked)
 
     # -- a device moving between processes (protocol.md §3 Delivery) ------------------------
-    async def replaced_elsewhere(self, session: Session, timeout_s: float = 3.0) -> None:
+    async def replaced_elsewhere(self, session: HubSession, timeout_s: float = 3.0) -> None:
         """Announce ``session`` to the other processes; if one of them held this device,
         wait until its session there is wound down (its acks durable) before returning."""
         if self.bus is None or not self.peers.present:
@@ -361,13 +358,13 @@ class Hub:
             if session.close_code is None:
                 self._spawn(self._reannounce(session))
 
-    async def _reannounce(self, session: Session) -> None:
+    async def _reannounce(self, session: HubSession) -> None:
         if self.bus is not None:
             with contextlib.suppress(Exception):
                 await self.bus.publish_control("session", device_id=session.device_id,
                                                session_id=session.session_id)
 
-    async def _hand_over(self, session: Session | None, node: Any, session_id: Any) -> None:
+    async def _hand_over(self, session: HubSession | None, node: Any, session_id: Any) -> None:
         if session is not None:
             await session.finished.wait()
             # Its unspent publish tokens are back in Redis before the device goes on there.

@@ -20,12 +20,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relaybox import __version__
 from relaybox.config import Settings
 from relaybox.protocol.codes import CLOSE_REASONS, CloseCode
 from relaybox.server.observability import health, metrics_state, prom
+from relaybox.store.events import StoredEvent
+
+if TYPE_CHECKING:
+    from relaybox.server.context import ServerContext
 
 log = logging.getLogger("relaybox.gateway")
 
@@ -54,7 +58,7 @@ class Metrics:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ctx: Any = None
+        self.ctx: ServerContext | None = None
         self.mp_dir: Path | None = None
         self.registry: Any = None
         # Fast-path accumulators, moved into the collectors by flush().
@@ -73,7 +77,7 @@ class Metrics:
         self._task: asyncio.Task[None] | None = None
 
     # -- collectors ------------------------------------------------------------------------
-    def setup(self, ctx: Any = None) -> None:
+    def setup(self, ctx: ServerContext | None = None) -> None:
         """Create the collectors (in the process that serves; ``ctx`` is its ServerContext)."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -200,7 +204,7 @@ class Metrics:
         if code == "rate_limited":
             self.limited("gateway_publish").inc()
 
-    def delivered(self, event: Any) -> None:
+    def delivered(self, event: StoredEvent) -> None:
         # Hot path (once per event and receiver): plain arithmetic only.
         self._delivered += 1
         lat = _now() * 1000.0 - event.ts
@@ -339,7 +343,7 @@ class _LiveCollector:
         out.append(info)
         ctx = self.metrics.ctx
         monitor = health_monitor(ctx)
-        if monitor is not None:
+        if ctx is not None and monitor is not None:
             snap = monitor.snapshot()
             out.append(GaugeMetricFamily("relaybox_database_up",
                                          "1 when the database answers.", value=int(snap.database)))
@@ -371,5 +375,5 @@ def cpu_seconds(pid: int | None = None) -> float:
         return 0.0
 
 
-def health_monitor(ctx: Any) -> health.HealthMonitor | None:
+def health_monitor(ctx: ServerContext | None) -> health.HealthMonitor | None:
     return getattr(ctx, "health", None) if ctx is not None else None

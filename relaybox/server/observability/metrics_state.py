@@ -7,10 +7,13 @@ summarised so that no metric needs a per-device label.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
+
+from relaybox.protocol.delivery import StreamState
+from relaybox.store.events import StoredEvent
 
 SCHEDULER_COUNTS = ("job_runs", "job_failures", "job_skipped")  # relaybox/jobs/scheduler.py
 
@@ -23,6 +26,26 @@ class Lag:
     oldest_s: float  # age of the oldest unacked event
 
 
+class SessionLag(Protocol):
+    """One live session as the lag reader sees it (server/gateway/session.py ``Session``)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def streams(self) -> Mapping[str, StreamState]: ...
+
+
+class SessionsView(Protocol):
+    """The live sessions and recent events of one process (server/gateway/hub.py ``Hub``)."""
+
+    @property
+    def by_device(self) -> Mapping[str, SessionLag]: ...
+    def ring_after(self, user_id: str, stream: str, seq: int, limit: int
+                   ) -> Sequence[StoredEvent] | None: ...
+
+
 class LagReader:
     """Delivery lag of the sessions of one process (protocol.md §3 Delivery)."""
 
@@ -31,7 +54,7 @@ class LagReader:
         # already left the recent ring, whose commit time is no longer at hand.
         self._stuck: dict[tuple[str, str], tuple[int, float]] = {}
 
-    def read(self, hub: Any, now: float) -> Lag:
+    def read(self, hub: SessionsView, now: float) -> Lag:
         now_ms = now * 1000.0
         total = most = behind = 0
         oldest_ms = 0.0
@@ -71,7 +94,7 @@ class CountDeltas:
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], int] = {}
 
-    def read(self, scheduler: Any) -> list[tuple[str, str, int]]:
+    def read(self, scheduler: object) -> list[tuple[str, str, int]]:
         """[(count name, task, increase)] for every task count the scheduler exposes."""
         out = []
         for attr in SCHEDULER_COUNTS:
@@ -88,7 +111,7 @@ class CountDeltas:
         return out
 
 
-def last_backup_at(scheduler: Any) -> float:
+def last_backup_at(scheduler: object) -> float:
     value = getattr(scheduler, "last_backup_at", None)
     return float(value) if isinstance(value, int | float) else 0.0
 
