@@ -45,10 +45,11 @@ echo $! >"$PIDFILE"
 def _copy_tree(dest: Path) -> Path:
     """The package source (what a wheel is built from), never the repository itself."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "relaybox", dest / "relaybox",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("relaybox", "migrations"):
+        shutil.copytree(ROOT / folder, dest / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
 
 
@@ -76,9 +77,9 @@ def rollback(migrator, database, fake=False, **kwargs):
 
 def _broken(src: Path) -> None:
     """Version 0.1.1 with one more migration, whose readiness check always answers 503."""
-    migrations = sorted((src / "relaybox" / "migrations").glob("[0-9]*.py"))
+    migrations = sorted((src / "migrations").glob("[0-9]*.py"))
     number = int(migrations[-1].name[:3]) + 1
-    (src / "relaybox" / "migrations" / f"{number:03d}_deploy_probe.py").write_text(
+    (src / "migrations" / f"{number:03d}_deploy_probe.py").write_text(
         PROBE_MIGRATION)
     status = src / "relaybox" / "server" / "api" / "status.py"
     text = status.read_text()
