@@ -276,6 +276,12 @@ class ProcessWriter:
                 proc = handed.result(STOP_TIMEOUT_S)
             except (RuntimeError, concurrent.futures.TimeoutError):
                 pass
+        elif loop is not None and not loop.is_closed():
+            # The loop is not running (it stopped, or has not started this turn): nothing
+            # else touches the link, so its input is ended from here; else the writer
+            # process would wait for more until the timeout below kills it.
+            end()
+            proc = handed.result(0)
         self._stopping = True
         if proc is not None:
             try:
