@@ -107,7 +107,10 @@ def relay(url: str, a: Device, b: Device, n: int, *, rate: float = 0, inflight: 
     ready = ctx.Event()
     recv = worker(ctx, _receiver, url, b, n, ready, out)
     recv.start()
-    ready.wait(30)
+    # Until the receiver listens, or has failed (refused, say): its error is collected below.
+    deadline = time.monotonic() + 30
+    while not ready.wait(0.05) and recv.is_alive() and time.monotonic() < deadline:
+        pass
     pub = worker(ctx, _publisher, url, a, n, rate, inflight, body_size, out)
     pub.start()
     results = collect(out, 2, [recv, pub])
