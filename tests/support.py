@@ -1,4 +1,12 @@
-"""Test support: a real relaybox server process, users/devices, and a raw gateway client."""
+"""Test support, the helper library: plain functions and classes, no pytest fixtures.
+
+A real relaybox server process (``Server``, ``free_port``), users and devices seeded into
+a data dir (``seed``), a raw gateway client (``Gw``), the writer processes of a server,
+and PostgreSQL databases of a test's own (``pg_database``, ``pg_admin``,
+``fresh_database``). Nothing here imports pytest, so the torture campaigns
+(``python -m tests.torture``) use it too. The fixtures built on these helpers live in
+``tests/plugin.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +14,21 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import nacl.signing
+import peewee as pw
 import websockets
 
 from relaybox.client.handshake import run_handshake
@@ -192,3 +204,35 @@ def writer_pids(server_pid: int) -> list[int]:
                 if b"relaybox.store.writer_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                     pids.append(int(child))
     return pids
+
+
+def pg_database(url: str, name: str) -> pw.PostgresqlDatabase:
+    """Database ``name`` on the PostgreSQL server of ``url`` (same role and password)."""
+    parts = urlsplit(url)
+    return pw.PostgresqlDatabase(name, user=parts.username, password=parts.password,
+                                 host=parts.hostname, port=parts.port or 5432)
+
+
+def pg_admin(url: str) -> pw.PostgresqlDatabase:
+    """The database ``url`` names (``postgres`` if none): where databases are created."""
+    return pg_database(url, urlsplit(url).path.lstrip("/") or "postgres")
+
+
+@contextlib.contextmanager
+def fresh_database(base_url: str, prefix: str = "relaybox_t", *,
+                   force: bool = True) -> Iterator[str]:
+    """The URL of an empty PostgreSQL database of the caller's own on the server of
+    ``base_url`` (a role that may CREATE DATABASE): other tests may share that server at
+    the same time. Dropped afterwards; ``force`` ends the connections still open to it
+    (``WITH (FORCE)``), without it they make the drop fail."""
+    admin = pg_admin(base_url)
+    name = f"{prefix}_{secrets.token_hex(5)}"
+    try:
+        admin.execute_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(urlsplit(base_url)._replace(path="/" + name))
+        finally:
+            admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}"'
+                              + (" WITH (FORCE)" if force else ""))
+    finally:
+        admin.close()

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
 
 from relaybox import bench as b
 from relaybox.cli import cli
-from tests.store.conftest import _pg_database, postgres_url
+from tests.plugin import FreshPostgres
+from tests.support import pg_database
 
 
 def test_bench_reports_every_measure(tmp_path: Path) -> None:
@@ -82,31 +82,23 @@ def test_a_stall_is_marked_storage_only_if_a_probe_fsync_was_slow_meanwhile() ->
 
 
 @pytest.mark.postgres
-def test_bench_measures_a_server_on_postgresql(tmp_path: Path) -> None:
+def test_bench_measures_a_server_on_postgresql(tmp_path: Path,
+                                              fresh_postgres: FreshPostgres) -> None:
     """With RELAYBOX_DATABASE_URL set, the devices are seeded into PostgreSQL, where the
     server looks for them (they went into a SQLite file before), and a second run on the
     same database works too (new names each run)."""
-    url = postgres_url()
-    admin = _pg_database(url, urlsplit(url).path.lstrip("/") or "postgres")
-    name = f"relaybox_t_{secrets.token_hex(6)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(url)
-    db_url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
-    try:
-        for run in range(2):
-            out = tmp_path / f"bench{run}.json"
-            r = CliRunner().invoke(cli, ["bench", "--only", "throughput", "--events", "200",
-                                         "--settle", "0", "--output", str(out)],
-                                   env={"RELAYBOX_DATABASE_URL": db_url},
-                                   catch_exceptions=False)
-            assert r.exit_code == 0, r.output
-            doc = json.loads(out.read_text())
-            assert doc["database"] == "postgresql"
-            assert doc["throughput"]["events"] == 200
-        check = _pg_database(db_url, name)
-        users = [row[0] for row in check.execute_sql('SELECT name FROM "user"')]
-        check.close()
-        assert sum(u.startswith("bench0-") for u in users) == 2
-    finally:
-        admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    db_url = fresh_postgres()
+    for run in range(2):
+        out = tmp_path / f"bench{run}.json"
+        r = CliRunner().invoke(cli, ["bench", "--only", "throughput", "--events", "200",
+                                     "--settle", "0", "--output", str(out)],
+                               env={"RELAYBOX_DATABASE_URL": db_url},
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        doc = json.loads(out.read_text())
+        assert doc["database"] == "postgresql"
+        assert doc["throughput"]["events"] == 200
+    check = pg_database(db_url, urlsplit(db_url).path.lstrip("/"))
+    users = [row[0] for row in check.execute_sql('SELECT name FROM "user"')]
+    check.close()
+    assert sum(u.startswith("bench0-") for u in users) == 2

@@ -7,9 +7,8 @@ machines would. Everything a device sees must be the same whichever node it uses
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -25,8 +24,8 @@ from tests.gateway.helpers import (
     until_close,
     users,
 )
-from tests.store.conftest import _pg_database, postgres_url
-from tests.support import Server
+from tests.plugin import postgres_url
+from tests.support import Server, fresh_database, pg_admin
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.postgres]
 
@@ -34,13 +33,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.postgres]
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the module's two nodes."""
-    base = postgres_url()
-    admin = _pg_database(base, urlsplit(base).path.lstrip("/") or "postgres")
-    name = f"relaybox_n_{secrets.token_hex(5)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(urlsplit(base)._replace(path="/" + name))
-    admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with fresh_database(postgres_url(), "relaybox_n") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +150,7 @@ async def test_reads_survive_connections_the_database_dropped(
     c = await connect_synced(first, a)  # the reader threads have connections now
     await c.close()
     name = urlsplit(pg_url).path.lstrip("/")
-    admin = _pg_database(postgres_url(), urlsplit(postgres_url()).path.lstrip("/"))
+    admin = pg_admin(postgres_url())
     try:
         ended = admin.execute_sql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "

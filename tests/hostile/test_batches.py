@@ -10,9 +10,8 @@ are certain to share a batch, through a real server on a real PostgreSQL databas
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import peewee as pw
@@ -21,8 +20,8 @@ import pytest
 from relaybox.protocol.encoding import uuid4
 from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import connect_synced, database, device_token, users
-from tests.store.conftest import _pg_database, postgres_url
-from tests.support import Server
+from tests.plugin import postgres_url
+from tests.support import Server, fresh_database
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.postgres]
 
@@ -34,18 +33,12 @@ def pg_server(module_servers: MakeServer,
     from relaybox.cli.init_cmd import initialise
     from relaybox.config import load_settings
 
-    base = postgres_url()
-    admin = _pg_database(base, urlsplit(base).path.lstrip("/") or "postgres")
-    name = f"relaybox_b_{secrets.token_hex(5)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(base)._replace(path="/" + name))
-    data_dir = tmp_path_factory.mktemp("batches") / "data"
-    data_dir.mkdir()
-    (data_dir / "relaybox.toml").write_text(f'database_url = "{url}"\n')
-    initialise(load_settings(data_dir, env={}))
-    yield module_servers(data_dir, gateway_publish_rate_per_s=0), url
-    admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with fresh_database(postgres_url(), "relaybox_b") as url:
+        data_dir = tmp_path_factory.mktemp("batches") / "data"
+        data_dir.mkdir()
+        (data_dir / "relaybox.toml").write_text(f'database_url = "{url}"\n')
+        initialise(load_settings(data_dir, env={}))
+        yield module_servers(data_dir, gateway_publish_rate_per_s=0), url
 
 
 class HeldWriter:

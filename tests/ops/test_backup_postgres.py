@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import peewee as pw
 import pytest
 from click.testing import CliRunner
 
 from relaybox.cli import cli
-from tests.store.conftest import _pg_database, postgres_url
+from tests.plugin import FreshPostgres
+from tests.support import pg_database
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg_urls() -> Iterator[list[str]]:
+def pg_urls(fresh_postgres: FreshPostgres) -> list[str]:
     """Two empty databases of their own on the test server (source and restore target)."""
-    base = postgres_url()
-    admin = _pg_database(base, urlsplit(base).path.lstrip("/") or "postgres")
-    names = [f"relaybox_b_{secrets.token_hex(5)}" for _ in range(2)]
-    for name in names:
-        admin.execute_sql(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(base)
-    yield [urlunsplit(parts._replace(path="/" + n)) for n in names]
-    for name in names:
-        admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    return [fresh_postgres("relaybox_b") for _ in range(2)]
 
 
 def relaybox(data_dir: Path, url: str, *args: str) -> dict[str, object] | list[object]:
@@ -41,10 +30,7 @@ def relaybox(data_dir: Path, url: str, *args: str) -> dict[str, object] | list[o
 
 
 def server_id(url: str) -> str:
-    parts = urlsplit(url)
-    db = pw.PostgresqlDatabase(parts.path.lstrip("/"), user=parts.username,
-                               password=parts.password, host=parts.hostname,
-                               port=parts.port or 5432)
+    db = pg_database(url, urlsplit(url).path.lstrip("/"))
     try:
         return str(db.execute_sql("SELECT value FROM meta WHERE key = 'server_id'")
                    .fetchone()[0])

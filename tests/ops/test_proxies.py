@@ -52,9 +52,8 @@ import httpx
 import pytest
 
 from tests.gateway.helpers import Client
-from tests.store.conftest import postgres_url
-from tests.support import DeviceKey, Server, free_port, seed
-from tests.torture.campaign import fresh_database
+from tests.plugin import postgres_url
+from tests.support import DeviceKey, Server, free_port, fresh_database, seed
 from tests.torture.faults import Node, RedisServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -293,7 +292,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     redis = RedisServer(base / "redis", free_port())
     nodes: list[Node] = []
     proxies: list[Proxy] = []
-    with fresh_database(url) as db_url, contextlib.ExitStack() as cleanup:
+    with fresh_database(url, "relaybox_torture") as db_url, contextlib.ExitStack() as cleanup:
         cleanup.callback(redis.kill)
         asyncio.run(redis.start())
         config = substitute(toml, {

@@ -1,13 +1,13 @@
 """Store fixtures: a fresh SQLite file, or a fresh PostgreSQL database, per test.
 
 PostgreSQL tests need RELAYBOX_TEST_POSTGRES_URL (a role that may CREATE DATABASE). Without
-it they are skipped on a workstation, but FAIL in CI (CI=true): CI must run them.
+it they are skipped on a workstation, but FAIL in CI (CI=true): CI must run them
+(``tests.plugin.postgres_url``).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,59 +17,35 @@ import pytest
 
 from relaybox.store.db import make_sqlite
 from relaybox.store.models import database_proxy
+from tests.plugin import postgres_url
+from tests.support import fresh_database, pg_database
 
-PG_ENV = "RELAYBOX_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 MakeDb = Callable[[], pw.Database]
-
-
-def postgres_url() -> str:
-    """The test server's URL; fails in CI and skips elsewhere when it is not set."""
-    url = os.environ.get(PG_ENV, "")
-    if not url:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{PG_ENV} is not set: CI must run the PostgreSQL tests")
-        pytest.skip(f"{PG_ENV} is not set (PostgreSQL tests run in CI)")
-    return url
-
-
-def _pg_database(url: str, name: str) -> pw.PostgresqlDatabase:
-    parts = urlsplit(url)
-    return pw.PostgresqlDatabase(name, user=parts.username, password=parts.password,
-                                 host=parts.hostname, port=parts.port or 5432)
 
 
 @pytest.fixture(params=BACKENDS)
 def make_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeDb]:
     """Factory of empty databases; every test using it runs on SQLite and PostgreSQL."""
-    backend = request.param
-    made: list[tuple[pw.Database, str | None]] = []
-    admin: pw.PostgresqlDatabase | None = None
-    if backend == "postgres":
-        url = postgres_url()
-        admin = _pg_database(url, urlsplit(url).path.lstrip("/") or "postgres")
+    url = postgres_url() if request.param == "postgres" else None
+    count = 0
+    with contextlib.ExitStack() as made:
 
-    def make() -> pw.Database:
-        if admin is None:
-            db: pw.Database = make_sqlite(tmp_path / f"db{len(made)}.sqlite")
-            made.append((db, None))
-        else:
-            # A database of its own: other tests may share the server at the same time.
-            name = f"relaybox_t_{secrets.token_hex(6)}"
-            admin.execute_sql(f'CREATE DATABASE "{name}"')
-            db = _pg_database(str(url), name)
-            made.append((db, name))
-        db.connect()
-        return db
+        def make() -> pw.Database:
+            nonlocal count
+            count += 1
+            if url is None:
+                db: pw.Database = make_sqlite(tmp_path / f"db{count - 1}.sqlite")
+            else:
+                # A database of its own: other tests may share the server at the same
+                # time. Dropped without FORCE: a connection left open fails the test.
+                own = made.enter_context(fresh_database(url, force=False))
+                db = pg_database(own, urlsplit(own).path.lstrip("/"))
+            made.callback(lambda: None if db.is_closed() else db.close())
+            db.connect()
+            return db
 
-    yield make
-    for db, name in made:
-        if not db.is_closed():
-            db.close()
-        if admin is not None and name is not None:
-            admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}"')
-    if admin is not None and not admin.is_closed():
-        admin.close()
+        yield make
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ other way round).
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,22 +26,20 @@ from relaybox.store.append import append
 from relaybox.store.events import Accepted, PublishRequest
 from relaybox.store.models import Device, User, database_proxy
 from relaybox.store.sql import transaction, write_cursors, write_touches
-from tests.store.conftest import _pg_database, postgres_url
+from tests.plugin import FreshPostgres
+from tests.support import pg_database
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg() -> Iterator[Callable[[], pw.Database]]:
+def pg(fresh_postgres: FreshPostgres) -> Iterator[Callable[[], pw.Database]]:
     """A migrated PostgreSQL database of the test's own; each call opens a connection."""
-    base = postgres_url()
-    admin = _pg_database(base, urlsplit(base).path.lstrip("/") or "postgres")
-    name = f"relaybox_locks_{secrets.token_hex(4)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
+    url = fresh_postgres("relaybox_locks")
     opened: list[pw.Database] = []
 
     def connect() -> pw.Database:
-        db = _pg_database(base, name)
+        db = pg_database(url, urlsplit(url).path.lstrip("/"))
         db.connect()
         opened.append(db)
         return db
@@ -56,8 +53,6 @@ def pg() -> Iterator[Callable[[], pw.Database]]:
         for db in opened:
             if not db.is_closed():
                 db.close()
-        admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _pub(user: str, device: str) -> PublishRequest:

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.store.conftest import _pg_database, postgres_url
+from tests.plugin import FreshPostgres
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database that no process has set up yet."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    url = postgres_url()
-    admin = _pg_database(url, urlsplit(url).path.lstrip("/") or "postgres")
-    name = f"relaybox_t_{secrets.token_hex(6)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(url)
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
-    finally:
-        admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    fresh_postgres: FreshPostgres = request.getfixturevalue("fresh_postgres")
+    return fresh_postgres(force=False)
 
 
 def test_concurrent_inits_on_one_empty_database_all_succeed(database_url: str,

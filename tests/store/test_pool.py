@@ -5,37 +5,28 @@ connection back after every read."""
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import peewee as pw
 import pytest
 
 from relaybox.config import Settings
 from relaybox.store.db import Pool, ReadPool, make_database, make_postgres
-from tests.store.conftest import _pg_database, postgres_url
+from tests.plugin import FreshPostgres
+from tests.support import pg_database
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = postgres_url()
-    admin = _pg_database(base, urlsplit(base).path.lstrip("/") or "postgres")
-    name = f"relaybox_pool_{secrets.token_hex(4)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(base)._replace(path="/" + name))
-    finally:
-        admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def pg_url(fresh_postgres: FreshPostgres) -> str:
+    return fresh_postgres("relaybox_pool")
 
 
 def _server_side_count(url: str) -> int:
     """Connections named relaybox on the test database, as PostgreSQL sees them."""
-    probe = _pg_database(url, urlsplit(url).path.lstrip("/"))
+    probe = pg_database(url, urlsplit(url).path.lstrip("/"))
     try:
         row = probe.execute_sql(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "

@@ -8,7 +8,6 @@ device is left with a hung session, and hand the database to the checker at the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -17,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from relaybox.client import Identity
-from tests.support import DeviceKey, free_port, seed
+from tests.support import DeviceKey, free_port, fresh_database, pg_admin, seed
 from tests.torture.checker import Report, check
 from tests.torture.devices import CasWriter, Closed, Publisher, SdkDevice, Subscriber
 from tests.torture.faults import DiskFull, Haproxy, Node, RedisServer, until
@@ -308,30 +306,9 @@ async def crash_campaign(base: Path, budget: Budget,
 
 
 # -- three nodes, PostgreSQL, redis-server, haproxy ----------------------------------------
-def _pg_admin(url: str) -> Any:
-    from tests.store.conftest import _pg_database
-
-    return _pg_database(url, urlsplit(url).path.lstrip("/") or "postgres")
-
-
-@contextlib.contextmanager
-def fresh_database(base_url: str) -> Any:
-    """A PostgreSQL database of the campaign's own; dropped afterwards."""
-    import secrets
-
-    admin = _pg_admin(base_url)
-    name = f"relaybox_torture_{secrets.token_hex(4)}"
-    admin.execute_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(base_url)._replace(path="/" + name))
-    finally:
-        admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def terminate_backends(url: str) -> int:
     """pg_terminate_backend on every other connection to the campaign's database."""
-    db = _pg_admin(url)
+    db = pg_admin(url)
     try:
         rows = db.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE datname = current_database() "
@@ -351,7 +328,7 @@ async def cluster_campaign(base: Path, budget: Budget, pg_url: str,
     nodes: list[Node] = []
     proxy: Haproxy | None = None
     fleet: Fleet | None = None
-    with fresh_database(pg_url) as db_url:
+    with fresh_database(pg_url, "relaybox_torture") as db_url:
         try:
             await redis.start()
             for i in range(3):
@@ -416,7 +393,7 @@ async def cluster_campaign(base: Path, budget: Budget, pg_url: str,
                 rc = await n.stop_async()
                 if rc != 0:
                     ledger.violation(f"{n.name}: the clean stop ended with exit status {rc}")
-            db = _pg_admin(db_url)
+            db = pg_admin(db_url)
             try:
                 return check(db, ledger, fleet.closes, [d[0].user_id for d in users.values()],
                              [n.log_path for n in nodes if n.log_path], shutdown_at)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.store.conftest import postgres_url
+from tests.plugin import postgres_url
 from tests.torture.campaign import Budget, cluster_campaign, crash_campaign
 from tests.torture.faults import RedisServer
 
