@@ -11,6 +11,9 @@ teardown). A package's own ``conftest.py`` holds only what that package alone us
 - ``fresh_postgres``: a factory of empty PostgreSQL databases of the test's own (URLs),
   dropped at teardown.
 - ``make_server``: a factory of real ``relaybox serve`` processes on free ports.
+- ``api_factory`` (module) and ``fresh_api`` (one test): factories of real servers with
+  seeded users for the REST tests (``tests.api.helpers.Api``), checked for tracebacks
+  and 500s at teardown.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.api.helpers import Api, assert_clean_log, start_api
 from tests.support import Server, free_port, fresh_database
 
 PG_ENV = "RELAYBOX_TEST_POSTGRES_URL"
@@ -75,3 +80,49 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     for srv in servers:
         srv.stop()
         srv.kill()
+
+
+# -- REST API servers ---------------------------------------------------------------
+StartApi = Callable[..., Api]
+
+
+def _api_factory(tmp: pytest.TempPathFactory) -> tuple[StartApi, list[Api]]:
+    started: list[Api] = []
+
+    def start(users: dict[str, int] | None = None, **env: Any) -> Api:
+        api = start_api(tmp.mktemp("api") / "data", users or {}, **env)
+        started.append(api)
+        return api
+
+    return start, started
+
+
+def _stop_apis(started: list[Api]) -> None:
+    # Check before stopping: nothing a test did may leave a traceback or a 500.
+    problems: list[str] = []
+    for api in started:
+        try:
+            assert_clean_log(api.server)
+        except AssertionError as exc:
+            problems.append(str(exc))
+    for api in reversed(started):
+        api.server.stop()
+        api.server.kill()
+    assert not problems, problems[0]
+
+
+@pytest.fixture(scope="module")
+def api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartApi]:
+    """Factory: ``api_factory(users, **env)`` starts a server the whole module shares."""
+    start, started = _api_factory(tmp_path_factory)
+    yield start
+    _stop_apis(started)
+
+
+@pytest.fixture
+def fresh_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartApi]:
+    """Servers for a single test (limits, Redis failures, several processes): initialised
+    data dir, seeded users, embedded Redis; checked for tracebacks and 500s at teardown."""
+    start, started = _api_factory(tmp_path_factory)
+    yield start
+    _stop_apis(started)

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 
 from relaybox.protocol.encoding import uuid7
-from tests.api.conftest import StartApi
 from tests.api.helpers import HIGH_LIMITS, assert_problem, new_public_key, signed_request
+from tests.plugin import StartApi
 from tests.support import Server, free_port
 
 

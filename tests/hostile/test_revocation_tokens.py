@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +17,13 @@ import redis
 
 from tests.api.helpers import (
     Api,
-    assert_clean_log,
     assert_problem,
     new_public_key,
     signed_request,
-    start_api,
 )
 from tests.cli.helpers import assert_error, run
 from tests.gateway.helpers import connect_synced, database, handshake_with, raw, until_close
-
-Start = Callable[..., Api]
-
-
-@pytest.fixture
-def start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start]:
-    """Real servers for one test (initialised data dir, seeded users, embedded Redis)."""
-    started: list[Api] = []
-
-    def make(users: dict[str, int], **env: str) -> Api:
-        api = start_api(tmp_path_factory.mktemp("hostile") / "data", users, **env)
-        started.append(api)
-        return api
-
-    yield make
-    problems = []
-    for api in started:
-        try:
-            assert_clean_log(api.server)
-        except AssertionError as exc:
-            problems.append(str(exc))
-    for api in reversed(started):
-        api.server.stop()
-        api.server.kill()
-    assert not problems, problems[0]
+from tests.plugin import StartApi
 
 
 def _kill_embedded_redis(api: Api) -> None:
@@ -65,7 +38,7 @@ def _kill_embedded_redis(api: Api) -> None:
 
 @pytest.mark.asyncio(loop_scope="function")
 async def test_a_revocation_whose_notice_never_came_still_closes_the_session(
-        start: Start) -> None:
+        fresh_api: StartApi) -> None:
     """Defect: a revocation whose Redis notice was lost (the CLI could not reach Redis:
     ``server_notified: false``) was never retried; the revoked device's live session went
     on publishing and receiving. Every process re-checks its live sessions' devices in
@@ -76,7 +49,7 @@ async def test_a_revocation_whose_notice_never_came_still_closes_the_session(
     from relaybox.store.db import write_transaction
     from relaybox.store.models import Device, User
 
-    api = start({"alice": 2, "bob": 1}, RELAYBOX_GATEWAY_REVOCATION_CHECK_S="0.2")
+    api = fresh_api({"alice": 2, "bob": 1}, RELAYBOX_GATEWAY_REVOCATION_CHECK_S="0.2")
     lost, kept = api.devices["alice"]
     (gone,) = api.devices["bob"]
     c_lost, c_kept, c_gone = [await connect_synced(api.server, d) for d in (lost, kept, gone)]
@@ -95,11 +68,11 @@ async def test_a_revocation_whose_notice_never_came_still_closes_the_session(
 
 
 def test_an_unrevoke_does_not_revive_tokens_issued_before_the_revocation(
-        start: Start) -> None:
+        fresh_api: StartApi) -> None:
     """Defect: unrevoking a device made the access tokens it held before its revocation
     valid again. A token is bound to the device's token epoch, which each revocation
     bumps: old access and refresh tokens stay dead; fresh sign-ins work (protocol.md §5)."""
-    api = start({"alice": 1})
+    api = fresh_api({"alice": 1})
     (dev,) = api.devices["alice"]
     old = api.token_pair(dev)
 
@@ -124,13 +97,13 @@ def test_an_unrevoke_does_not_revive_tokens_issued_before_the_revocation(
     assert r.status_code == 200 and verify(r.json()["access_token"]).status_code == 200
 
 
-def test_pairing_store_is_rate_limited_and_live_codes_are_capped(start: Start) -> None:
+def test_pairing_store_is_rate_limited_and_live_codes_are_capped(fresh_api: StartApi) -> None:
     """Defect: ``POST /pairing/store`` had no limit (1,000 codes of 8 KB in 8 s). It is
     limited per device (429 with Retry-After), and a user holds at most
     ``quotas.pairing_codes_per_user`` unused, unexpired codes however they are made
     (403 ``quota_exceeded``; the CLI prints one ``error:`` line)."""
     quota = {"RELAYBOX_QUOTAS_PAIRING_CODES_PER_USER": "5"}
-    api = start({"alice": 2}, RELAYBOX_RATE_LIMITS_PAIRING_STORE_PER_MIN="3", **quota)
+    api = fresh_api({"alice": 2}, RELAYBOX_RATE_LIMITS_PAIRING_STORE_PER_MIN="3", **quota)
     first, second = api.devices["alice"]
     payload = {"payload": "x" * 8000}
     codes = []
@@ -160,12 +133,12 @@ def test_pairing_store_is_rate_limited_and_live_codes_are_capped(start: Start) -
 
 
 @pytest.mark.asyncio(loop_scope="function")
-async def test_rate_limits_hold_while_redis_is_down(start: Start) -> None:
+async def test_rate_limits_hold_while_redis_is_down(fresh_api: StartApi) -> None:
     """Defect: with Redis down, pairing lookups went unlimited (fail open) while claims
     and refreshes were all refused (503). Each process now counts on its own with the same
     limits until Redis is back: a guesser still meets 429, a legitimate caller within the
     limit still gets through; failed handshakes still end in 4429 (api.md Rate limits)."""
-    api = start({"alice": 1}, RELAYBOX_RATE_LIMITS_PAIRING_PER_MIN="3",
+    api = fresh_api({"alice": 1}, RELAYBOX_RATE_LIMITS_PAIRING_PER_MIN="3",
                 RELAYBOX_RATE_LIMITS_TOKEN_PER_MIN="2",
                 RELAYBOX_GATEWAY_HANDSHAKE_FAILURES_PER_MIN="2")
     _kill_embedded_redis(api)
