@@ -11,6 +11,11 @@ teardown). A package's own ``conftest.py`` holds only what that package alone us
 - ``fresh_postgres``: a factory of empty PostgreSQL databases of the test's own (URLs),
   dropped at teardown.
 - ``make_server``: a factory of real ``relaybox serve`` processes on free ports.
+- ``module_servers`` (module) and ``servers`` (one test): ``relaybox serve`` processes
+  started with settings by attribute name, checked for tracebacks, stopped in the
+  background (``stop_later``; the session waits for them at its end).
+- ``data_dir`` (an initialised data dir) and ``live`` (a server for the module), for the
+  CLI and operations tests.
 - ``api_factory`` (module) and ``fresh_api`` (one test): factories of real servers with
   seeded users for the REST tests (``tests.api.helpers.Api``), checked for tracebacks
   and 500s at teardown.
@@ -21,12 +26,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.api.helpers import Api, assert_clean_log, start_api
+from tests.gateway.helpers import assert_clean_log as assert_clean_gateway_log
+from tests.gateway.helpers import env
 from tests.support import Server, free_port, fresh_database
 
 PG_ENV = "RELAYBOX_TEST_POSTGRES_URL"
@@ -126,3 +134,108 @@ def fresh_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartApi]:
     start, started = _api_factory(tmp_path_factory)
     yield start
     _stop_apis(started)
+
+
+# -- stopping servers in the background --------------------------------------------------
+# Stopping a server takes seconds (mostly the embedded Redis going away): it happens in the
+# background while the next tests run; the session waits for all of it at the end.
+_stopper = ThreadPoolExecutor(4, thread_name_prefix="stop-server")
+_stopping: list[Future[None]] = []
+
+
+def stop_later(stop: Callable[..., None], *args: Any) -> None:
+    """Run ``stop(*args)`` in the background; the session waits for it at its end."""
+    _stopping.append(_stopper.submit(stop, *args))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_servers_at_the_end() -> Iterator[None]:
+    yield
+    for fut in _stopping:
+        fut.result()
+
+
+# -- gateway servers ------------------------------------------------------------------
+MakeServer = Callable[..., Server]
+
+
+def gateway_factory(base: Callable[[], Path]) -> tuple[MakeServer, list[Server]]:
+    """A server factory and the list of what it started (for ``gateway_teardown``)."""
+    started: list[Server] = []
+
+    def make(data_dir: Path | None = None, *, args: list[str] | None = None,
+             **settings: Any) -> Server:
+        """Start ``relaybox serve``; ``settings`` by attribute name (gateway_window=8)."""
+        srv = Server(data_dir or base() / "data", free_port(), env(**settings),
+                     extra_args=args or [])
+        started.append(srv)
+        srv.start()
+        return srv
+
+    return make, started
+
+
+def gateway_teardown(started: list[Server]) -> None:
+    """Fail on a traceback in any log; stop the servers in the background."""
+    # Check before stopping: the behaviours under test must leave no traceback.
+    problems = []
+    for srv in started:
+        try:
+            assert_clean_gateway_log(srv)
+        except AssertionError as exc:
+            problems.append(str(exc))
+    # Servers on one data dir share the first one's Redis: stop them newest first.
+    # Different data dirs stop in parallel (each stop takes seconds).
+    groups: dict[Path, list[Server]] = {}
+    for srv in started:
+        groups.setdefault(srv.data_dir, []).append(srv)
+
+    def stop_group(group: list[Server]) -> None:
+        for srv in reversed(group):
+            srv.stop()
+        for srv in group:
+            srv.kill()
+
+    # Stopping takes seconds (mostly the embedded Redis going away): it happens in the
+    # background while the next tests run; the session waits for it at the end.
+    for group in groups.values():
+        stop_later(stop_group, group)
+    assert not problems, problems[0]
+
+
+@pytest.fixture(scope="module")
+def module_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeServer]:
+    """Servers shared by every test of a module (each test uses its own users), started
+    with settings by attribute name (``gateway_window=8``), checked for tracebacks."""
+    make, started = gateway_factory(lambda: tmp_path_factory.mktemp("gw"))
+    yield make
+    gateway_teardown(started)
+
+@pytest.fixture
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeServer]:
+    """Servers for one test only (crashes, restarts, several processes)."""
+    make, started = gateway_factory(lambda: tmp_path_factory.mktemp("gw"))
+    yield make
+    gateway_teardown(started)
+
+
+# -- CLI and operations ---------------------------------------------------------------
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A freshly initialised data dir (no server running)."""
+    from relaybox.cli.init_cmd import initialise
+    from relaybox.config import load_settings
+
+    d = tmp_path / "data"
+    initialise(load_settings(d, env={}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real ``relaybox serve`` for the module; each test uses its own users."""
+    srv = Server(tmp_path_factory.mktemp("live") / "data", free_port(), {})
+    srv.start()
+    yield srv
+    srv.stop()
+    srv.kill()

@@ -20,8 +20,8 @@ import redis
 from relaybox.bus import CONTROL_CHANNEL, Bus, SyncBus, redis_client, redis_pool
 from relaybox.config import ConfigError, load_settings, sentinel_url
 from relaybox.server.ratelimit import RateLimiter
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import connect_synced, users
+from tests.plugin import MakeServer
 from tests.support import free_port
 
 

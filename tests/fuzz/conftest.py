@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.api.helpers import Api, assert_clean_log, start_api
+from tests.plugin import stop_later
 
 CI_EXAMPLES = 25
 
@@ -73,23 +73,12 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
         except AssertionError as exc:
             problems.append(str(exc))
     # Stopping takes seconds (mostly the embedded Redis): it runs in the background while
-    # the next module starts, and the session waits for it at the end.
+    # the next module starts, and the session waits for it at the end (tests/plugin.py).
     for api in started:
-        _stopping.append(_stopper.submit(_stop, api))
+        stop_later(_stop, api)
     assert not problems, problems[0]
 
 
 def _stop(api: Api) -> None:
     api.server.stop()
     api.server.kill()
-
-
-_stopper = ThreadPoolExecutor(2, thread_name_prefix="stop-fuzz-server")
-_stopping: list[Future[None]] = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_servers_at_the_end() -> Iterator[None]:
-    yield
-    for fut in _stopping:
-        fut.result()

@@ -16,8 +16,8 @@ import pytest
 
 from relaybox.protocol.encoding import uuid4
 from relaybox.store.models import Event
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, database, users
+from tests.plugin import MakeServer
 from tests.support import writer_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

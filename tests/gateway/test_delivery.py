@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from relaybox.store.models import Device, Event, StreamHead
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     Client,
     Frame,
@@ -23,6 +22,7 @@ from tests.gateway.helpers import (
     until_registered,
     users,
 )
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

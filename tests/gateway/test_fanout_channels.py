@@ -14,8 +14,8 @@ import redis
 from relaybox.bus import Bus, EmbeddedRedis, live_servers, url_from_socket
 from relaybox.server.gateway.hub import Hub
 from relaybox.store.events import StoredEvent
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, connect_synced, users
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

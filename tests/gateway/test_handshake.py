@@ -11,7 +11,6 @@ import nacl.signing
 import pytest
 
 from relaybox.protocol.encoding import b64url_decode, b64url_encode, random_nonce, uuid4
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     Client,
     close_code,
@@ -23,6 +22,7 @@ from tests.gateway.helpers import (
     until_close,
     users,
 )
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, users
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

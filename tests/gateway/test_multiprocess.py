@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     Client,
     connect_synced,
@@ -19,6 +18,7 @@ from tests.gateway.helpers import (
     until_close,
     users,
 )
+from tests.plugin import MakeServer
 from tests.support import Server, writer_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

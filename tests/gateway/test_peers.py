@@ -12,8 +12,8 @@ import redis
 from relaybox.bus import CONTROL_CHANNEL, Bus, EmbeddedRedis, live_servers, url_from_socket
 from relaybox.server.gateway.peers import Peers
 from relaybox.services.fanout import decode_control
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import connect_synced, users
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

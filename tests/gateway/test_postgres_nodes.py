@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from relaybox.bus import EmbeddedRedis, url_from_socket
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     Client,
     connect_synced,
@@ -24,7 +23,7 @@ from tests.gateway.helpers import (
     until_close,
     users,
 )
-from tests.plugin import postgres_url
+from tests.plugin import MakeServer, postgres_url
 from tests.support import Server, fresh_database, pg_admin
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.postgres]

@@ -12,8 +12,8 @@ import pytest
 
 from relaybox.protocol.encoding import uuid4, uuid7
 from relaybox.store.models import Event
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, database, users
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

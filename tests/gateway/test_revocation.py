@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     connect_synced,
     database,
@@ -20,6 +19,7 @@ from tests.gateway.helpers import (
     until_registered,
     users,
 )
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

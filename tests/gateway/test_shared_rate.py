@@ -13,8 +13,8 @@ import pytest
 from relaybox.bus import Bus, EmbeddedRedis, url_from_socket
 from relaybox.protocol.encoding import uuid4
 from relaybox.server.ratelimit import SharedBucket
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, users
+from tests.plugin import MakeServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, users
+from tests.plugin import MakeServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 

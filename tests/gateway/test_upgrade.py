@@ -16,8 +16,8 @@ import pytest
 import websockets
 from websockets.frames import Close, Frame, Opcode
 
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import close_code, hello, recv_json, users
+from tests.plugin import MakeServer
 from tests.support import Server
 
 UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"

@@ -10,8 +10,8 @@ import signal
 import pytest
 
 from relaybox.protocol.encoding import uuid4
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, connect_synced, users
+from tests.plugin import MakeServer
 from tests.support import writer_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

@@ -18,9 +18,8 @@ import peewee as pw
 import pytest
 
 from relaybox.protocol.encoding import uuid4
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import connect_synced, database, device_token, users
-from tests.plugin import postgres_url
+from tests.plugin import MakeServer, postgres_url
 from tests.support import Server, fresh_database
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.postgres]

@@ -18,8 +18,8 @@ import pytest
 import websockets
 
 from relaybox.protocol.encoding import b64url_encode
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import Client, connect_synced, handshake_with, hello, users
+from tests.plugin import MakeServer
 from tests.support import Server
 
 MiB = 1024 * 1024

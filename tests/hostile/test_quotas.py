@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from relaybox.protocol.encoding import uuid4
-from tests.gateway.conftest import MakeServer
 from tests.gateway.helpers import (
     Client,
     connect_synced,
@@ -22,6 +21,7 @@ from tests.gateway.helpers import (
     device_token,
     users,
 )
+from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
