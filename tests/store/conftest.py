@@ -8,7 +8,7 @@ it they are skipped on a workstation, but FAIL in CI (CI=true): CI must run them
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ import pytest
 from relaybox.store.db import make_sqlite
 from relaybox.store.models import database_proxy
 from tests.plugin import postgres_url
+from tests.store.helpers import Writer
 from tests.support import fresh_database, pg_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -57,3 +58,12 @@ def db(make_db: MakeDb) -> Iterator[pw.Database]:
     migrate.up(database)
     database_proxy.initialize(database)
     yield database
+
+
+@pytest.fixture
+async def writer(db: pw.Database) -> AsyncIterator[Writer]:
+    """A process event log on ``db`` whose writer process is ready."""
+    w = Writer(db)
+    await w.log.ready()
+    yield w
+    await w.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -24,6 +23,7 @@ from relaybox.store.events import (
 )
 from relaybox.store.front import EventLog
 from relaybox.store.models import Cursor, Event, StreamHead
+from tests.store.helpers import hold_writer
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 U1, U2 = "u1-" + "0" * 33, "u2-" + "0" * 33
@@ -52,16 +52,7 @@ class Log:
 
     def hold(self) -> Callable[[], None]:
         """Keep the writer busy until the returned function is called (to fill a batch)."""
-        gate = threading.Event()
-        started = threading.Event()
-
-        def blocker() -> None:
-            started.set()
-            gate.wait(10)
-
-        self.log.call(blocker)
-        started.wait(10)
-        return gate.set
+        return hold_writer(self.log)
 
     async def barrier(self) -> None:
         await self.log.call(lambda: None)

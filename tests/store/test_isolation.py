@@ -25,7 +25,7 @@ from relaybox.store.events import Accepted, PublishRequest, PublishResult, Refus
 from relaybox.store.front import EventLog
 from relaybox.store.models import Cursor, Device, Event, StreamHead, User
 from relaybox.store.writerproc import ProcessEventLog
-from tests.store.test_writerproc import spec_for
+from tests.store.helpers import hold_writer, spec_for
 
 POISON_BODY = '"poison"'  # refused by the database, not by the intake
 POISON_STREAM = "poison"  # a cursor on it is refused by the database
@@ -174,17 +174,7 @@ class Writer:
     def _hold(self) -> Any:
         if self.kind != "thread":
             return lambda: None
-        import threading
-
-        gate, started = threading.Event(), threading.Event()
-
-        def blocker() -> None:
-            started.set()
-            gate.wait(10)
-
-        self.log.call(blocker)
-        started.wait(10)
-        return gate.set
+        return hold_writer(self.log)
 
     def stop(self) -> None:
         self.loop.run_until_complete(self.loop.run_in_executor(None, self.log.stop))

@@ -20,7 +20,7 @@ from relaybox.store.front import EventLog
 from relaybox.store.models import StreamHead, User
 from relaybox.store.quotas import Quotas
 from relaybox.store.writerproc import ProcessEventLog
-from tests.store.test_writerproc import spec_for
+from tests.store.helpers import spec_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 D1 = "d1-" + "0" * 33

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from relaybox.store import queries, writerproc
 from relaybox.store.events import Accepted, Failed, PublishRequest
 from relaybox.store.models import Cursor
-from tests.store.test_writerproc import D1, D2, U1, Writer, req, spec_for, stored
+from tests.store.helpers import D1, D2, U1, Writer, req, spec_for, stored
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -38,14 +37,6 @@ class Clock:
 def crashing(db: pw.Database, **how: Any) -> Writer:
     """A writer whose processes die as ``how`` says (tests/store/crashing_writer.py)."""
     return Writer(db, {**spec_for(db), **how}, module="tests.store.crashing_writer")
-
-
-@pytest.fixture
-async def writer(db: pw.Database) -> AsyncIterator[Writer]:
-    w = Writer(db)
-    await w.log.ready()
-    yield w
-    await w.stop()
 
 
 async def kill_with_queued(writer: Writer, *send: Any) -> list[Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from relaybox.store import migrate
 from relaybox.store.db import make_sqlite
 from relaybox.store.writerproc import ProcessEventLog, ProcessWriter
-from tests.store.test_writerproc import spec_for
+from tests.store.helpers import spec_for
 
 
 def test_stop_while_the_loop_is_not_running_ends_the_writer_process_cleanly(

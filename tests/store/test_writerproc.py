@@ -6,64 +6,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import peewee as pw
 import pytest
 
 from relaybox.protocol.encoding import uuid4
 from relaybox.store import queries, writerproc
-from relaybox.store.events import Accepted, Conflicted, PublishRequest, StoredEvent
-from relaybox.store.models import Event
-from relaybox.store.writerproc import ProcessEventLog, WriterGone
+from relaybox.store.events import Accepted, Conflicted, PublishRequest
+from relaybox.store.writerproc import WriterGone
+from tests.store.helpers import D1, D2, U1, Writer, req, spec_for, stored
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
-U1 = "u1-" + "0" * 33
-D1, D2 = "d1-" + "0" * 33, "d2-" + "0" * 33
-
-
-def req(stream: str = "s", *, id: str | None = None, body: str = "1") -> PublishRequest:
-    return PublishRequest(U1, D1, id or uuid4(), stream, body)
-
-
-def spec_for(db: pw.Database) -> dict[str, Any]:
-    if isinstance(db, pw.SqliteDatabase):
-        return {"sqlite": str(db.database), "synchronous": "full", "log_level": "warning"}
-    parts = urlsplit(os.environ["RELAYBOX_TEST_POSTGRES_URL"])
-    return {"url": urlunsplit(parts._replace(path="/" + str(db.database))),
-            "log_level": "warning"}
-
-
-class Writer:
-    def __init__(self, db: pw.Database, spec: dict[str, Any] | None = None,
-                 module: str = writerproc.WRITER_MODULE, **kw: Any) -> None:
-        self.committed: list[StoredEvent] = []
-        self.log = ProcessEventLog(db, spec or spec_for(db), read_threads=1,
-                                   on_committed=self.committed.extend, module=module, **kw)
-        self.log.start(asyncio.get_running_loop())
-
-    async def stop(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.log.stop)
-
-    def pid(self) -> int:
-        assert self.log.writer.proc is not None
-        return self.log.writer.proc.pid
-
-
-@pytest.fixture
-async def writer(db: pw.Database) -> AsyncIterator[Writer]:
-    w = Writer(db)
-    await w.log.ready()
-    yield w
-    await w.stop()
-
-
-def stored(db: pw.Database) -> list[tuple[str, int, str]]:
-    return [(e.stream, e.seq, e.client_id)
-            for e in Event.select().order_by(Event.stream, Event.seq)]
 
 
 async def test_publishes_cursors_and_touches_go_through_the_writer_process(
