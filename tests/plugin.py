@@ -16,6 +16,7 @@ teardown). A package's own ``conftest.py`` holds only what that package alone us
   background (``stop_later``; the session waits for them at its end).
 - ``data_dir`` (an initialised data dir) and ``live`` (a server for the module), for the
   CLI and operations tests.
+- ``redis_url``: a real embedded Redis (as ``serve`` runs it) for one test.
 - ``api_factory`` (module) and ``fresh_api`` (one test): factories of real servers with
   seeded users for the REST tests (``tests.api.helpers.Api``), checked for tracebacks
   and 500s at teardown.
@@ -153,6 +154,16 @@ def _stop_servers_at_the_end() -> Iterator[None]:
     yield
     for fut in _stopping:
         fut.result()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real embedded Redis for one test, as ``serve`` runs it: its URL."""
+    from relaybox.bus import EmbeddedRedis, url_from_socket
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    yield url_from_socket(server.start())
+    server.stop()
 
 
 # -- gateway servers ------------------------------------------------------------------

@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -204,6 +205,16 @@ def writer_pids(server_pid: int) -> list[int]:
                 if b"relaybox.store.writer_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                     pids.append(int(child))
     return pids
+
+
+def sqlite_events(data_dir: Path) -> list[tuple[Any, ...]]:
+    """Every event in the SQLite file of ``data_dir``, all columns but the id, in order."""
+    conn = sqlite3.connect(data_dir / "relaybox.db")
+    try:
+        return conn.execute("SELECT user_id, stream, seq, device_id, client_id, key, body, ts "
+                            "FROM event ORDER BY user_id, stream, seq").fetchall()
+    finally:
+        conn.close()
 
 
 def pg_database(url: str, name: str) -> pw.PostgresqlDatabase:

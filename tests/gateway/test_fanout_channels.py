@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 
-from relaybox.bus import Bus, EmbeddedRedis, live_servers, url_from_socket
+from relaybox.bus import Bus, live_servers
 from relaybox.server.gateway.hub import Hub
 from relaybox.store.events import StoredEvent
 from tests.gateway.helpers import Client, connect_synced, users
@@ -19,13 +17,6 @@ from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    yield url_from_socket(server.start())
-    server.stop()
 
 
 class FakeSession:

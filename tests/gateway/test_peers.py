@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-from relaybox.bus import CONTROL_CHANNEL, Bus, EmbeddedRedis, live_servers, url_from_socket
+from relaybox.bus import CONTROL_CHANNEL, Bus, live_servers
 from relaybox.server.gateway.peers import Peers
 from relaybox.services.fanout import decode_control
 from tests.gateway.helpers import connect_synced, users
@@ -17,13 +15,6 @@ from tests.plugin import MakeServer
 from tests.support import Server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    yield url_from_socket(server.start())
-    server.stop()
 
 
 class Node:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relaybox.bus import Bus, EmbeddedRedis, url_from_socket
+from relaybox.bus import Bus
 from relaybox.protocol.encoding import uuid4
 from relaybox.server.ratelimit import SharedBucket
 from tests.gateway.helpers import Client, users
@@ -64,13 +62,6 @@ async def test_a_device_hopping_between_processes_shares_one_bucket(
     # (each process used to keep a bucket of its own: ~2 x BURST accepted).
     assert accepted <= BURST + RATE * elapsed + 1, (accepted, elapsed)
     assert accepted >= BURST // 2, accepted  # and the device was not starved
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    yield url_from_socket(server.start())
-    server.stop()
 
 
 async def test_leases_come_out_of_one_bucket_in_redis(redis_url: str) -> None:

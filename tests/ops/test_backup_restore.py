@@ -23,7 +23,7 @@ from relaybox.store.db import open_database
 from relaybox.store.events import PublishRequest
 from relaybox.store.models import Event
 from tests.cli.helpers import assert_error, run, run_json
-from tests.support import seed
+from tests.support import seed, sqlite_events
 
 
 def _fill(data_dir: Path, n: int = 5) -> None:
@@ -36,15 +36,6 @@ def _fill(data_dir: Path, n: int = 5) -> None:
                         for i in range(n)])
     finally:
         db.close()
-
-
-def _history(data_dir: Path) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(data_dir / "relaybox.db")
-    try:
-        return conn.execute("SELECT user_id, stream, seq, device_id, client_id, key, body, ts "
-                            "FROM event ORDER BY user_id, stream, seq").fetchall()
-    finally:
-        conn.close()
 
 
 def _state(data_dir: Path) -> dict[str, str]:
@@ -64,7 +55,7 @@ def test_round_trip_onto_a_fresh_data_dir(data_dir: Path, tmp_path: Path) -> Non
     target = load_settings(tmp_path / "fresh", env={})
     done = restore.restore_backup(target, made.file)
     assert done.server_id == made.manifest["server_id"] and done.config == "restored"
-    assert _history(tmp_path / "fresh") == _history(data_dir)
+    assert sqlite_events(tmp_path / "fresh") == sqlite_events(data_dir)
     assert (tmp_path / "fresh" / "relaybox.toml").read_text() == settings.config_file.read_text()
     assert oct((tmp_path / "fresh" / "relaybox.db").stat().st_mode & 0o777) == "0o600"
     assert not list((tmp_path / "fresh").glob(".*"))  # no temporary leftovers
@@ -81,7 +72,7 @@ def test_restore_replaces_a_database_and_drops_its_stale_wal(data_dir: Path,
     done = restore.restore_backup(load_settings(other, env={}), made.file)
     assert done.config == "kept" and (other / "relaybox.toml").read_text() == "port = 9999\n"
     assert not (other / "relaybox.db-shm").exists()
-    assert _history(other) == _history(data_dir)
+    assert sqlite_events(other) == sqlite_events(data_dir)
     names = sqlite3.connect(other / "relaybox.db").execute("SELECT name FROM user").fetchall()
     assert names == [("alice",)]
 
@@ -255,7 +246,7 @@ def test_events_survive_in_the_archive_byte_for_byte(data_dir: Path, tmp_path: P
     out = tmp_path / "x"
     with tarfile.open(made.file) as tar:
         tar.extract("relaybox.db", out, filter="data")
-    assert _history(out) == _history(data_dir)
+    assert sqlite_events(out) == sqlite_events(data_dir)
     assert os.stat(made.file).st_mode & 0o077 == 0
     db = open_database(load_settings(data_dir, env={}))
     try:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from relaybox.bus import EmbeddedRedis, SyncBus, url_from_socket
+from relaybox.bus import SyncBus
 from relaybox.config import Settings, load_settings
 from relaybox.jobs import scheduler
 from relaybox.jobs.scheduler import JobScheduler
@@ -29,15 +28,6 @@ NOW = 1_800_000_000.0  # fake unix time for the jobs
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
     return load_settings(data_dir, env={})
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A real embedded Redis, as ``serve`` runs it."""
-    server = EmbeddedRedis(tmp_path / "redis")
-    socket = server.start()
-    yield url_from_socket(socket)
-    server.stop()
 
 
 def test_retention_job_prunes_as_of_the_injected_time(settings: Settings) -> None:

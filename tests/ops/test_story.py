@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cli.helpers import collect, device_key, publish
-from tests.support import Gw, Server, free_port
+from tests.support import Gw, Server, free_port, sqlite_events
 
 
 def cli(data_dir: Path, *args: str) -> Any:
@@ -36,15 +36,6 @@ def pair(data_dir: Path, server: Server, name: str, home: Path) -> Path:
               "--identity", str(identity))
     assert doc["name"] == name
     return identity
-
-
-def events(data_dir: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(data_dir / "relaybox.db")
-    try:
-        return conn.execute("SELECT user_id, stream, seq, device_id, client_id, key, body, ts "
-                            "FROM event ORDER BY user_id, stream, seq").fetchall()
-    finally:
-        conn.close()
 
 
 def acked(data_dir: Path, device_id: str, stream: str) -> int:
@@ -86,11 +77,11 @@ async def test_backup_restore_story(tmp_path: Path) -> None:
         assert made["counts"]["device"] == 2 and made["counts"]["event"] >= 5
         await gw.close()
         assert srv.stop() == 0
-        before = events(first)
+        before = sqlite_events(first)
 
         restored = cli(second, "restore", made["file"], "--yes")
         assert restored["server_id"] == init["server_id"]
-        assert events(second) == before
+        assert sqlite_events(second) == before
 
         srv2 = Server(second, free_port(), {})
         srv2.start()
