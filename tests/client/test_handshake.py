@@ -24,7 +24,7 @@ from relaybox.protocol.client import (
     Refused,
 )
 from relaybox.protocol.encoding import dumps
-from tests.protocol.test_protocol_client import (
+from tests.protocol.vectors import (
     DEVICE,
     KEY,
     SERVER,

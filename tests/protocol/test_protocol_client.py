@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from nacl.signing import SigningKey
 
-from relaybox.protocol import Handshake, HandshakeState, b64url_encode, loads, welcome_frame
+from relaybox.protocol import Handshake, HandshakeState, loads
 from relaybox.protocol.client import (
     FATAL_HANDSHAKE_ERRORS,
     ClientHandshake,
@@ -20,26 +17,19 @@ from relaybox.protocol.client import (
     Welcomed,
     decode_frame,
 )
-from relaybox.protocol.messages import Auth, Hello, parse_message
-
-SERVER = "0193aaaa-0000-7000-8000-00000000000a"
-SESSION = "0193aaaa-0000-7000-8000-00000000000b"
-DEVICE = "0193aaaa-0000-7000-8000-00000000000c"
-USER = "0193aaaa-0000-7000-8000-00000000000d"
-CLIENT_NONCE = b64url_encode(bytes(range(32)))
-SERVER_NONCE = b64url_encode(bytes(range(100, 132)))
-KEY = SigningKey(bytes(range(32)))
-CHALLENGE = {"type": "challenge", "session_id": SESSION, "server_id": SERVER,
-             "nonce": SERVER_NONCE}
-WELCOME = loads(welcome_frame(SESSION, USER, DEVICE, 20, 256, 65536, {"notes": 3}))
-
-
-def client(**kw: Any) -> ClientHandshake:
-    return ClientHandshake(DEVICE, KEY, nonce=CLIENT_NONCE, **kw)
-
-
-def parse(frame: str) -> Any:
-    return parse_message(frame, max_body_bytes=65536)
+from relaybox.protocol.messages import Auth, Hello
+from tests.protocol.vectors import (
+    CHALLENGE,
+    CLIENT_NONCE,
+    DEVICE,
+    KEY,
+    SERVER,
+    SERVER_NONCE,
+    SESSION,
+    WELCOME,
+    client,
+    parse,
+)
 
 
 def test_both_sides_complete_the_handshake() -> None:

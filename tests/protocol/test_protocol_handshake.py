@@ -28,13 +28,8 @@ from relaybox.protocol import (
     token_signing_bytes,
     verify_signature,
 )
+from tests.protocol.vectors import CLIENT_NONCE, DEVICE, KEY, SERVER, SERVER_NONCE, SESSION
 
-SERVER = "0193aaaa-0000-7000-8000-00000000000a"
-SESSION = "0193aaaa-0000-7000-8000-00000000000b"
-DEVICE = "0193aaaa-0000-7000-8000-00000000000c"
-CLIENT_NONCE = b64url_encode(bytes(range(32)))
-SERVER_NONCE = b64url_encode(bytes(range(100, 132)))
-KEY = SigningKey(bytes(range(32)))
 PUBLIC = bytes(KEY.verify_key)
 
 HELLO = Hello(1, DEVICE, CLIENT_NONCE)
