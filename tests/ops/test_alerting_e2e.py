@@ -106,6 +106,18 @@ def alert_named(name: str, status: str) -> Callable[[Notification], bool]:
 
 
 @contextlib.contextmanager
+def serving(server: socketserver.TCPServer) -> Iterator[int]:
+    """``server`` answering in a thread of its own: its port; shut down afterwards."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def webhook_receiver(inbox: Inbox) -> Iterator[int]:
     """An HTTP server taking Alertmanager's webhook POSTs at /<receiver name>."""
 
@@ -120,14 +132,8 @@ def webhook_receiver(inbox: Inbox) -> Iterator[int]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as port:
+        yield port
 
 
 @contextlib.contextmanager
@@ -161,13 +167,8 @@ def smtp_receiver(inbox: Inbox) -> Iterator[int]:
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield port
 
 
 # -- configuration derived from the shipped files -------------------------------------------

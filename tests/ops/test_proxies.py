@@ -221,11 +221,18 @@ http {{
            f"daemon off; pid {folder}/nginx.pid; error_log {folder}/error.log info;"]
     check = subprocess.run([*cmd, "-t"], capture_output=True, check=False)
     assert check.returncode == 0, (check.stdout + check.stderr).decode(errors="replace")
-    log = folder / "nginx.out"
+    return _launch(cmd, folder / "nginx.out", folder, (tls_port, http_port), verify)
+
+
+def _launch(cmd: list[str], log: Path, folder: Path, ports: tuple[int, int],
+            verify: ssl.SSLContext, stats: Path | None = None) -> Proxy:
+    """Start a checked proxy configuration; the proxy once it serves (stopped if it
+    does not)."""
+    tls_port, http_port = ports
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    proxy = Proxy(Front(folder, tls_port, {}, verify=verify), http_port, proc, log)
+    proxy = Proxy(Front(folder, tls_port, {}, verify=verify), http_port, proc, log, stats)
     try:
         asyncio.run(_serving(proxy, verify))
     except BaseException:
@@ -244,17 +251,8 @@ def start_haproxy(folder: Path, cfg: str, verify: ssl.SSLContext, stats: Path) -
     path.write_text(with_ports(cfg, tls_port, http_port, has_ipv6()))
     check = subprocess.run([exe, "-c", "-f", str(path)], capture_output=True, check=False)
     assert check.returncode == 0, (check.stdout + check.stderr).decode(errors="replace")
-    log = folder / "haproxy.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([exe, "-db", "-f", str(path)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    proxy = Proxy(Front(folder, tls_port, {}, verify=verify), http_port, proc, log, stats)
-    try:
-        asyncio.run(_serving(proxy, verify))
-    except BaseException:
-        proxy.stop()
-        raise
-    return proxy
+    return _launch([exe, "-db", "-f", str(path)], folder / "haproxy.log", folder,
+                   (tls_port, http_port), verify, stats)
 
 
 # -- the cluster -------------------------------------------------------------------------------
