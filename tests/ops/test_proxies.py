@@ -393,16 +393,21 @@ async def test_nginx_one_node(cluster: Cluster) -> None:
         proxy.stop()
 
 
-async def test_nginx_several_nodes(cluster: Cluster) -> None:
-    """The same server blocks with the several-nodes upstream: both nodes serve, the
-    gateway works over wss://, and relaybox sees the client's address."""
-    front = cluster.nginx.front
+async def every_node_serves(cluster: Cluster, front: Front) -> None:
+    """Four requests through ``front``: each node answers at least one of them."""
     before = [cluster.served(n, "/api/v1/status") for n in cluster.nodes]
     for _ in range(4):
         r = await get(front, "/api/v1/status")
         assert r.status_code == 200, r.text
     after = [cluster.served(n, "/api/v1/status") for n in cluster.nodes]
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+
+
+async def test_nginx_several_nodes(cluster: Cluster) -> None:
+    """The same server blocks with the several-nodes upstream: both nodes serve, the
+    gateway works over wss://, and relaybox sees the client's address."""
+    front = cluster.nginx.front
+    await every_node_serves(cluster, front)
     for dev in cluster.devices[:2]:
         await publish_through(front, dev)
     await forwarded_address_counts(front, "127.0.0.2", "127.0.0.3")
@@ -420,12 +425,7 @@ async def test_haproxy_several_nodes(cluster: Cluster) -> None:
         plain = await http.get(f"http://127.0.0.1:{proxy.http_port}/api/v1/status")
     assert plain.status_code == 301
     assert plain.headers["location"].startswith("https://127.0.0.1:")
-    before = [cluster.served(n, "/api/v1/status") for n in cluster.nodes]
-    for _ in range(4):
-        r = await get(front, "/api/v1/status")
-        assert r.status_code == 200, r.text
-    after = [cluster.served(n, "/api/v1/status") for n in cluster.nodes]
-    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+    await every_node_serves(cluster, front)
     for dev in cluster.devices[2:4]:
         await publish_through(front, dev)
     await forwarded_address_counts(front, "127.0.0.4", "127.0.0.5")

@@ -86,14 +86,14 @@ def test_bytes_frame_even_if_valid_json_is_fatal() -> None:
 # --- protocol.md §2: hello ----------------------------------------------------
 
 
+def changed(msg: dict[str, object], over: dict[str, object]) -> dict[str, object]:
+    """``msg`` with the fields of ``over`` set, or removed where they are ``_ABSENT``."""
+    msg = {**msg, **over}
+    return {name: value for name, value in msg.items() if value is not _ABSENT}
+
+
 def hello(**over: object) -> dict[str, object]:
-    msg: dict[str, object] = {"type": "hello", "protocol": 1, "device_id": DEVICE, "nonce": NONCE}
-    for name, value in over.items():
-        if value is _ABSENT:
-            del msg[name]
-        else:
-            msg[name] = value
-    return msg
+    return changed({"type": "hello", "protocol": 1, "device_id": DEVICE, "nonce": NONCE}, over)
 
 
 def test_hello_ok() -> None:
@@ -165,13 +165,7 @@ def test_auth_malformed_signature_is_fatal(signature: object, reason: str) -> No
 
 
 def publish(**over: object) -> dict[str, object]:
-    msg: dict[str, object] = {"type": "publish", "id": V4, "stream": "clipboard", "body": "hi"}
-    for name, value in over.items():
-        if value is _ABSENT:
-            del msg[name]
-        else:
-            msg[name] = value
-    return msg
+    return changed({"type": "publish", "id": V4, "stream": "clipboard", "body": "hi"}, over)
 
 
 def raw_publish(body: str) -> str:
