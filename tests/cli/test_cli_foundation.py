@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.cli.helpers import assert_error, run, run_json
-from tests.support import free_port, seed
+from tests.support import embedded_redis_pid, free_port, seed
 
 
 def test_init_creates_a_private_data_dir_and_shows_the_admin_token_once(tmp_path: Path) -> None:
@@ -88,11 +88,6 @@ def test_a_bad_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-def _redis_pid(data_dir: Path) -> int:
-    settings = json.loads((data_dir / "run" / "redis.rdb.settings").read_text())
-    return int(Path(settings["pidfile"]).read_text().strip())
-
-
 def _running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -126,7 +121,7 @@ def test_serve_on_a_fresh_machine_then_again_keeps_the_data(tmp_path: Path) -> N
     proc = start()
     first = httpx.get(url).json()
     assert first["status"] == "ok" and first["database"] == "ok" and first["redis"] == "ok"
-    redis_pid = _redis_pid(d)
+    redis_pid = embedded_redis_pid(d)
     seed(d, {"alice": 1})
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

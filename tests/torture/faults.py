@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Server, writer_pids
+from tests.support import Server, embedded_redis_pid, writer_pids
 
 READY = "/api/v1/health/ready"
 
@@ -88,8 +87,7 @@ class Node(Server):
 
     def embedded_redis_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, KeyError):
-            info = json.loads((self.data_dir / "run" / "redis.rdb.settings").read_text())
-            pid = int(Path(info["pidfile"]).read_text().strip())
+            pid = embedded_redis_pid(self.data_dir)
             return pid if _alive(pid) else None
         return None
 

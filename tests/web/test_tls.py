@@ -23,8 +23,8 @@ pytest.importorskip("playwright.async_api", reason="pip install -e '.[test]'")
 from playwright.async_api import expect
 
 from relaybox.client import Client
-from tests.client.conftest import _pools, kill_embedded_redis
-from tests.support import Server, free_port, seed
+from tests.client.conftest import _pools
+from tests.support import Server, free_port, kill_embedded_redis, seed
 from tests.web.conftest import LIMITS, Guard, cli
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True)
