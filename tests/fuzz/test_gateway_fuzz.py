@@ -20,7 +20,7 @@ from tests.api.helpers import Api
 from tests.fuzz.budget import budget
 from tests.fuzz.conftest import StartServer
 from tests.fuzz.player import LogWatch, Probe, check, play, predict
-from tests.fuzz.strategies import encode, frames
+from tests.fuzz.strategies import Frame, encode, frames
 from tests.support import DeviceKey
 
 
@@ -36,6 +36,14 @@ class Rig:
         self.log.assert_clean()
         asyncio.run(self.probe.check())
         self.log.assert_clean()
+
+    def play(self, sent: list[Frame], stage: str, dev: DeviceKey | None = None) -> None:
+        """Send ``sent`` in a session of ``dev`` (handshake done) or of none (from
+        ``stage``), check the outcome against the model's prediction, then the server."""
+        prediction = predict(sent, stage)
+        outcome = asyncio.run(play(self.api.server, sent, dev, prediction))
+        check(outcome, prediction)
+        self.after_example()
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +61,7 @@ def rig(start_server: StartServer) -> Rig:
 @given(data=st.data())
 def test_any_frames_before_the_handshake(rig: Rig, data: st.DataObject) -> None:
     sent = data.draw(frames(rig.device_ids), label="frames")
-    prediction = predict(sent, "hello")
-    outcome = asyncio.run(play(rig.api.server, sent, None, prediction))
-    check(outcome, prediction)
-    rig.after_example()
+    rig.play(sent, "hello")
 
 
 @budget(2)
@@ -67,20 +72,14 @@ def test_any_frames_after_a_valid_hello(rig: Rig, data: st.DataObject) -> None:
     hello = encode({"type": "hello", "protocol": 1, "device_id": dev,
                     "nonce": random_nonce()}, True, False)
     sent = [hello, *data.draw(frames(rig.device_ids, 4), label="frames")]
-    prediction = predict(sent, "hello")
-    outcome = asyncio.run(play(rig.api.server, sent, None, prediction))
-    check(outcome, prediction)
-    rig.after_example()
+    rig.play(sent, "hello")
 
 
 @budget(3)
 @given(data=st.data())
 def test_any_frames_after_the_handshake(rig: Rig, data: st.DataObject) -> None:
     sent = data.draw(frames(rig.device_ids, 8), label="frames")
-    prediction = predict(sent, "ready")
-    outcome = asyncio.run(play(rig.api.server, sent, rig.fuzzed, prediction))
-    check(outcome, prediction)
-    rig.after_example()
+    rig.play(sent, "ready", rig.fuzzed)
 
 
 def test_storage_is_gap_free_after_fuzzing(rig: Rig) -> None:
