@@ -178,10 +178,6 @@ def _parse_publish(obj: dict[str, object], max_body_bytes: int) -> Publish:
             raise PublishRefused(
                 "invalid", f"key must be a string of at most {MAX_KEY_BYTES} UTF-8 bytes", id
             )
-        if "\x00" in key:
-            # No database stores a NUL in text (protocol.md §3 Publish): refused here, before
-            # the publish reaches the writer, with the answer the writer would give.
-            raise PublishRefused("invalid", "key contains a NUL character (U+0000)", id)
     base_seq = obj.get("base_seq")
     if base_seq is not None and not _is_uint(base_seq):
         raise PublishRefused("invalid", "base_seq must be an integer >= 0", id)

@@ -42,6 +42,7 @@ class Prediction:
 
     answers: list[tuple[str, Any]] = field(default_factory=list)  # in order (not publish)
     publishes: Counter[str] = field(default_factory=Counter)  # id -> replies (any order)
+    refused_at_store: set[str] = field(default_factory=set)  # publishes nacked "invalid"
     close: int | None = None  # the server closes by itself with this code
     stage: str = "hello"  # hello, auth, ready: where a handshake left off
     # An oversized frame after the one that ends the session: the WebSocket layer may
@@ -131,6 +132,11 @@ def _predict(p: Prediction, frames: list[Frame]) -> int:
             p.close = 4400
             continue
         elif isinstance(msg, Publish):
+            if msg.key is not None and "\x00" in msg.key:
+                # Valid on the wire, but no database stores a NUL in text: the server
+                # refuses it when it comes to store it (store/intake.py), in any order
+                # with the other answers, like every reply that waits for the writer.
+                p.refused_at_store.add(msg.id)
             p.publishes[msg.id] += 1
         elif isinstance(msg, Ping):
             p.answers.append(("pong", msg.ref))
@@ -266,13 +272,17 @@ def check(outcome: Outcome, prediction: Prediction) -> None:
             assert replies[pid] <= n, (pid, replies[pid], n)
     for f in answers:
         if _is_publish_reply(f, prediction):
-            if f["type"] == "ack":
+            if f["id"] in prediction.refused_at_store:
+                assert (f["type"], f.get("code")) == ("nack", "invalid"), f
+            elif f["type"] == "ack":
                 assert type(f["seq"]) is int and f["seq"] >= 1, f
             else:
                 assert f["code"] in ("conflict", "rate_limited", "unavailable"), f
 
 
 def _is_publish_reply(f: dict[str, Any], prediction: Prediction) -> bool:
+    if f.get("type") == "nack" and f.get("id") in prediction.refused_at_store:
+        return f.get("code") == "invalid"
     return f.get("type") in ("ack", "nack") and f.get("id") in prediction.publishes and (
         f.get("type") == "ack" or f.get("code") in ("conflict", "rate_limited", "unavailable"))
 
