@@ -1,9 +1,11 @@
 """Test support, the helper library: plain functions and classes, no pytest fixtures.
 
-A real relaybox server process (``Server``, ``free_port``), users and devices seeded into
-a data dir (``seed``), a raw gateway client (``Gw``), the writer processes of a server,
-and PostgreSQL databases of a test's own (``pg_database``, ``pg_admin``,
-``fresh_database``). Nothing here imports pytest, so the torture campaigns
+A real relaybox server process (``Server``, ``free_port``; ``Endpoint``, its URLs, for
+proxies too), users and devices seeded into a data dir (``seed``), a raw gateway client
+(``Gw``), the writer processes and the embedded Redis of a server (``writer_pids``,
+``embedded_redis_pid``, ``kill_embedded_redis``), the events of a SQLite data dir
+(``sqlite_events``), and PostgreSQL databases of a test's own (``pg_database``,
+``pg_admin``, ``fresh_database``). Nothing here imports pytest, so the torture campaigns
 (``python -m tests.torture``) use it too. The fixtures built on these helpers live in
 ``tests/plugin.py``.
 """
@@ -42,8 +44,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Endpoint:
+    """Where clients reach relaybox on this machine (a server, or a proxy in front of
+    nodes): its URLs, https and wss where ``tls`` is set."""
+
+    port: int
+    tls = False
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/api/v1/gateway"
+
+
 @dataclass
-class Server:
+class Server(Endpoint):
     data_dir: Path
     port: int
     env: dict[str, str]
@@ -51,14 +69,6 @@ class Server:
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     verify: Any = True  # how to check the certificate of an https server (httpx verify=)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/v1/gateway"
 
     def start(self, timeout: float = 30.0) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"

@@ -145,14 +145,6 @@ class Front(Server):
 
     tls: bool = True
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/api/v1/gateway"
-
 
 @dataclass
 class Proxy:

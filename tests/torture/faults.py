@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Server, embedded_redis_pid, writer_pids
+from tests.support import Endpoint, Server, embedded_redis_pid, writer_pids
 
 READY = "/api/v1/health/ready"
 
@@ -161,7 +161,7 @@ class RedisServer:
             self.proc = None
 
 
-class Haproxy:
+class Haproxy(Endpoint):
     """haproxy in front of the nodes; health check on GET /api/v1/health/ready."""
 
     def __init__(self, folder: Path, port: int, nodes: list[Node]) -> None:
@@ -169,14 +169,6 @@ class Haproxy:
         self.port = port
         self.nodes = nodes
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/v1/gateway"
 
     def config(self) -> str:
         servers = "\n".join(f"    server {n.name} 127.0.0.1:{n.port} check" for n in self.nodes)
