@@ -521,12 +521,14 @@ function send() {
 // -- devices ------------------------------------------------------------------------------
 
 let refreshing = null;
+let refreshRetry = 0; // failed refreshes in a row: the next try waits longer
 async function refreshDevices() {
   if (!state.client) return;
   if (refreshing) return;
   refreshing = (async () => {
     try {
       const list = await state.client.rest.devices();
+      refreshRetry = 0;
       state.devices = new Map(list.map((d) => [d.device_id, d]));
       const me = state.devices.get(state.identity.device_id);
       if (me && me.name !== state.identity.name) {
@@ -536,7 +538,13 @@ async function refreshDevices() {
       renderDevices();
       state.dirty = true;
       schedule();
-    } catch { /* shown again on the next change */ }
+    } catch {
+      // A busy or restarting server: try again (1 s, doubling up to 30 s), so that
+      // device names do not wait for the next change of the device list.
+      const delay = Math.min(30000, 1000 * 2 ** refreshRetry);
+      refreshRetry += 1;
+      setTimeout(refreshDevices, delay);
+    }
   })();
   await refreshing;
   refreshing = null;
