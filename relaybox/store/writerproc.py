@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import subprocess
@@ -271,16 +272,11 @@ class ProcessWriter:
                 handed.set_result(self.proc)
 
         if loop is not None and not loop.is_closed() and loop.is_running():
-            try:
+            with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
                 loop.call_soon_threadsafe(end)
                 proc = handed.result(STOP_TIMEOUT_S)
-            except (RuntimeError, concurrent.futures.TimeoutError):
-                pass
         elif loop is not None and not loop.is_closed():
-            # The loop is not running (it stopped, or has not started this turn): nothing
-            # else touches the link, so its input is ended from here; else the writer
-            # process would wait for more until the timeout below kills it.
-            end()
+            end()  # a loop that is not running touches no link: its input ends from here
             proc = handed.result(0)
         self._stopping = True
         if proc is not None:
