@@ -171,18 +171,28 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: Arrays and objects nested deeper than this are refused, as orjson (the fast path)
+#: refuses them; stdlib json's own limit is the interpreter's recursion limit, which
+#: differs between Python versions.
+MAX_DEPTH = 1024
+
+
 def _check_unicode(obj: object) -> None:
-    """Reject lone surrogates, which stdlib json lets through but orjson does not."""
-    stack = [obj]
+    """Reject lone surrogates, which stdlib json lets through but orjson does not, and
+    nesting past MAX_DEPTH."""
+    stack: list[tuple[object, int]] = [(obj, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             item.encode("utf-8")  # UnicodeEncodeError is a ValueError
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise ValueError("JSON nested too deeply")
+            if isinstance(item, dict):
+                stack.extend((k, depth + 1) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
 
 
 def _exact_loads(text: str) -> object:

@@ -324,3 +324,14 @@ def test_dumps_rejects_lone_surrogate_and_unsupported() -> None:
         dumps(["\ud800", 2**70])
     with pytest.raises(TypeError):
         dumps({1, 2})
+
+
+
+def test_no_path_accepts_nesting_past_orjsons_limit() -> None:
+    """The exact (big-number) path refuses what orjson refuses, on every Python: stdlib
+    json's own limit is the recursion limit, deeper on 3.12+."""
+    depth = 1025
+    for inner in ("1", str(10**20)):
+        with pytest.raises(ValueError):
+            loads("[" * depth + inner + "]" * depth)
+    assert loads("[" * 1024 + "1" + "]" * 1024) is not None  # the fast path's own limit
