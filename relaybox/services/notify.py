@@ -27,7 +27,7 @@ class Change:
 
 
 class LocalHub(Protocol):
-    """The hub of the server process a change was made in (server/hub.py)."""
+    """The hub of the server process a change was made in (server/gateway/hub.py)."""
 
     def committed(self, events: list[StoredEvent]) -> None: ...
 
