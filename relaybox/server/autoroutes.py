@@ -20,9 +20,7 @@ from sanic.response import HTTPResponse, empty
 from sanic_ext.extensions.openapi import openapi
 from sanic_ext.utils.route import clean_route_name
 
-#: The order of the methods in an Allow header (RFC 9110 leaves it open; a fixed one
-#: makes responses reproducible).
-_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+from relaybox.server.errors import METHOD_ORDER
 
 #: The Extend() settings that hand HEAD and OPTIONS to this module.
 EXTEND_CONFIG = {"http_auto_head": False, "http_auto_options": False}
@@ -43,8 +41,8 @@ async def _options(request: Request, allow: str, *args: Any, **kwargs: Any) -> H
 
 def allow_header(methods: Any) -> str:
     """The Allow header for a route's methods, OPTIONS last."""
-    known = [m for m in _ORDER if m in methods]
-    return ",".join([*known, *sorted(set(methods) - set(_ORDER) - {"OPTIONS"}), "OPTIONS"])
+    known = [m for m in METHOD_ORDER if m in methods and m != "OPTIONS"]
+    return ",".join([*known, *sorted(set(methods) - set(METHOD_ORDER)), "OPTIONS"])
 
 
 def add_head_and_options(app: Sanic) -> None:
