@@ -29,8 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import free_port  # noqa: E402
-from tests.torture.campaign import fresh_database  # noqa: E402
+from tests.support import free_port, fresh_database  # noqa: E402
 from tests.torture.faults import Haproxy, Node, RedisServer  # noqa: E402
 
 # Rate limits and the per-address cap off: the bench measures the relay, and through
@@ -126,7 +125,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"== {name}", file=sys.stderr, flush=True)
             if name.startswith("pg"):
                 assert pg_base is not None
-                with fresh_database(pg_base) as url:
+                with fresh_database(pg_base, "relaybox_matrix") as url:
                     results[name] = await _deployment(name, Path(tmp) / name, args, url)
             else:
                 results[name] = await _deployment(name, Path(tmp) / name, args, None)
