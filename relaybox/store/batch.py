@@ -1,9 +1,12 @@
 """The batching writer: one batch of publishes, cursors, touches and calls in one
-transaction (one fsync), whichever writer (thread or process) runs it."""
+transaction (one fsync), whichever writer (thread or process) runs it, and the writer
+process's loop that takes those batches from its socket and answers them."""
 
 from __future__ import annotations
 
+import collections
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,6 +18,7 @@ import peewee as pw
 from relaybox.protocol.encoding import now_ms
 from relaybox.store.append import append
 from relaybox.store.checkpoint import JOURNAL_SIZE_LIMIT, WalCheckpointer
+from relaybox.store.codec import Item, answers, pack, split, unpack
 from relaybox.store.events import Failed, PublishRequest, PublishResult, Refused, StoredEvent
 from relaybox.store.quotas import OverQuota, Quotas
 from relaybox.store.sql import (
@@ -182,6 +186,12 @@ class BatchWriter:
         return BatchOutcome(results, new_events, touch_results, call_results,
                             time.perf_counter() - started, self.healthy)
 
+    def write_items(self, items: list[Item]) -> tuple[list[Any], float, bool]:
+        """One batch of items (store/codec.py), written and answered as the writer process
+        answers it (tests/store/crashing_writer.py wraps this)."""
+        b = split(items)
+        return answers(items, self.apply(b.pubs, b.cursors, b.touches, b.calls))
+
     def _run_call(self, fn: Callable[[], Any]) -> tuple[Any, Exception | None]:
         try:
             with self.db.atomic():  # a savepoint inside the batch's transaction
@@ -271,3 +281,43 @@ class BatchWriter:
                 log.warning("touch of %s refused by the database: %s", touch[0], exc)
                 out.append((None, exc))
         return out
+
+
+def serve_socket(sock: socket.socket, writer: BatchWriter, buf: bytearray) -> None:
+    """The writer process's loop: answer batches until the socket closes. ``buf`` holds
+    bytes already read from it. Its caller owns ``writer`` (its checkpointer, its close)."""
+    queued: collections.deque[Item] = collections.deque()
+    for items in unpack(buf):
+        queued.extend(items)
+    gone = False
+    while True:
+        if not queued:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            buf += data
+            # Whatever else has already arrived joins this batch.
+            sock.setblocking(False)
+            try:
+                while True:
+                    more = sock.recv(1 << 20)
+                    if not more:
+                        break
+                    buf += more
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+            for items in unpack(buf):
+                queued.extend(items)
+            if not queued:
+                continue
+        batch = [queued.popleft() for _ in range(min(len(queued), writer.batch_max))]
+        answer = pack(writer.write_items(batch))
+        if not gone:
+            try:
+                sock.sendall(answer)
+            except OSError:
+                # The server died: still commit what it sent, then stop (architecture.md,
+                # "What happens on a crash").
+                gone = True

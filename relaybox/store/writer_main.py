@@ -3,12 +3,12 @@
 Started by the server (``relaybox.store.writerproc.ProcessWriter``), never by hand. The
 spec comes as the socket's first frame; it may name a set-up function (the server's log
 set-up, so the writer logs in the server's format with the same redaction) that runs
-first. Then it answers batches (store/codec.py) until the socket closes.
+first. Then it builds the ``BatchWriter`` the spec describes and hands it the socket:
+the loop that answers batches (store/codec.py) until the socket closes is store/batch.py's.
 """
 
 from __future__ import annotations
 
-import collections
 import importlib
 import logging
 import pickle
@@ -22,8 +22,8 @@ from typing import Any
 
 import peewee as pw
 
-from relaybox.store.batch import BatchWriter
-from relaybox.store.codec import Item, answers, pack, split, unpack
+from relaybox.store.batch import BatchWriter, serve_socket
+from relaybox.store.codec import unpack
 from relaybox.store.quotas import Quotas
 
 log = logging.getLogger("relaybox.store")
@@ -41,57 +41,19 @@ def _open(spec: dict[str, Any]) -> pw.Database:
 
 
 def serve(sock: socket.socket, spec: dict[str, Any], buf: bytearray | None = None) -> None:
-    """Answer batches until the socket closes (``buf``: bytes already read from it)."""
+    """Answer batches until the socket closes (``buf``: bytes already read from it), with
+    the ``BatchWriter`` the spec describes (the loop is store/batch.py's)."""
     writer = BatchWriter(_open(spec), batch_max=int(spec["batch_max"]),
                          quotas=Quotas(*spec.get("quotas", ())),
                          checkpoints=not spec.get("replicated"))
     if writer.checkpointer is not None:
         writer.checkpointer.start()
-    buf = buf if buf is not None else bytearray()
-    queued: collections.deque[Item] = collections.deque()
-    for items in unpack(buf):
-        queued.extend(items)
-    gone = False
     try:
-        while True:
-            if not queued:
-                data = sock.recv(1 << 20)
-                if not data:
-                    break
-                buf += data
-                # Whatever else has already arrived joins this batch.
-                sock.setblocking(False)
-                try:
-                    while True:
-                        more = sock.recv(1 << 20)
-                        if not more:
-                            break
-                        buf += more
-                except BlockingIOError:
-                    pass
-                finally:
-                    sock.setblocking(True)
-                for items in unpack(buf):
-                    queued.extend(items)
-                if not queued:
-                    continue
-            batch = [queued.popleft() for _ in range(min(len(queued), writer.batch_max))]
-            answer = pack(_write(writer, batch))
-            if not gone:
-                try:
-                    sock.sendall(answer)
-                except OSError:
-                    gone = True  # the server died: still commit what it sent, then stop
+        serve_socket(sock, writer, buf if buf is not None else bytearray())
     finally:
         if writer.checkpointer is not None:
             writer.checkpointer.stop()
         writer.close()
-
-
-def _write(writer: BatchWriter, batch: list[Item]) -> tuple[list[Any], float, bool]:
-    """One batch, written and answered (tests/store/crashing_writer.py wraps this)."""
-    b = split(batch)
-    return answers(batch, writer.apply(b.pubs, b.cursors, b.touches, b.calls))
 
 
 class _NoSpec(Exception):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from relaybox.store import codec, writer_main
+from relaybox.store.batch import BatchWriter
 
 _spec: dict[str, Any] = {}
 
@@ -24,11 +25,11 @@ def _setup(spec: dict[str, Any]) -> None:
     _spec.update(spec)
 
 
-def _write(writer: Any, batch: list[tuple[Any, ...]]) -> Any:
-    bodies = [it[5] for it in batch if it[0] == codec.PUBLISH]
+def _write_items(self: BatchWriter, items: list[codec.Item]) -> tuple[list[Any], float, bool]:
+    bodies = [it[5] for it in items if it[0] == codec.PUBLISH]
     if "die_on_body" in _spec and _spec["die_on_body"] in bodies:
         os._exit(3)
-    out = _real_write(writer, batch)
+    out = _real_write_items(self, items)
     marker = _spec.get("die_after_commit")
     if marker is not None and bodies and not Path(marker).exists():
         Path(marker).touch()
@@ -36,8 +37,9 @@ def _write(writer: Any, batch: list[tuple[Any, ...]]) -> Any:
     return out
 
 
-_real_write = writer_main._write
-writer_main._write = _write
+# The writer process's loop (store/batch.py serve_socket) writes each batch with this.
+_real_write_items = BatchWriter.write_items
+BatchWriter.write_items = _write_items  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(writer_main.run(sys.argv, _setup))
