@@ -4,7 +4,7 @@ Pure and sans-I/O like the rest of the core: the server feeds it the positions r
 the handshake, acks from the device, committed events and the results of its reads, and
 gets back frames to send and decisions (send now, or leave it to the pump). Where events
 come from (the hub's ring, storage) and when frames are written is the server's business
-(``relaybox/server/gateway/delivery.py``). protocol.md §3 Delivery, Flow control and Catch-up.
+(``relaybox/server/gateway/catchup.py``). protocol.md §3 Delivery, Flow control and Catch-up.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relaybox.protocol.frames import gap_frame, synced_frame
+from relaybox.protocol.frames import event_frame, gap_frame, synced_frame
 
-__all__ = ["DELIVER", "HOLD", "READ_CHUNK", "SKIP", "DeliveryState", "Event", "StreamState"]
+__all__ = ["DELIVER", "HOLD", "READ_CHUNK", "SKIP", "Committed", "DeliveryState", "Event",
+           "Framed", "StreamState", "event_frame_of"]
 
 READ_CHUNK = 512  # events per storage read when a session resumes from storage
 
@@ -26,8 +27,50 @@ DELIVER = 1  # send the event's frame now (it is counted in flight)
 HOLD = 2  # not now (window full, output paused, stream behind): wake the pump
 
 
+class Committed(Protocol):
+    """A committed event as the server holds it (``relaybox.store.events.StoredEvent``):
+    its fields, and ``wire``, where its `event` frame is kept once built."""
+
+    stream: str
+    seq: int
+    id: str
+    device_id: str | None
+    key: str | None
+    body: str
+    wire: str | None
+
+    @property
+    def ts_text(self) -> str: ...
+
+
+def event_frame_of(ev: Committed) -> str:
+    """``ev``'s `event` frame, kept in ``ev.wire`` once built: the same string goes to
+    every recipient, the body serialised once (protocol.md §3 Delivery)."""
+    frame = ev.wire
+    if frame is None:
+        frame = ev.wire = event_frame(ev.stream, ev.seq, ev.id, ev.device_id, ev.key,
+                                      ev.ts_text, ev.body)
+    return frame
+
+
+class Framed:
+    """A committed event as ``DeliveryState.take`` takes it; its frame is built only if
+    it is sent."""
+
+    __slots__ = ("device_id", "event", "seq")
+
+    def __init__(self, event: Committed) -> None:
+        self.event = event
+        self.seq = event.seq
+        self.device_id = event.device_id
+
+    @property
+    def frame(self) -> str:
+        return event_frame_of(self.event)
+
+
 class Event(Protocol):
-    """What delivery needs of a committed event (``relaybox.server.eventframe.Framed``)."""
+    """What delivery needs of a committed event (``Framed``)."""
 
     @property
     def seq(self) -> int: ...

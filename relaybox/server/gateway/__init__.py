@@ -1,8 +1,10 @@
 """The WebSocket gateway: one connection class over the transport, the session on it.
 
 ``connection.py`` owns the transport and the WebSocket protocol object; ``session.py``
-is one device's life on a connection (``handshake.py``, ``receive.py``, and the pump
-over the protocol core's delivery state in ``delivery.py``).
+is one device on a connection and the hot path of its events (messages in, events and
+acks out), with the rest of its life in ``handshake.py``, ``lifecycle.py`` (take-over,
+wind-down, heartbeat) and ``catchup.py`` (the pump over the protocol core's delivery
+state).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A session's handshake (protocol.md §2): the core's ``Handshake`` fed with the
-connection's first messages, the device checked, the session registered with the hub and
-its positions read, then `welcome`."""
+connection's first messages (held until then), the device checked, the session
+registered with the hub and its positions read, then `welcome`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.frames import error_frame, welcome_frame
 from relaybox.protocol.handshake import UNKNOWN_DEVICE_KEY, Handshake
 from relaybox.protocol.messages import parse_message
-from relaybox.server.gateway.receive import Closing
+from relaybox.server.gateway.lifecycle import Closing
 from relaybox.server.observability import logs
 from relaybox.server.ratelimit import SharedBucket, TokenBucket
 from relaybox.store import queries
@@ -43,11 +43,35 @@ class HandshakeSteps:
     bucket: TokenBucket | SharedBucket
     wake: asyncio.Event
 
-    def send(self, frame: str) -> None:
-        raise NotImplementedError
+    _early: list[str | bytes]
+    _early_waiter: asyncio.Future[None] | None
+    _peer_closed: asyncio.Event
+
+    if TYPE_CHECKING:  # ``Session``'s
+        def send(self, frame: str) -> None: ...
+
+    # -- the messages that arrive before READY ----------------------------------------------
+    def on_peer_closed(self) -> None:
+        self._peer_closed.set()
+        self._wake_early()
+
+    def _wake_early(self) -> None:
+        waiter = self._early_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _next_early(self) -> str | bytes:
-        raise NotImplementedError
+        """The next message that arrived before READY (the handshake's `hello`, `auth`)."""
+        while not self._early:
+            if self._peer_closed.is_set():
+                raise Closing(CloseCode.NORMAL, "")
+            self._early_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._early_waiter
+            finally:
+                self._early_waiter = None
+        return self._early.pop(0)
+
 
     async def _handshake(self) -> None:
         ctx = self.ctx

@@ -1,42 +1,53 @@
-"""A gateway session: one device's life on one connection, from the handshake to the
-wind-down; sending with the output bound and the heartbeat (protocol.md §2, §4, §7).
+"""A gateway session: one device on one connection, and the hot path of every event
+through it: messages in (parsed by the protocol core, publishes handed to the event
+log, acks), events and acks out through one outbox per loop turn, under the output bound
+(protocol.md §3 Publish, §3 Delivery, §4, §7).
 
 The session calls its ``GatewayConnection`` (connection.py) to write, pause reading and
-close, and is called by it for every message (receive.py). What to deliver is decided by
-the protocol core's ``DeliveryState``, fed by the pump (delivery.py).
+close, and is called by it for every message. The rest of its life is in the mixins: the
+handshake (handshake.py), taking the connection over, the wind-down and the heartbeat
+(lifecycle.py), and catch-up (catchup.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from relaybox.protocol.codes import CloseCode
-from relaybox.protocol.delivery import DeliveryState
+from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState, event_frame_of
 from relaybox.protocol.encoding import uuid7
-from relaybox.protocol.errors import ProtocolError
-from relaybox.protocol.frames import error_frame
-from relaybox.server.gateway.connection import GatewayConnection, adopt
-from relaybox.server.gateway.delivery import Delivery
+from relaybox.protocol.errors import ProtocolError, PublishRefused
+from relaybox.protocol.frames import ack_frame, error_frame, nack_frame, pong_frame
+from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
+from relaybox.server.gateway.catchup import CatchUp
+from relaybox.server.gateway.connection import GatewayConnection
 from relaybox.server.gateway.handshake import HandshakeSteps
-from relaybox.server.gateway.receive import Closing, Receive
-from relaybox.server.observability import logs
+from relaybox.server.gateway.lifecycle import Closing, Lifecycle
 from relaybox.server.ratelimit import UNLIMITED, SharedBucket, TokenBucket
+from relaybox.store.events import (
+    Accepted,
+    Conflicted,
+    PublishRequest,
+    PublishResult,
+    Refused,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
 
 log = logging.getLogger("relaybox.gateway")
 
-CLOSE_WRITE_TIMEOUT_S = 2.0  # to write what is queued and the close frame
-CLOSE_FLUSH_TIMEOUT_S = 5.0  # to make a closing session's acks durable
-_background: set[asyncio.Future[Any]] = set()  # wind-downs outliving their handler
+MAX_PENDING_PUBLISHES = 1024  # per session; beyond it the session stops reading
+MAX_EARLY_MESSAGES = 32  # held before READY; beyond it the session stops reading
+
+__all__ = ["Closing", "Session"]
 
 
-class Session(Delivery, Receive, HandshakeSteps):
+class Session(Lifecycle, CatchUp, HandshakeSteps):
     """One authenticated WebSocket connection of one device.
 
     ``ws`` is the session's ``GatewayConnection`` (the direct upgrade), or Sanic's
@@ -85,6 +96,132 @@ class Session(Delivery, Receive, HandshakeSteps):
         self._main: asyncio.Task[Any] | None = None
         self._close_reply: list[bytes] = []  # our answer to the peer's close, held
         self._close_reply_released = False
+
+    # Read by the hub, health and metrics: the delivery state's, under the session's names.
+    @property
+    def streams(self) -> dict[str, StreamState]:
+        return self.state.streams
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    # -- messages in (on the loop, synchronously, from ``data_received``) -----------------
+    def on_message(self, data: str | bytes) -> None:
+        """Every complete message."""
+        if self.state.ready:
+            self._handle(data)
+        else:
+            self._early.append(data)
+            if len(self._early) >= MAX_EARLY_MESSAGES and self.conn is not None:
+                self.conn.pause_reading("early")  # resumed once READY
+            self._wake_early()
+
+    # -- READY ---------------------------------------------------------------------------
+    def _handle(self, data: str | bytes) -> None:
+        if self.close_code is not None:
+            return
+        try:
+            self._dispatch(data)
+        except Exception:
+            # A bug of ours must not cost the peer its session or what is queued for it.
+            log.exception("session %s: message handling failed", self.session_id)
+            self.send(error_frame("internal", "the server could not handle this message"))
+
+    def _dispatch(self, data: str | bytes) -> None:
+        try:
+            msg = parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
+        except PublishRefused as exc:
+            self.send(nack_frame(exc.id, exc.code, message=exc.message))
+            self._count_nack(exc.code)
+            return
+        except ProtocolError as exc:
+            if exc.fatal:
+                self._fail(exc)
+            else:
+                self.send(error_frame(exc.code, exc.message))
+            return
+        if isinstance(msg, Publish):
+            self._publish(msg)
+        elif isinstance(msg, Ack):
+            self._ack(msg)
+        elif isinstance(msg, Ping):
+            self.send(pong_frame(msg.ref))
+        elif isinstance(msg, Hello | Auth):
+            self._fail(ProtocolError("bad_request", "handshake message after the handshake"))
+        else:
+            self.send(error_frame("unknown_type", f"unknown message type {msg.type!r}"))
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """A fatal protocol violation: say why, then close with its code."""
+        if self.close_code is None:
+            self.send(error_frame(exc.code, exc.message))
+            self.close_soon(exc.close_code or CloseCode.BAD_REQUEST, exc.code)
+
+    def _count_nack(self, code: str) -> None:
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.nacked(code)
+
+    def _publish(self, msg: Publish) -> None:
+        wait = self.bucket.take()
+        if wait > 0:
+            self.send(nack_frame(msg.id, "rate_limited", retry_after_ms=max(1, int(wait * 1000))))
+            self._count_nack("rate_limited")
+            return
+        self.pending_publishes += 1
+        if self.pending_publishes >= MAX_PENDING_PUBLISHES and self.conn is not None:
+            # Stop reading until commits catch up; the heartbeat deadline is suspended.
+            self.paused = True
+            self.conn.pause_reading("publishes")
+        req = PublishRequest(self.user_id, self.device_id, msg.id, msg.stream, msg.body,
+                             msg.key, msg.base_seq)
+        client_id = msg.id
+        self.ctx.eventlog.publish_cb(req, lambda res: self._published(client_id, res))
+
+    def _published(self, client_id: str, res: PublishResult) -> None:
+        self.pending_publishes -= 1
+        if self.paused and self.pending_publishes <= MAX_PENDING_PUBLISHES // 2:
+            self.paused = False
+            if self.conn is not None:
+                self.conn.resume_reading("publishes")
+        if isinstance(res, Accepted):
+            ev = res.event
+            self.send(ack_frame(client_id, ev.stream, ev.seq, ev.ts_text))
+        elif isinstance(res, Conflicted):
+            self.send(nack_frame(client_id, "conflict", stream=res.stream,
+                                 head_seq=res.head_seq))
+            self._count_nack("conflict")
+        elif isinstance(res, Refused):
+            # protocol.md §3 Publish: a value storage cannot hold is `invalid`; a publish
+            # over a quota is `forbidden` and names the quota (docs/protocol.md §3 Quotas).
+            extra = {"quota": res.quota} if res.quota is not None else {}
+            self.send(nack_frame(client_id, res.code, **extra, message=res.message))
+            self._count_nack(res.code)
+        else:
+            self.send(nack_frame(client_id, "unavailable",
+                                 message="storage is unavailable; retry with the same id"))
+            self._count_nack("unavailable")
+
+    def _ack(self, msg: Ack) -> None:
+        state = self.state
+        was_full = state.inflight >= state.window
+        seq = state.ack(msg.stream, msg.seq)
+        if seq:
+            if was_full and state.inflight < state.window:
+                self.wake.set()
+            self.ctx.eventlog.save_cursor(state.device_id, msg.stream, seq)
+
+    # -- events out ---------------------------------------------------------------------
+    def offer(self, ev: StoredEvent) -> None:
+        """A newly committed event of this user (called by the hub, on the loop): sent now
+        if the delivery state says so, else left to the pump (catchup.py)."""
+        decision = self.state.offer(ev.stream, ev.seq, ev.device_id)
+        if decision == DELIVER:
+            self.send(event_frame_of(ev))
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.delivered(ev)
+        elif decision == HOLD:
+            self.wake.set()
 
     # -- sending -----------------------------------------------------------------------
     def send(self, frame: str) -> None:
@@ -194,185 +331,3 @@ class Session(Delivery, Receive, HandshakeSteps):
             if self._main is not None and not self._main.done():
                 self._main.cancel()
 
-    def release(self) -> None:
-        """After the session ended and its connection is gone (the connection calls it):
-        drop the references from the session to its tasks and connection (each refers
-        back to the session)."""
-        self._tasks.clear()
-        self._stop_heartbeat()
-        self._main = None
-        self.conn = None
-        self._sanic_ws = None
-
-    # -- main -----------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve a connection that came through Sanic's request path (``app.py``)."""
-        if self.conn is None:
-            try:
-                self.conn, early = await adopt(self._sanic_ws)
-            except ConnectionError:
-                return  # gone before its handler ran: nothing to serve
-            finally:
-                self._sanic_ws = None
-            self._early.extend(early)
-        await self.conn.start(self)
-
-    async def serve(self) -> None:
-        """The session's life on its connection (``GatewayConnection.start`` runs it)."""
-        self._main = asyncio.current_task()
-        logs.bind_session(self.session_id, "")
-        assert self.conn is not None
-        # Any bytes (pongs included) are proof of life (protocol.md §4).
-        self.conn.on_activity = self._touch
-        self.conn.attach(self)
-        try:
-            try:
-                await self._handshake()
-                self._tasks.append(asyncio.create_task(self._pump()))
-                self._start_heartbeat()
-                early, self._early = self._early, []
-                if self.conn is not None:
-                    self.conn.resume_reading("early")
-                for data in early:
-                    self._handle(data)
-                # Messages are handled by ``on_message`` from here on.
-                await self._peer_closed.wait()
-            except Closing as exc:
-                if self.close_code is None:
-                    self.close_code, self.close_reason = exc.code, exc.reason
-            except ProtocolError as exc:
-                if self.close_code is None:
-                    self.close_code = exc.close_code or CloseCode.BAD_REQUEST
-                    self.close_reason = exc.code
-                    with contextlib.suppress(Exception):
-                        self.outbox.append(error_frame(exc.code, exc.message))
-            except asyncio.CancelledError:
-                if self.close_code is None:
-                    raise
-            except Exception as exc:
-                if self.close_code is None and not _is_closed_error(exc):
-                    log.exception("session %s failed", self.session_id)
-                    self.close_code, self.close_reason = CloseCode.GOING_AWAY, "going_away"
-        finally:
-            self._stop_heartbeat()
-            for t in self._tasks:
-                t.cancel()
-            if self.registered:
-                self.ctx.hub.unregister(self)
-            # The session is cancelled as soon as the socket is gone, which would skip
-            # the cursor flush and leave `finished` unset (a replacing session waits for
-            # it): the wind-down runs in a task of its own.
-            wind_down = asyncio.ensure_future(self._wind_down())
-            _background.add(wind_down)
-            wind_down.add_done_callback(_background.discard)
-            await asyncio.shield(wind_down)
-
-    async def _wind_down(self) -> None:
-        try:
-            for t in self._tasks:
-                with contextlib.suppress(BaseException):
-                    await t
-            await self._finish()
-            if self.close_code is None and not self._close_reply and self.conn is not None:
-                # The WebSocket layer itself may have closed (1009 for an oversized frame).
-                sent = self.conn.close_sent_code
-                if sent is not None and sent not in (CloseCode.NORMAL, 1005):
-                    self.close_code = sent
-            if self.registered:
-                await self._flush_cursors()
-                if self.ctx.metrics is not None:
-                    self.ctx.metrics.session_closed(self.close_code)
-        finally:
-            self._send_close_reply()
-            self.finished.set()
-
-    def on_close_reply(self, out: list[bytes]) -> None:
-        """The peer closed: our answer waits until its acks are durable (protocol.md §3
-        Delivery). A device that reconnects as soon as it has our answer, to another
-        process or node, then finds its cursors stored. When the peer answers a close of
-        ours (or the session has wound down already) it goes out at once: holding it
-        would only keep the peer waiting on a close it already has."""
-        self._close_reply.extend(out)
-        if self._close_reply_released or self.close_code is not None:
-            self._send_close_reply()
-
-    def _send_close_reply(self) -> None:
-        self._close_reply_released = True
-        out, self._close_reply = self._close_reply, []
-        if out and self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.write_chunks(out)
-
-    async def _finish(self) -> None:
-        code = self.close_code or CloseCode.NORMAL
-        conn = self.conn
-        if conn is None:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_WRITE_TIMEOUT_S):
-                await self._write_all()
-                await conn.close(code, self.close_reason)
-        except TimeoutError:
-            # A peer that reads nothing blocks our writes: put the close frame straight on
-            # the transport and drop the connection, so that the peer still learns our
-            # code (§4: 4410) instead of a later 1000.
-            with contextlib.suppress(Exception):
-                conn.fail_connection(code, self.close_reason)
-        except Exception as exc:
-            log.debug("session %s: close: %s", self.session_id, exc)  # already gone
-
-    async def _flush_cursors(self) -> None:
-        # Acks received before the close are durable before the next catch-up starts.
-        # Bounded: a writer that cannot commit (disk full, database down) must not hold
-        # the close; the device may then be sent again what it had acked.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
-                await self.ctx.eventlog.touch(self.device_id)
-
-    # -- liveness (protocol.md §4) --------------------------------------------------------
-    def _touch(self) -> None:
-        self.last_rx = time.monotonic()
-
-    def _start_heartbeat(self) -> None:
-        interval = self.ctx.settings.gateway_heartbeat_s
-        self._hb_next_ping = time.monotonic() + interval
-        self._hb_timer = asyncio.get_running_loop().call_later(interval / 4, self._heartbeat)
-
-    def _stop_heartbeat(self) -> None:
-        if self._hb_timer is not None:
-            self._hb_timer.cancel()
-            self._hb_timer = None
-
-    def _heartbeat(self) -> None:
-        """Every heartbeat_s / 4 (a timer, not a task): ping every heartbeat_s; close with
-        4410 when nothing at all arrived within heartbeat_s after a ping (protocol.md §4),
-        unless we paused reading ourselves."""
-        self._hb_timer = None
-        if self.close_code is not None:
-            return
-        interval = self.ctx.settings.gateway_heartbeat_s
-        now = time.monotonic()
-        if self.paused:
-            self.last_rx = now
-        sent = self._hb_ping_sent_at
-        if sent is not None:
-            if self.last_rx >= sent:
-                self._hb_ping_sent_at = None
-            elif now - sent > interval:
-                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat_timeout")
-                return
-        if now >= self._hb_next_ping:
-            self._hb_next_ping = now + interval
-            if self._hb_ping_sent_at is None:
-                self._hb_ping_sent_at = now
-            # Written at once, ahead of nothing: the protocol object's bytes go straight
-            # to the transport, so a peer that does not read cannot hold the ping back.
-            if self.conn is not None:
-                with contextlib.suppress(Exception):
-                    self.conn.ping()
-        self._hb_timer = asyncio.get_running_loop().call_later(interval / 4, self._heartbeat)
-
-
-def _is_closed_error(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return "Closed" in name or isinstance(exc, ConnectionError)

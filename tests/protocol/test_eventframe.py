@@ -1,11 +1,10 @@
-"""The `event` frame of a stored event: built by the server, once for every recipient."""
+"""The `event` frame of a committed event: built once, for every recipient (protocol core)."""
 
 from __future__ import annotations
 
 import orjson
 
-from relaybox.protocol.delivery import DeliveryState
-from relaybox.server.eventframe import Framed, event_frame_of
+from relaybox.protocol.delivery import DeliveryState, Framed, event_frame_of
 from relaybox.store.events import StoredEvent
 
 U, D = "u1-" + "0" * 33, "d1-" + "0" * 33

@@ -1,10 +1,10 @@
-"""Delivery to one session: the pump over the protocol core's ``DeliveryState``.
+"""A session's catch-up: the pump that sends what live delivery held back.
 
-The state (per-stream positions, window, acks, gaps, `synced`) is the pure
-``relaybox.protocol.delivery.DeliveryState``; this part feeds it and does its I/O
-(protocol.md §3 Delivery and Flow control). Live events arrive through ``offer`` from the
-hub; whatever live delivery had to hold back (a full window, a stream being read,
-catch-up after connect) is sent by ``_pump`` from the hub's ring or from storage.
+What to send is decided by the protocol core's pure ``DeliveryState`` (per-stream
+positions, window, acks, gaps, `synced`); live events go out from ``Session.offer``
+(session.py) at once when the state says so. Everything held back (catch-up after the
+handshake, a full window, paused output, a stream being read) is sent here by ``_pump``,
+from the hub's ring or from storage (protocol.md §3 Delivery, Flow control, Catch-up).
 """
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState
-from relaybox.protocol.messages import Ack
-from relaybox.server.eventframe import Framed, event_frame_of
+from relaybox.protocol.delivery import DeliveryState, Framed, StreamState
 from relaybox.store import queries
-from relaybox.store.events import StoredEvent
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
 
-__all__ = ["Delivery", "StreamState"]
+__all__ = ["CatchUp", "StreamState"]
 
 
-class Delivery:
-    """The delivery half of a gateway session (mixed into ``Session``)."""
+class CatchUp:
+    """The catch-up half of a gateway session (mixed into ``Session``)."""
 
     ctx: ServerContext
     user_id: str
@@ -34,37 +31,8 @@ class Delivery:
     wake: asyncio.Event
     _sender_idle: asyncio.Event
 
-    def send(self, frame: str) -> None:
-        raise NotImplementedError
-
-    # Read by the hub, health and metrics: the state's, under the session's names.
-    @property
-    def streams(self) -> dict[str, StreamState]:
-        return self.state.streams
-
-    @property
-    def ready(self) -> bool:
-        return self.state.ready
-
-    def _ack(self, msg: Ack) -> None:
-        state = self.state
-        was_full = state.inflight >= state.window
-        seq = state.ack(msg.stream, msg.seq)
-        if seq:
-            if was_full and state.inflight < state.window:
-                self.wake.set()
-            self.ctx.eventlog.save_cursor(state.device_id, msg.stream, seq)
-
-    # -- delivery ---------------------------------------------------------------------------
-    def offer(self, ev: StoredEvent) -> None:
-        """A newly committed event of this user (called by the hub, on the loop)."""
-        decision = self.state.offer(ev.stream, ev.seq, ev.device_id)
-        if decision == DELIVER:
-            self.send(event_frame_of(ev))
-            if self.ctx.metrics is not None:
-                self.ctx.metrics.delivered(ev)
-        elif decision == HOLD:
-            self.wake.set()
+    if TYPE_CHECKING:  # ``Session``'s
+        def send(self, frame: str) -> None: ...
 
     async def _pump(self) -> None:
         """Send what live delivery held back: catch-up, window refills, gaps, `synced`."""
