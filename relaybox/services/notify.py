@@ -8,9 +8,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from relaybox.bus import BUS_ERRORS, CONTROL_CHANNEL, SyncBus, redis_url_for
+from relaybox.bus import BUS_ERRORS, CONTROL_CHANNEL, SyncBus, encode_events_by_user, redis_url_for
 from relaybox.config import Settings
-from relaybox.services.fanout import encode_by_user
 from relaybox.store.events import StoredEvent
 
 #: The node id of messages sent from outside a server process (CLI commands, jobs).
@@ -44,7 +43,7 @@ def bus_messages(node_id: str, events: list[StoredEvent],
                  controls: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
     """(channel, message): each user's events on that user's channel, each control notice
     on the control channel, all tagged with the sending node."""
-    return [*encode_by_user(node_id, events),
+    return [*encode_events_by_user(node_id, events),
             *((CONTROL_CHANNEL, orjson.dumps({**ctl, "node": node_id})) for ctl in controls)]
 
 

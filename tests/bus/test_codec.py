@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 
 import orjson
 import pytest
@@ -11,13 +12,15 @@ from relaybox.bus import codec
 from relaybox.bus.codec import (
     CONTROL_CHANNEL,
     decode_control,
+    decode_events,
     decode_rows,
     encode_control,
+    encode_events_by_user,
     encode_rows,
-    encode_rows_by_user,
     events_channel,
     node_channel,
 )
+from relaybox.store.events import StoredEvent
 
 
 def test_channel_names() -> None:
@@ -56,13 +59,55 @@ def test_a_batch_without_json_rows_is_refused(data: bytes) -> None:
         decode_rows(data)
 
 
-def test_rows_go_on_the_channel_of_their_user_in_order_of_first_appearance() -> None:
-    v1 = ["v", "s", 1, "id-v", None, None, 0, "1"]
-    msgs = encode_rows_by_user("node-a", [ROW_1, v1, ROW_2])
+E1 = StoredEvent("u1", "notes", 1, "id-1", "dev", None, 1_800_000_000_000, '{"a":1}')
+E2 = StoredEvent("u1", "notes", 2, "id-2", None, "k", 1_800_000_000_001, "\u00e9 \u2028")
+
+
+def test_the_wire_bytes_of_an_event_batch_do_not_change() -> None:
+    # Processes of the old and the new version may share one Redis: these bytes are what
+    # every version sends and reads (user, stream, seq, id, device, key, ts, body).
+    e1 = replace(E1, wire="not on the bus")  # nor is any attribute outside the row
+    assert encode_events_by_user("node-a", [e1, E2]) == [(
+        "relaybox:events:u1",
+        b'node-a [["u1","notes",1,"id-1","dev",null,1800000000000,"{\\"a\\":1}"],'
+        b'["u1","notes",2,"id-2",null,"k",1800000000001,"\xc3\xa9 \xe2\x80\xa8"]]',
+    )]
+
+
+def test_stored_events_make_the_round_trip() -> None:
+    [(_, data)] = encode_events_by_user("node-a", [E1, E2])
+    assert decode_events(data, StoredEvent) == ("node-a", [E1, E2])
+    assert decode_rows(data) == ("node-a", [ROW_1, ["u1", "notes", 2, "id-2", None, "k",
+                                                    1_800_000_000_001, "\u00e9 \u2028"]])
+
+
+@dataclass(frozen=True)
+class Other:
+    """Any object with the attributes of BusEvent is encoded; the receiver's ``make`` gets
+    the row's items positionally."""
+
+    user_id: str
+    stream: str
+    seq: int
+    id: str
+    device_id: str | None
+    key: str | None
+    ts: int
+    body: str
+
+
+def test_events_go_on_the_channel_of_their_user_in_order_of_first_appearance() -> None:
+    v1 = Other("v", "s", 1, "id-v", None, None, 0, "1")
+    msgs = encode_events_by_user("node-a", [E1, v1, E2])
     assert [channel for channel, _ in msgs] == [events_channel("u1"), events_channel("v")]
-    assert decode_rows(msgs[0][1]) == ("node-a", [ROW_1, ROW_2])
-    assert decode_rows(msgs[1][1]) == ("node-a", [v1])
-    assert encode_rows_by_user("node-a", []) == []
+    assert decode_events(msgs[0][1], StoredEvent) == ("node-a", [E1, E2])
+    assert decode_events(msgs[1][1], Other) == ("node-a", [v1])
+    assert encode_events_by_user("node-a", []) == []
+
+
+def test_a_row_the_constructor_refuses_is_its_error() -> None:
+    with pytest.raises(TypeError):
+        decode_events(b'node-a [["u1","notes",1]]', StoredEvent)
 
 
 def test_a_control_notice_carries_its_kind_the_sending_node_and_its_data() -> None:

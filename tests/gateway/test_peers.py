@@ -7,9 +7,8 @@ import asyncio
 import pytest
 import redis
 
-from relaybox.bus import CONTROL_CHANNEL, Bus, live_servers
+from relaybox.bus import CONTROL_CHANNEL, Bus, decode_control, live_servers
 from relaybox.server.gateway.peers import Peers
-from relaybox.services.fanout import decode_control
 from tests.gateway.helpers import connect_synced, users
 from tests.plugin import MakeServer
 from tests.support import Server

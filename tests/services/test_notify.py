@@ -7,9 +7,8 @@ from typing import Any
 
 import orjson
 
-from relaybox.bus import CONTROL_CHANNEL, events_channel
+from relaybox.bus import CONTROL_CHANNEL, decode_events, events_channel
 from relaybox.config import load_settings
-from relaybox.services.fanout import decode_events
 from relaybox.services.notify import Change, Notifier, bus_messages, tell_running_servers
 from relaybox.store.events import StoredEvent
 
@@ -48,7 +47,7 @@ def test_bus_messages_put_each_users_events_on_their_channel_and_controls_on_one
     msgs = bus_messages("node-a", [event("u1", 1), event("u2", 1), event("u1", 2)], [REVOKE])
     channels = [c for c, _ in msgs]
     assert channels == [events_channel("u1"), events_channel("u2"), CONTROL_CHANNEL]
-    node, events = decode_events(msgs[0][1])
+    node, events = decode_events(msgs[0][1], StoredEvent)
     assert node == "node-a" and [e.seq for e in events] == [1, 2]
     assert orjson.loads(msgs[2][1]) == {**REVOKE, "node": "node-a"}
 

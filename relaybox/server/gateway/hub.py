@@ -8,7 +8,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from relaybox.bus import CONTROL_CHANNEL, EVENTS_CHANNEL_PREFIX, Bus, events_channel
+from relaybox.bus import (
+    CONTROL_CHANNEL,
+    EVENTS_CHANNEL_PREFIX,
+    Bus,
+    decode_control,
+    decode_events,
+    encode_events_by_user,
+    events_channel,
+)
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.frames import error_frame, presence_frame
 from relaybox.server.gateway.buckets import PublishBuckets
@@ -18,7 +26,6 @@ from relaybox.server.gateway.peers import Peers
 from relaybox.server.gateway.ring import Ring
 from relaybox.server.ratelimit import SharedBucket, TokenBucket
 from relaybox.services.devices import revoked_among
-from relaybox.services.fanout import decode_control, decode_events, encode_by_user
 from relaybox.store.events import StoredEvent
 
 log = logging.getLogger("relaybox.gateway")
@@ -157,7 +164,7 @@ class Hub:
         if events and self.bus is not None:
             # One message per user on the user's channel, all in one round trip: only the
             # processes holding a session of that user receive (and decode) it.
-            await self.bus.publish_many(encode_by_user(self.node_id, events))
+            await self.bus.publish_many(encode_events_by_user(self.node_id, events))
 
     async def listening(self, user_id: str, timeout_s: float = 3.0) -> None:
         """Wait until this process hears ``user_id``'s events from the other processes.
@@ -198,7 +205,7 @@ class Hub:
             if channel.startswith(EVENTS_CHANNEL_PREFIX):
                 if data.startswith(self._node_prefix):
                     return  # our own batch, already relayed here
-                _, events = decode_events(data)
+                _, events = decode_events(data, StoredEvent)
                 self.fanout(events)
             elif channel == CONTROL_CHANNEL:
                 await self.on_control(decode_control(data))
