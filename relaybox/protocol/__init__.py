@@ -33,18 +33,6 @@ from relaybox.protocol.encoding import (
     uuid7,
 )
 from relaybox.protocol.errors import ProtocolError, PublishRefused
-from relaybox.protocol.frames import (
-    ack_frame,
-    challenge_frame,
-    error_frame,
-    event_frame,
-    gap_frame,
-    nack_frame,
-    pong_frame,
-    presence_frame,
-    synced_frame,
-    welcome_frame,
-)
 from relaybox.protocol.handshake import (
     GATEWAY_CONTEXT,
     TOKEN_CONTEXT,
@@ -64,7 +52,17 @@ from relaybox.protocol.messages import (
     Ping,
     Publish,
     Unknown,
+    ack_frame,
+    challenge_frame,
+    error_frame,
+    event_frame,
+    gap_frame,
+    nack_frame,
     parse_message,
+    pong_frame,
+    presence_frame,
+    synced_frame,
+    welcome_frame,
 )
 
 __all__ = [

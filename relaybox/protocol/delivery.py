@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relaybox.protocol.frames import event_frame, gap_frame, synced_frame
+from relaybox.protocol.messages import event_frame, gap_frame, synced_frame
 
 __all__ = ["DELIVER", "HOLD", "READ_CHUNK", "SKIP", "Committed", "DeliveryState", "Event",
            "Framed", "StreamState", "event_frame_of"]

@@ -12,8 +12,7 @@ from nacl.signing import VerifyKey
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.encoding import b64url_decode
 from relaybox.protocol.errors import ProtocolError
-from relaybox.protocol.frames import challenge_frame
-from relaybox.protocol.messages import Auth, Hello, Message
+from relaybox.protocol.messages import Auth, Hello, Message, challenge_frame
 
 __all__ = [
     "GATEWAY_CONTEXT",

@@ -24,7 +24,7 @@ def test_the_store_builds_no_frames_and_never_imports_the_server() -> None:
     assert MODULES
     for path in MODULES:
         bad = {n for n in imports(path)
-               if n.startswith(("relaybox.protocol.frames", "relaybox.server"))}
+               if n.startswith(("relaybox.protocol.messages", "relaybox.server"))}
         assert not bad, f"{path.name} imports {sorted(bad)}"
 
 

@@ -12,9 +12,8 @@ from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.delivery import DeliveryState
 from relaybox.protocol.encoding import random_nonce
 from relaybox.protocol.errors import ProtocolError, PublishRefused
-from relaybox.protocol.frames import error_frame, welcome_frame
 from relaybox.protocol.handshake import UNKNOWN_DEVICE_KEY, Handshake
-from relaybox.protocol.messages import parse_message
+from relaybox.protocol.messages import error_frame, parse_message, welcome_frame
 from relaybox.server.gateway.lifecycle import Closing
 from relaybox.server.observability import logs
 from relaybox.server.ratelimit import SharedBucket, TokenBucket

@@ -18,7 +18,7 @@ from relaybox.bus import (
     events_channel,
 )
 from relaybox.protocol.codes import CloseCode
-from relaybox.protocol.frames import error_frame, presence_frame
+from relaybox.protocol.messages import error_frame, presence_frame
 from relaybox.server.gateway.buckets import PublishBuckets
 from relaybox.server.gateway.devicekeys import DeviceKeys
 from relaybox.server.gateway.interfaces import HubSession

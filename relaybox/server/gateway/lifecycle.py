@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.errors import ProtocolError
-from relaybox.protocol.frames import error_frame
+from relaybox.protocol.messages import error_frame
 from relaybox.server.gateway.connection import GatewayConnection, adopt
 from relaybox.server.observability import logs
 

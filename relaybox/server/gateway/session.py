@@ -20,8 +20,18 @@ from relaybox.protocol.codes import CloseCode
 from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState, event_frame_of
 from relaybox.protocol.encoding import uuid7
 from relaybox.protocol.errors import ProtocolError, PublishRefused
-from relaybox.protocol.frames import ack_frame, error_frame, nack_frame, pong_frame
-from relaybox.protocol.messages import Ack, Auth, Hello, Ping, Publish, parse_message
+from relaybox.protocol.messages import (
+    Ack,
+    Auth,
+    Hello,
+    Ping,
+    Publish,
+    ack_frame,
+    error_frame,
+    nack_frame,
+    parse_message,
+    pong_frame,
+)
 from relaybox.server.gateway.catchup import CatchUp
 from relaybox.server.gateway.connection import GatewayConnection
 from relaybox.server.gateway.handshake import HandshakeSteps
