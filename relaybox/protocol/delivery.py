@@ -17,7 +17,7 @@ from typing import Protocol
 from relaybox.protocol.messages import event_frame, gap_frame, synced_frame
 
 __all__ = ["DELIVER", "HOLD", "READ_CHUNK", "SKIP", "Committed", "DeliveryState", "Event",
-           "Framed", "StreamState", "event_frame_of"]
+           "Framed", "StreamState"]
 
 READ_CHUNK = 512  # events per storage read when a session resumes from storage
 
@@ -28,45 +28,48 @@ HOLD = 2  # not now (window full, output paused, stream behind): wake the pump
 
 
 class Committed(Protocol):
-    """A committed event as the server holds it (``relaybox.store.events.StoredEvent``):
-    its fields, and ``wire``, where its `event` frame is kept once built."""
+    """A committed event as the server holds it (``relaybox.store.events.StoredEvent``)."""
 
-    stream: str
-    seq: int
-    id: str
-    device_id: str | None
-    key: str | None
-    body: str
-    wire: str | None
-
+    @property
+    def stream(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def ts(self) -> int: ...  # the commit's time, Unix ms
     @property
     def ts_text(self) -> str: ...
 
 
-def event_frame_of(ev: Committed) -> str:
-    """``ev``'s `event` frame, kept in ``ev.wire`` once built: the same string goes to
-    every recipient, the body serialised once (protocol.md §3 Delivery)."""
-    frame = ev.wire
-    if frame is None:
-        frame = ev.wire = event_frame(ev.stream, ev.seq, ev.id, ev.device_id, ev.key,
-                                      ev.ts_text, ev.body)
-    return frame
-
-
 class Framed:
-    """A committed event as ``DeliveryState.take`` takes it; its frame is built only if
-    it is sent."""
+    """A committed event and its `event` frame, built on first use and then the same
+    string for every recipient: the body is serialised once (protocol.md §3 Delivery).
+    The server wraps each event once, as it commits or arrives from another process."""
 
-    __slots__ = ("device_id", "event", "seq")
+    __slots__ = ("_frame", "device_id", "event", "seq", "stream")
 
     def __init__(self, event: Committed) -> None:
         self.event = event
+        self.stream = event.stream
         self.seq = event.seq
         self.device_id = event.device_id
+        self._frame: str | None = None
 
     @property
     def frame(self) -> str:
-        return event_frame_of(self.event)
+        frame = self._frame
+        if frame is None:
+            ev = self.event
+            frame = self._frame = event_frame(ev.stream, ev.seq, ev.id, ev.device_id,
+                                              ev.key, ev.ts_text, ev.body)
+        return frame
 
 
 class Event(Protocol):

@@ -9,9 +9,7 @@ from relaybox.protocol.encoding import format_ts
 
 @dataclass(slots=True)
 class StoredEvent:
-    """An event as committed: plain data. ``wire`` is where a caller may keep the event's
-    encoding, so that it is built once for every recipient (relaybox/server/eventframe.py);
-    the store never sets nor reads it."""
+    """An event as committed: plain data."""
 
     user_id: str
     stream: str
@@ -22,7 +20,6 @@ class StoredEvent:
     ts: int
     body: str
     _ts_text: str | None = field(default=None, repr=False)
-    wire: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ts_text(self) -> str:

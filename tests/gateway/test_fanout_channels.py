@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from relaybox.bus import Bus, live_servers
+from relaybox.protocol.delivery import Framed
 from relaybox.server.gateway.hub import Hub
 from relaybox.store.events import StoredEvent
 from tests.gateway.helpers import Client, connect_synced, users
@@ -27,7 +28,7 @@ class FakeSession:
         self.session_id = device_id
         self.ready = True
         self.close_code = None
-        self.got: list[StoredEvent] = []
+        self.got: list[Framed] = []
         self.arrived = asyncio.Event()
 
         async def read(fn: Any, *args: Any) -> Any:
@@ -36,7 +37,7 @@ class FakeSession:
         self.ctx = SimpleNamespace(settings=SimpleNamespace(gateway_revocation_check_s=60),
                                    eventlog=SimpleNamespace(read=read))
 
-    def offer(self, ev: StoredEvent) -> None:
+    def offer(self, ev: Framed) -> None:
         self.got.append(ev)
         self.arrived.set()
 

@@ -61,15 +61,16 @@ class CatchUp:
             st = state.streams[name]
             st.reading = True  # live events of this stream wait for the read
             try:
-                events = await self.ctx.eventlog.read(queries.read_events, self.user_id, name,
-                                                      after, limit)
+                read = await self.ctx.eventlog.read(queries.read_events, self.user_id, name,
+                                                    after, limit)
             finally:
                 st.reading = False
-            if not events:
+            if not read:
                 floor = await self.ctx.eventlog.read(_floor_of, self.user_id, name)
                 return state.read_empty(name, floor)
+            events = [Framed(ev) for ev in read]
         assert events is not None
-        moved = state.take(name, map(Framed, events), self.send)
+        moved = state.take(name, events, self.send)
         await self._sender_idle.wait()  # keep the outbox bounded by the window
         return moved
 

@@ -18,6 +18,7 @@ from relaybox.bus import (
     events_channel,
 )
 from relaybox.protocol.codes import CloseCode
+from relaybox.protocol.delivery import Framed
 from relaybox.protocol.messages import error_frame, presence_frame
 from relaybox.server.gateway.buckets import PublishBuckets
 from relaybox.server.gateway.devicekeys import DeviceKeys
@@ -181,6 +182,7 @@ class Hub:
                         "%.0f s", user_id, timeout_s)
 
     def fanout(self, events: list[StoredEvent]) -> None:
+        """Offer each event to its user's sessions here, wrapped once with its frame."""
         by_user = self.by_user
         for ev in events:
             sessions = by_user.get(ev.user_id)
@@ -190,12 +192,13 @@ class Hub:
             ring = self.rings.get(key)
             if ring is None:
                 ring = self.rings[key] = Ring()
-            ring.add(ev)
+            framed = Framed(ev)
+            ring.add(framed)
             for s in sessions:
-                s.offer(ev)
+                s.offer(framed)
 
     def ring_after(self, user_id: str, stream: str, seq: int, limit: int
-                   ) -> list[StoredEvent] | None:
+                   ) -> list[Framed] | None:
         ring = self.rings.get((user_id, stream))
         return ring.after(seq, limit) if ring is not None else None
 

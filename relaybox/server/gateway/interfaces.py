@@ -6,8 +6,7 @@ import asyncio
 from typing import Protocol
 
 from relaybox.config import Settings
-from relaybox.protocol.delivery import DeliveryState, StreamState
-from relaybox.store.events import StoredEvent
+from relaybox.protocol.delivery import DeliveryState, Framed, StreamState
 from relaybox.store.front import EventLog
 
 
@@ -39,5 +38,5 @@ class HubSession(Protocol):
     @property
     def streams(self) -> dict[str, StreamState]: ...
     def send(self, frame: str) -> None: ...
-    def offer(self, ev: StoredEvent) -> None: ...
+    def offer(self, ev: Framed) -> None: ...
     def close_soon(self, code: int, reason: str) -> None: ...

@@ -6,27 +6,27 @@ from __future__ import annotations
 
 from collections import deque
 
-from relaybox.store.events import StoredEvent
+from relaybox.protocol.delivery import Framed
 
 RING_SIZE = 1024  # recent events kept per stream so a lagging session resumes without a read
 
 
 class Ring:
-    """The newest events of one stream, contiguous in seq."""
+    """The newest events of one stream, contiguous in seq, with their frames once built."""
 
     __slots__ = ("events",)
 
     def __init__(self) -> None:
-        self.events: deque[StoredEvent] = deque(maxlen=RING_SIZE)
+        self.events: deque[Framed] = deque(maxlen=RING_SIZE)
 
-    def add(self, ev: StoredEvent) -> None:
+    def add(self, ev: Framed) -> None:
         if self.events and ev.seq != self.events[-1].seq + 1:
             if ev.seq <= self.events[-1].seq:
                 return
             self.events.clear()
         self.events.append(ev)
 
-    def after(self, seq: int, limit: int) -> list[StoredEvent] | None:
+    def after(self, seq: int, limit: int) -> list[Framed] | None:
         """Events with seq > ``seq`` (up to ``limit``), or None when the ring cannot tell."""
         if not self.events:
             return None

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relaybox.protocol.codes import CloseCode
-from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, StreamState, event_frame_of
+from relaybox.protocol.delivery import DELIVER, HOLD, DeliveryState, Framed, StreamState
 from relaybox.protocol.encoding import uuid7
 from relaybox.protocol.errors import ProtocolError, PublishRefused
 from relaybox.protocol.messages import (
@@ -43,7 +43,6 @@ from relaybox.store.events import (
     PublishRequest,
     PublishResult,
     Refused,
-    StoredEvent,
 )
 
 if TYPE_CHECKING:
@@ -129,38 +128,38 @@ class Session(Lifecycle, CatchUp, HandshakeSteps):
 
     # -- READY ---------------------------------------------------------------------------
     def _handle(self, data: str | bytes) -> None:
+        """One message after READY: parsed, then answered or handed on."""
         if self.close_code is not None:
             return
         try:
-            self._dispatch(data)
+            try:
+                msg = parse_message(data,
+                                    max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
+            except PublishRefused as exc:
+                self.send(nack_frame(exc.id, exc.code, message=exc.message))
+                self._count_nack(exc.code)
+                return
+            except ProtocolError as exc:
+                if exc.fatal:
+                    self._fail(exc)
+                else:
+                    self.send(error_frame(exc.code, exc.message))
+                return
+            if isinstance(msg, Publish):
+                self._publish(msg)
+            elif isinstance(msg, Ack):
+                self._ack(msg)
+            elif isinstance(msg, Ping):
+                self.send(pong_frame(msg.ref))
+            elif isinstance(msg, Hello | Auth):
+                self._fail(ProtocolError("bad_request",
+                                         "handshake message after the handshake"))
+            else:
+                self.send(error_frame("unknown_type", f"unknown message type {msg.type!r}"))
         except Exception:
             # A bug of ours must not cost the peer its session or what is queued for it.
             log.exception("session %s: message handling failed", self.session_id)
             self.send(error_frame("internal", "the server could not handle this message"))
-
-    def _dispatch(self, data: str | bytes) -> None:
-        try:
-            msg = parse_message(data, max_body_bytes=self.ctx.settings.gateway_max_body_bytes)
-        except PublishRefused as exc:
-            self.send(nack_frame(exc.id, exc.code, message=exc.message))
-            self._count_nack(exc.code)
-            return
-        except ProtocolError as exc:
-            if exc.fatal:
-                self._fail(exc)
-            else:
-                self.send(error_frame(exc.code, exc.message))
-            return
-        if isinstance(msg, Publish):
-            self._publish(msg)
-        elif isinstance(msg, Ack):
-            self._ack(msg)
-        elif isinstance(msg, Ping):
-            self.send(pong_frame(msg.ref))
-        elif isinstance(msg, Hello | Auth):
-            self._fail(ProtocolError("bad_request", "handshake message after the handshake"))
-        else:
-            self.send(error_frame("unknown_type", f"unknown message type {msg.type!r}"))
 
     def _fail(self, exc: ProtocolError) -> None:
         """A fatal protocol violation: say why, then close with its code."""
@@ -222,14 +221,14 @@ class Session(Lifecycle, CatchUp, HandshakeSteps):
             self.ctx.eventlog.save_cursor(state.device_id, msg.stream, seq)
 
     # -- events out ---------------------------------------------------------------------
-    def offer(self, ev: StoredEvent) -> None:
+    def offer(self, ev: Framed) -> None:
         """A newly committed event of this user (called by the hub, on the loop): sent now
         if the delivery state says so, else left to the pump (catchup.py)."""
         decision = self.state.offer(ev.stream, ev.seq, ev.device_id)
         if decision == DELIVER:
-            self.send(event_frame_of(ev))
+            self.send(ev.frame)
             if self.ctx.metrics is not None:
-                self.ctx.metrics.delivered(ev)
+                self.ctx.metrics.delivered(ev.event.ts)
         elif decision == HOLD:
             self.wake.set()
 
@@ -253,8 +252,11 @@ class Session(Lifecycle, CatchUp, HandshakeSteps):
         """End of the loop turn: write the outbox directly, or hand it to ``_flush`` while
         the transport asked to pause writing."""
         frames, self.outbox = self.outbox, []
+        conn = self.conn
         try:
-            if frames and not self._write(frames):
+            if frames and conn is None:
+                raise ConnectionError("the connection is gone")
+            if frames and conn is not None and not conn.write_texts(frames):
                 self.outbox[:0] = frames
                 asyncio.get_running_loop().create_task(self._flush())
                 return
@@ -285,16 +287,14 @@ class Session(Lifecycle, CatchUp, HandshakeSteps):
             if self.conn is None:
                 raise ConnectionError("the connection is gone")
             await self.conn.wait_writable()
+            conn = self.conn
+            if conn is None:
+                raise ConnectionError("the connection is gone")
             frames, self.outbox = self.outbox, []
-            if self._write(frames):
+            if conn.write_texts(frames):
                 self.outbox_bytes -= sum(len(f) for f in frames)
             else:
                 self.outbox[:0] = frames
-
-    def _write(self, frames: list[str]) -> bool:
-        if self.conn is None:
-            raise ConnectionError("the connection is gone")
-        return self.conn.write_texts(frames)
 
     def _drop_outbox(self) -> None:
         self.outbox.clear()

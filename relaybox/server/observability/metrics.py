@@ -26,7 +26,6 @@ from relaybox import __version__
 from relaybox.config import Settings
 from relaybox.protocol.codes import CLOSE_REASONS, CloseCode
 from relaybox.server.observability import health, metrics_state, prom
-from relaybox.store.events import StoredEvent
 
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
@@ -204,10 +203,11 @@ class Metrics:
         if code == "rate_limited":
             self.limited("gateway_publish").inc()
 
-    def delivered(self, event: StoredEvent) -> None:
+    def delivered(self, committed_ms: int) -> None:
+        """An event committed at ``committed_ms`` (Unix ms) was sent to a session."""
         # Hot path (once per event and receiver): plain arithmetic only.
         self._delivered += 1
-        lat = _now() * 1000.0 - event.ts
+        lat = _now() * 1000.0 - committed_ms
         if lat < 0.0:
             lat = 0.0
         self._lat_counts[_bisect(self._bounds_ms, lat)] += 1

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from relaybox.protocol.delivery import StreamState
-from relaybox.store.events import StoredEvent
+from relaybox.protocol.delivery import Framed, StreamState
 
 SCHEDULER_COUNTS = ("job_runs", "job_failures", "job_skipped")  # relaybox/jobs/scheduler.py
 
@@ -43,7 +42,7 @@ class SessionsView(Protocol):
     @property
     def by_device(self) -> Mapping[str, SessionLag]: ...
     def ring_after(self, user_id: str, stream: str, seq: int, limit: int
-                   ) -> Sequence[StoredEvent] | None: ...
+                   ) -> Sequence[Framed] | None: ...
 
 
 class LagReader:
@@ -72,7 +71,7 @@ class LagReader:
                 first = st.inflight[0] if inflight else st.done + 1
                 nxt = hub.ring_after(session.user_id, name, first - 1, 1)
                 if nxt and nxt[0].seq == first:
-                    age = now_ms - nxt[0].ts
+                    age = now_ms - nxt[0].event.ts
                 else:  # time since this position last moved: a lower bound
                     key = (session.device_id, name)
                     prev = self._stuck.get(key)
