@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,35 +44,19 @@ def seed_devices_more(data_dir: Path, n: int,
                       env: Mapping[str, str] | None = None) -> list[Device]:
     """``n`` more devices, spread over users of 50 devices (after ``seed_devices``).
 
-    Inserted in bulk straight into the tables of the throwaway database, before its
-    server starts: the idle-memory part needs thousands, which the services would add
-    one device (and one ``sys.devices`` notice) at a time."""
+    Added in bulk (``services.devices.add_devices_in_bulk``), before the server starts:
+    the idle-memory part needs thousands, which ``add_device`` would add one device (and
+    one ``sys.devices`` notice) at a time."""
     from relaybox.config import load_settings
-    from relaybox.protocol.encoding import uuid7
-    from relaybox.store.db import open_database
-    from relaybox.store.models import Device as DeviceRow
-    from relaybox.store.models import User
+    from relaybox.services.datadir import open_store
+    from relaybox.services.devices import add_devices_in_bulk
 
     settings = load_settings(data_dir, env=env or {})
-    db = open_database(settings)
-    out = []
-    now = int(time.time() * 1000)
-    tag = secrets.token_hex(3)
+    db = open_store(settings)
+    keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
     try:
-        with db.atomic():
-            user_id = ""
-            rows = []
-            for i in range(n):
-                if i % 50 == 0:
-                    user_id = uuid7()
-                    User.create(id=user_id, name=f"idle{i // 50}-{tag}", created_at=now)
-                sk = nacl.signing.SigningKey.generate()
-                did = uuid7()
-                rows.append({"id": did, "user": user_id, "name": f"idle-{i}",
-                             "public_key": bytes(sk.verify_key), "created_at": now})
-                out.append(Device(did, bytes(sk)))
-            for i in range(0, len(rows), 200):
-                DeviceRow.insert_many(rows[i:i + 200]).execute()
+        ids = add_devices_in_bulk(db, [bytes(k.verify_key) for k in keys],
+                                  prefix=f"idle-{secrets.token_hex(3)}")
     finally:
         db.close()
-    return out
+    return [Device(did, bytes(k)) for did, k in zip(ids, keys, strict=True)]

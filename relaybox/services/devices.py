@@ -100,6 +100,28 @@ def notice(db: pw.Database, user_id: str, kind: str, device: Device,
     return res.event
 
 
+def add_devices_in_bulk(db: pw.Database, public_keys: list[bytes], *, per_user: int = 50,
+                        prefix: str = "idle", clock: Callable[[], int] = now_ms) -> list[str]:
+    """A device for each key, ``per_user`` to a new user, inserted in bulk in one
+    transaction, without ``sys.devices`` notices: for a database no server runs on yet
+    (the bench's idle-memory part needs thousands). Returns the device ids in key order."""
+    now = clock()
+    ids: list[str] = []
+    with write_transaction(db):
+        user_id = ""
+        rows: list[dict[str, Any]] = []
+        for i, key in enumerate(public_keys):
+            if i % per_user == 0:
+                user_id = uuid7()
+                User.create(id=user_id, name=f"{prefix}-u{i // per_user}", created_at=now)
+            ids.append(uuid7())
+            rows.append({"id": ids[-1], "user": user_id, "name": f"{prefix}-{i}",
+                         "public_key": key, "created_at": now})
+        for i in range(0, len(rows), 200):
+            Device.insert_many(rows[i:i + 200]).execute()
+    return ids
+
+
 def add_device(db: pw.Database, user: User, name: str, public_key: bytes,
                clock: Callable[[], int] = now_ms) -> tuple[Device, Change]:
     name = valid_name(name)

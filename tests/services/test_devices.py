@@ -98,3 +98,18 @@ def test_devices_of_filters_by_user_and_revocation_and_names_owners(
     assert [d.name for d in devices.devices_of(None, True)] == ["tablet"]
     assert [d.name for d in devices.devices_of(None, False)] == ["phone"]
     assert devices.devices_of()[1].as_json(online=True)["online"] is True
+
+
+def test_devices_in_bulk_fill_users_in_groups_without_notices(db: pw.Database,
+                                                              clock: Clock) -> None:
+    from relaybox.store.models import Device, Event, User
+
+    keys = [bytes([i]) * 32 for i in range(5)]
+    ids = devices.add_devices_in_bulk(db, keys, per_user=2, prefix="idle-t", clock=clock)
+    assert len(ids) == len(set(ids)) == 5
+    rows = {d.id: d for d in Device.select()}
+    assert [bytes(rows[i].public_key) for i in ids] == keys
+    owners = [str(rows[i].user_id) for i in ids]
+    assert owners[0] == owners[1] != owners[2] == owners[3] != owners[4]
+    assert sorted(u.name for u in User.select()) == ["idle-t-u0", "idle-t-u1", "idle-t-u2"]
+    assert Event.select().count() == 0  # no sys.devices notice for a server not running
