@@ -145,6 +145,10 @@ def create_app(settings: Settings, name: str = "relaybox") -> Sanic:
         rid = assign_request_id(request)
         if response is not None:
             response.headers["X-Request-ID"] = rid
+            if request.method == "NONE" and request.transport.is_closing():
+                # No head was read and the connection is gone (the client left, or
+                # upgrade.py answered the head's timeout itself): nothing is answered.
+                return
             access_log(request, response.status, rid)
 
     app.error_handler.add(Exception, handle_error)

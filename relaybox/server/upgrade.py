@@ -27,7 +27,7 @@ import resource
 import time
 from typing import Any
 
-from sanic.exceptions import RequestTimeout
+import orjson
 from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.models.server_types import ConnInfo
@@ -37,6 +37,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
+from relaybox.protocol.encoding import uuid7
 from relaybox.server.gateway.connection import GatewayConnection
 
 log = logging.getLogger("relaybox.gateway")
@@ -124,6 +125,22 @@ _BUSY_BODY = (b'{"type":"about:blank","title":"Service Unavailable","status":503
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
          b"Retry-After: 5\r\nConnection: close\r\nContent-Length: " +
          str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+http_log = logging.getLogger("relaybox.http")
+
+
+def _timeout_answer(rid: str) -> bytes:
+    """The 408 for a request head that missed its deadline, in the server's problem+json
+    format (``errors.problem``), as Sanic would send it: the connection closes after it."""
+    body = orjson.dumps({"type": "about:blank", "title": "Request Timeout", "status": 408,
+                         "code": "request_timeout",
+                         "detail": "the request head did not arrive in time",
+                         "request_id": rid})
+    return (b"HTTP/1.1 408 Request Timeout\r\nX-Request-ID: " + rid.encode("ascii") +
+            b"\r\ncontent-length: " + str(len(body)).encode() +
+            b"\r\nconnection: close\r\ncontent-type: application/problem+json\r\n\r\n" +
+            body)
+
+
 # Open connections of this process per TCP peer address.
 _per_address: dict[str, int] = {}
 # File descriptors kept free for the database, Redis, the writer and log files when
@@ -163,8 +180,8 @@ class GatewayProtocol(WebSocketProtocol):
     __slots__ = ("_first", "_head_count", "_head_timer", "_peer", "_refused")
 
     def connection_made(self, transport: Any) -> None:
-        # Sanic's HttpProtocol.connection_made without starting the connection task: the
-        # first bytes decide whether Sanic sees this connection at all.
+        # Not Sanic's connection_made yet, which starts its connection task: the first
+        # bytes decide whether Sanic sees this connection at all (data_received).
         self._refused = False
         self._peer = ""
         self._head_timer: asyncio.TimerHandle | None = None
@@ -186,7 +203,9 @@ class GatewayProtocol(WebSocketProtocol):
             if self._peer:
                 _per_address[self._peer] = _per_address.get(self._peer, 0) + 1
             self.connections.add(self)
-            self.conn_info = ConnInfo(transport, unix=self._unix)
+            # The direct path's (the client's address); Sanic's connection_made builds its
+            # own. relaybox listens on TCP only, so no unix socket path to pass.
+            self.conn_info = ConnInfo(transport)
             self._arm_head_deadline()
         except Exception:
             log.exception("connection setup failed")
@@ -215,9 +234,11 @@ class GatewayProtocol(WebSocketProtocol):
             if self._open_gateway(data):
                 self._cancel_head_deadline()
                 return
-            self._task = self.loop.create_task(self.connection_task())
+            # Sanic's own set-up of the connection (its task, buffer and ConnInfo), then
+            # these bytes as its first.
+            super().connection_made(self.transport)
         else:
-            http = getattr(self, "_http", None)
+            http = self.http
             if (http is not None and http.stage is Stage.IDLE and not self.recv_buffer
                     and self.websocket is None):
                 self._arm_head_deadline()  # the first bytes of the next request
@@ -264,8 +285,10 @@ class GatewayProtocol(WebSocketProtocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self.websocket is not None:
             return
-        http = getattr(self, "_http", None)
-        if self._first or http is None:
+        # Where Sanic is, by its public view of the connection (``HttpProtocol.http``: None
+        # before its connection task has started, or once it ended).
+        http = None if self._first else self.http
+        if http is None:
             waiting = True
         else:
             waiting = http.stage is Stage.REQUEST or (
@@ -274,13 +297,15 @@ class GatewayProtocol(WebSocketProtocol):
             metrics = getattr(self.app.ctx, "metrics", None)
             if metrics is not None:
                 metrics.connection_limited("header_timeout")
-            task = getattr(self, "_task", None)
-            if http is not None and task is not None and not task.done():
-                # As Sanic ends a request that timed out: a 408 answer, then the close.
-                http.exception = RequestTimeout("the request head did not arrive in time")
-                task.cancel()
-            else:
-                transport.close()
+            if http is not None:
+                # A request had begun: answered as Sanic answers a request that timed
+                # out (relaybox's problem document, its access line), then closed. Sanic's
+                # connection task, still reading the head, ends when the connection is
+                # lost, with no answer (app.py logs none for it).
+                rid = uuid7()
+                transport.write(_timeout_answer(rid))
+                http_log.info("- * 408 request_id=%s", rid, extra={"request_id": rid})
+            transport.close()
 
     def _open_gateway(self, data: bytes) -> bool:
         """Open a gateway session if ``data`` is exactly its upgrade request."""

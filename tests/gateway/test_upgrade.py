@@ -152,3 +152,105 @@ def _b64(data: bytes) -> str:
     from relaybox.protocol.encoding import b64url_encode
 
     return b64url_encode(data)
+
+
+# -- the request-head deadline (limits.header_timeout_s) ----------------------------------
+@pytest.fixture(scope="module")
+def deadline_server(module_servers: MakeServer) -> Server:
+    return module_servers(header_timeout_s=1, keep_alive_s=10)
+
+
+STATUS = b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def _answer_to_a_trickled_head(reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> bytes:
+    """Send a request line, then a header a byte every 0.1 s: what the server answers
+    before it closes the connection (within 8 s, else the test fails)."""
+    writer.write(b"GET /api/v1/status HTTP/1.1\r\n")
+    deadline = time.monotonic() + 8
+    got = b""
+    for byte in b"X-Slow: " + b"a" * 200:
+        assert time.monotonic() < deadline, "the connection was not closed"
+        try:
+            writer.write(bytes([byte]))
+            chunk = await asyncio.wait_for(reader.read(4096), 0.1)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _http_log(server: Server) -> list[str]:
+    return [line for line in server.log().splitlines() if "relaybox.http:" in line]
+
+
+async def test_a_trickled_first_head_is_answered_408_once(deadline_server: Server) -> None:
+    before = len(_http_log(deadline_server))
+    reader, writer = await asyncio.open_connection("127.0.0.1", deadline_server.port)
+    try:
+        answer = await _answer_to_a_trickled_head(reader, writer)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in head.lower()
+    problem = json.loads(body)
+    assert (problem["status"], problem["code"]) == (408, "request_timeout")
+    assert f"x-request-id: {problem['request_id']}".encode() in head.lower()
+    await asyncio.sleep(0.5)  # Sanic's connection task ends after the close
+    lines = _http_log(deadline_server)[before:]
+    assert [line.split("relaybox.http: ")[1] for line in lines] == [
+        f"- * 408 request_id={problem['request_id']}"]
+
+
+async def test_the_next_head_on_a_kept_alive_connection_has_the_deadline_too(
+        deadline_server: Server) -> None:
+    """From its first byte (docs/security.md Limits): the connection waited longer than
+    the deadline between the two requests, and is still answered 408, then closed."""
+    before = len(_http_log(deadline_server))
+    reader, writer = await asyncio.open_connection("127.0.0.1", deadline_server.port)
+    try:
+        writer.write(STATUS)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:"))
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        await asyncio.sleep(1.5)  # idle past header_timeout_s: only keep_alive_s applies
+        answer = await _answer_to_a_trickled_head(reader, writer)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    await asyncio.sleep(0.5)
+    statuses = [line.split()[-2] for line in _http_log(deadline_server)[before:]]
+    assert statuses == ["200", "408"]
+
+
+async def test_a_head_split_over_reads_in_time_is_served(deadline_server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", deadline_server.port)
+    try:
+        writer.write(STATUS[:10])
+        await asyncio.sleep(0.3)
+        writer.write(STATUS[10:])
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_client_that_leaves_mid_head_leaves_no_access_line(
+        deadline_server: Server) -> None:
+    """Nothing was answered: no line (Sanic's connection task would end with a 500 that
+    reaches no one)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", deadline_server.port)
+    writer.write(b"GET /api/v1/status HTTP/1.1\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await asyncio.sleep(0.5)
+    assert not any(" 500 request_id=" in line for line in _http_log(deadline_server))
