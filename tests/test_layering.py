@@ -133,3 +133,130 @@ def test_no_module_passes_400_lines() -> None:
     long = {str(p.relative_to(ROOT.parent)): n for p in sorted(ROOT.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
     assert {f: n for f, n in long.items() if f not in LONG_MODULES} == {}
+
+
+# design.md: relaybox subclasses the web framework's protocol (server/upgrade.py) and
+# drives the `websockets` library's objects, through their public attributes only; an
+# underscore attribute of theirs is private state that changes between releases without
+# notice. Three checks over relaybox/server/: a class built on a Sanic or websockets class
+# touches only the underscore attributes it declares itself (its __slots__ and methods),
+# none of them one of the framework's; nothing reads an underscore attribute by name
+# (getattr and its kin); and `x._y` is used only on relaybox's own objects and the standard
+# library, listed here by file with the reason.
+FRAMEWORKS = ("sanic", "websockets")
+OWN_PRIVATE_BY_NAME = {
+    ("relaybox/server/observability/health.py", "_pubsub"): "relaybox's own Bus",
+    ("relaybox/server/observability/prom.py", "_buckets"): "prometheus_client's histogram, "
+    "with a fallback should it change",
+    ("relaybox/server/observability/prom.py", "_sum"): "as above",
+}
+OWN_PRIVATE_ATTRIBUTES = {
+    ("relaybox/server/observability/metrics_http.py", "metrics._task"): "relaybox's Metrics",
+    ("relaybox/server/runner.py", "server._start"): "relaybox's InThreadServer",
+    ("relaybox/server/tls.py", "ssl._ssl"): "the standard library's certificate decoder",
+    ("relaybox/server/tls.py", "ssl._ssl._test_decode_cert"): "as above",
+}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def server_modules() -> dict[str, ast.Module]:
+    return {str(p.relative_to(ROOT.parent)): ast.parse(p.read_text())
+            for p in sorted((ROOT / "server").rglob("*.py"))}
+
+
+def framework_subclasses(tree: ast.Module) -> list[ast.ClassDef]:
+    """The classes of ``tree`` with a base imported from Sanic or websockets."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+                node.module.partition(".")[0] in FRAMEWORKS):
+            names.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names
+                         if a.name.partition(".")[0] in FRAMEWORKS)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                root = base
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in names:
+                    out.append(node)
+                    break
+    return out
+
+
+def declared(cls: ast.ClassDef) -> set[str]:
+    """What a class declares itself: its __slots__ and the functions of its body."""
+    own = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    for n in cls.body:
+        if isinstance(n, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__slots__" for t in n.targets):
+            value = n.value
+            items = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
+            own.update(e.value for e in items
+                       if isinstance(e, ast.Constant) and isinstance(e.value, str))
+    return own
+
+
+def undeclared_private_uses(tree: ast.Module) -> list[str]:
+    """``self._x`` in a framework subclass where ``_x`` is not the class's own."""
+    out = []
+    for cls in framework_subclasses(tree):
+        own = declared(cls)
+        out += [f"{cls.name}: self.{n.attr} (line {n.lineno})" for n in ast.walk(cls)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                and n.value.id == "self" and _private(n.attr) and n.attr not in own]
+    return out
+
+
+def private_by_name(tree: ast.Module) -> list[tuple[str, int]]:
+    """getattr/setattr/hasattr/delattr with a literal underscore name: (name, line)."""
+    return [(n.args[1].value, n.lineno) for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            and n.func.id in ("getattr", "setattr", "hasattr", "delattr") and len(n.args) > 1
+            and isinstance(n.args[1], ast.Constant) and isinstance(n.args[1].value, str)
+            and _private(n.args[1].value)]
+
+
+def test_framework_subclasses_use_only_their_own_private_attributes() -> None:
+    import importlib
+
+    found, uses, shadowed = [], [], []
+    for f, tree in server_modules().items():
+        uses += [f"{f}: {u}" for u in undeclared_private_uses(tree)]
+        for cls in framework_subclasses(tree):
+            found.append(cls.name)
+            # Declaring one of the framework's names (a slot, or overriding a private
+            # method) would make its private state ours by name: not allowed either.
+            module = importlib.import_module(f.removesuffix(".py").replace("/", "."))
+            theirs: set[str] = set()
+            for base in getattr(module, cls.name).__mro__[1:]:
+                slots = getattr(base, "__slots__", ())
+                theirs |= set(vars(base)) | ({slots} if isinstance(slots, str) else set(slots))
+            shadowed += [f"{f}: {cls.name}.{n}" for n in sorted(declared(cls))
+                         if _private(n) and n in theirs]
+    assert "GatewayProtocol" in found  # the scan sees the one subclass of Sanic's protocol
+    assert uses == []
+    assert shadowed == []
+
+
+def test_the_server_reads_no_private_attribute_by_name() -> None:
+    uses = [f"{f}: {name} (line {line})" for f, tree in server_modules().items()
+            for name, line in private_by_name(tree) if (f, name) not in OWN_PRIVATE_BY_NAME]
+    assert uses == []
+
+
+def test_private_attributes_of_other_objects_are_relayboxs_own() -> None:
+    uses = []
+    for f, tree in server_modules().items():
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Attribute) and _private(n.attr)
+                    and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))
+                    and (f, ast.unparse(n)) not in OWN_PRIVATE_ATTRIBUTES):
+                uses.append(f"{f}: {ast.unparse(n)} (line {n.lineno})")
+    assert uses == []
