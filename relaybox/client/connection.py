@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI
 
 from relaybox import __version__
+from relaybox.aio import cancel_and_wait
 from relaybox.client.backoff import backoff_delay
 from relaybox.client.delivery import DEFAULT_WINDOW, Delivery
 from relaybox.client.errors import (
@@ -139,10 +140,7 @@ class Client:
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(CloseCode.NORMAL), CLOSE_FLUSH_S)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._delivery.save_now()
         self._halt(ClientClosedError("the client was closed"))
 
@@ -255,10 +253,7 @@ class Client:
                 pass
             finally:
                 self._lost()
-                if writer is not None:
-                    writer.cancel()
-                    with contextlib.suppress(BaseException):
-                        await writer
+                await cancel_and_wait(writer)
         code = ws.close_code
         kind = FATAL_CLOSES.get(code or 0)
         if kind is not None and not self._closing:

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from relaybox.aio import cancel_and_wait
 from relaybox.bus import CONTROL_CHANNEL, Bus
 
 log = logging.getLogger("relaybox.bus")
@@ -79,11 +80,8 @@ class Peers:
                 self._rechecks(interval_s), name="relaybox-peers")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # -- bus events ----------------------------------------------------------------
     def resubscribed(self) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sanic import Sanic
 
+from relaybox.aio import cancel_and_wait
 from relaybox.config import Settings
 from relaybox.store import queries
 from relaybox.store.db import ping
@@ -219,11 +220,8 @@ class HealthMonitor:
                                                             name="relaybox-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -6,13 +6,13 @@ The collectors and the hooks the gateway calls are in metrics.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import time
 from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 
+from relaybox.aio import cancel_and_wait
 from relaybox.config import Settings
 from relaybox.server.errors import problem
 from relaybox.server.observability.metrics import Metrics, health_monitor
@@ -39,10 +39,7 @@ def install(app: Sanic, settings: Settings) -> None:
 
     @app.after_server_stop
     async def stop_metrics(app: Sanic) -> None:
-        if metrics._task is not None:
-            metrics._task.cancel()
-            with contextlib.suppress(BaseException):
-                await metrics._task
+        await cancel_and_wait(metrics._task)
         if metrics.registry is not None:
             metrics.flush()
             metrics.mark_dead()
