@@ -305,6 +305,10 @@ class GatewayProtocol(WebSocketProtocol):
                 rid = uuid7()
                 transport.write(_timeout_answer(rid))
                 http_log.info("- * 408 request_id=%s", rid, extra={"request_id": rid})
+                if metrics is not None and metrics.registry is not None:
+                    # Counted as the request it began, as every answer is (no route yet).
+                    settings = self.app.ctx.settings
+                    metrics.http_request("unmatched", "NONE", 408, settings.header_timeout_s)
             transport.close()
 
     def _open_gateway(self, data: bytes) -> bool:

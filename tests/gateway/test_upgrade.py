@@ -17,6 +17,7 @@ import websockets
 from websockets.frames import Close, Frame, Opcode
 
 from tests.gateway.helpers import close_code, hello, recv_json, users
+from tests.observability.helpers import scrape, value
 from tests.plugin import MakeServer
 from tests.support import Server
 
@@ -189,7 +190,13 @@ def _http_log(server: Server) -> list[str]:
     return [line for line in server.log().splitlines() if "relaybox.http:" in line]
 
 
+def _timed_out_requests(server: Server) -> float:
+    return value(scrape(server), "relaybox_http_requests_total", route="unmatched",
+                 method="OTHER", status="408")
+
+
 async def test_a_trickled_first_head_is_answered_408_once(deadline_server: Server) -> None:
+    counted = _timed_out_requests(deadline_server)
     before = len(_http_log(deadline_server))
     reader, writer = await asyncio.open_connection("127.0.0.1", deadline_server.port)
     try:
@@ -206,6 +213,7 @@ async def test_a_trickled_first_head_is_answered_408_once(deadline_server: Serve
     lines = _http_log(deadline_server)[before:]
     assert [line.split("relaybox.http: ")[1] for line in lines] == [
         f"- * 408 request_id={problem['request_id']}"]
+    assert _timed_out_requests(deadline_server) == counted + 1  # in the request metrics
 
 
 async def test_the_next_head_on_a_kept_alive_connection_has_the_deadline_too(
