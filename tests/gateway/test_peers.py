@@ -10,6 +10,7 @@ import redis
 from relaybox.bus import CONTROL_CHANNEL, Bus, decode_control, live_servers
 from relaybox.server.gateway.peers import Peers
 from tests.gateway.helpers import connect_synced, users
+from tests.observability.helpers import await_until
 from tests.plugin import MakeServer
 from tests.support import Server
 
@@ -67,8 +68,16 @@ async def test_the_recheck_notices_the_last_peer_leaving(redis_url: str) -> None
     await a.peers.recheck()
     assert a.peers.present is True  # "b" still listens
     await b.stop()
+    # Redis drops b's subscription when it has read b's disconnect, which may come after
+    # a's next command on its own connection: recheck once Redis counts a alone.
+    await await_until(lambda: _alone(a))
     await a.peers.recheck()
     assert a.peers.present is False
+    await a.stop()
+
+
+async def _alone(node: Node) -> bool:
+    return await node.bus.subscribers(CONTROL_CHANNEL) <= 1
 
 
 async def test_an_announcement_racing_the_recheck_keeps_peers_present(redis_url: str) -> None:
