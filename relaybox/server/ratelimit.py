@@ -21,6 +21,7 @@ from relaybox.config import SENTINEL_SCHEMES
 from relaybox.errors import RateLimited
 
 log = logging.getLogger("relaybox.http")
+gateway_log = logging.getLogger("relaybox.gateway")  # the publish buckets are the gateway's
 
 KEY_PREFIX = "relaybox:rl"
 _SCHEMES = {"unix": "async+redis+unix", "redis": "async+redis", "rediss": "async+rediss"}
@@ -224,8 +225,8 @@ class SharedBucket:
                 self._empty_until = self._clock() + (1 - left) / self.rate
         except BUS_ERRORS as exc:
             if self._local is None:
-                log.warning("publish rate bucket in Redis unavailable (%s); counting per "
-                            "process until it is back", exc)
+                gateway_log.warning("publish rate bucket in Redis unavailable (%s); counting "
+                                    "per process until it is back", exc)
                 self._local = TokenBucket(self.rate, int(self.burst))
             self._down_until = self._clock() + self.RETRY_REDIS_S
         finally:

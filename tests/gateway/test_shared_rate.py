@@ -98,3 +98,17 @@ async def test_a_shared_bucket_spends_leases_and_gives_the_rest_back(redis_url: 
         assert (await bus.lease_tokens(key, 0.0001, 8, 8))[0] == 5  # 8 - 3 spent
     finally:
         await bus.close()
+
+
+async def test_a_bucket_whose_redis_fails_counts_here_and_says_so_on_the_gateway_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def lease(want: float, init: float | None) -> Any:
+        raise ConnectionError("Redis is down")
+
+    bucket = SharedBucket(1.0, 4, lease)
+    with caplog.at_level("WARNING", logger="relaybox"):
+        await bucket.ready()
+    assert [(r.name, r.levelname) for r in caplog.records] == [("relaybox.gateway", "WARNING")]
+    assert "publish rate bucket in Redis unavailable" in caplog.records[0].getMessage()
+    assert [bucket.take() for _ in range(5)][:4] == [0, 0, 0, 0]  # the burst, counted here
+    assert bucket.take() > 0
