@@ -123,7 +123,21 @@ def embedded_redis(data_dir: Path) -> dict[str, Any]:
 
 def embedded_redis_pid(data_dir: Path) -> int:
     """The pid of a server's embedded redis-server."""
-    return int(Path(embedded_redis(data_dir)["pidfile"]).read_text().strip())
+    return _pid_in(Path(embedded_redis(data_dir)["pidfile"]))
+
+
+def _pid_in(pidfile: Path, timeout: float = 5.0) -> int:
+    """The pid a pid file holds. redis-server (re)writes it in place as it starts, so a
+    read may find it empty or cut short: read again until it holds a whole number."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            text = pidfile.read_text()
+            if text.endswith("\n") and text.strip().isdigit():
+                return int(text)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{pidfile} holds no pid")
+        time.sleep(0.01)
 
 
 def kill_embedded_redis(data_dir: Path, *, for_good: bool = False) -> None:
@@ -134,7 +148,7 @@ def kill_embedded_redis(data_dir: Path, *, for_good: bool = False) -> None:
     must be a Redis to kill)."""
     if for_good:
         info = embedded_redis(data_dir)
-        pid = int(Path(info["pidfile"]).read_text().strip())
+        pid = _pid_in(Path(info["pidfile"]))
         (Path(info["unixsocket"]).parent / "redis.config").unlink()
         os.kill(pid, signal.SIGKILL)
         return
