@@ -124,6 +124,12 @@ class Bus:
             self.healthy = False
             return False
 
+    @property
+    def pubsub(self) -> Any:
+        """The current pub/sub object, or None: a new one for every (re)subscription, so a
+        different one means the subscription was lost and renewed (health.py reads it)."""
+        return self._pubsub
+
     def start_listening(self, handler: Handler,
                         channels: tuple[str, ...] | None = None) -> None:
         """Run ``handler(channel, data)`` for every message, reconnecting with backoff."""

@@ -190,7 +190,7 @@ class HealthMonitor:
         Reads the bus's current pub/sub object: Bus makes a new one for every
         (re)subscription, so a different one means the subscription was lost and renewed.
         """
-        sub = getattr(self.ctx.bus, "_pubsub", None)
+        sub = self.ctx.bus.pubsub if self.ctx.bus is not None else None
         if sub is None or sub is self._sub or not getattr(sub, "subscribed", False):
             return False
         first = self._sub is None
@@ -203,7 +203,7 @@ class HealthMonitor:
             if br.success():
                 log.warning("%s is back", br.name)
                 if br is self.redis:
-                    self._sub = getattr(self.ctx.bus, "_pubsub", None)
+                    self._sub = self.ctx.bus.pubsub if self.ctx.bus is not None else None
                     self._redis_recovered()
                 return True
         elif br.failure(error):

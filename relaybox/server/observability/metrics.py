@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relaybox import __version__
+from relaybox.aio import cancel_and_wait
 from relaybox.config import Settings
 from relaybox.protocol.codes import CLOSE_REASONS, CloseCode
 from relaybox.server.observability import health, metrics_state, prom
@@ -297,6 +298,16 @@ class Metrics:
                 self.cpu.inc(used - last)
             seen[pid] = max(used, last)
         self._cpu_seen = seen  # a replaced writer's successor is counted from its start
+
+    def start_sampler(self) -> None:
+        """Sample server state every SAMPLE_EVERY_S on the running loop (``run_sampler``)
+        until ``stop_sampler``."""
+        self._task = asyncio.get_running_loop().create_task(self.run_sampler(),
+                                                            name="relaybox-metrics")
+
+    async def stop_sampler(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def run_sampler(self) -> None:
         while True:

@@ -12,7 +12,6 @@ from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 
-from relaybox.aio import cancel_and_wait
 from relaybox.config import Settings
 from relaybox.server.errors import problem
 from relaybox.server.observability.metrics import Metrics, health_monitor
@@ -34,12 +33,11 @@ def install(app: Sanic, settings: Settings) -> None:
         ctx = app.ctx.relay
         ctx.health = getattr(app.ctx, "health", None)
         metrics.setup(ctx)
-        metrics._task = asyncio.get_running_loop().create_task(
-            metrics.run_sampler(), name="relaybox-metrics")
+        metrics.start_sampler()
 
     @app.after_server_stop
     async def stop_metrics(app: Sanic) -> None:
-        await cancel_and_wait(metrics._task)
+        await metrics.stop_sampler()
         if metrics.registry is not None:
             metrics.flush()
             metrics.mark_dead()
