@@ -3,19 +3,21 @@
 It starts the writer process early, prepares the data dir and its database, starts the
 embedded Redis (or uses the configured one), records the running server in
 ``<data_dir>/run``, supervises replication, and runs Sanic; on the way out it undoes
-each step. ``relaybox serve`` calls it (and so do the demo, the bench and the tests,
-which start ``relaybox serve``); what a person should see it hands to a ``Reporter``.
+each step. ``relaybox serve`` calls it (and so do the demo, the bench and the tests
+that start ``relaybox serve``); what a person should see it hands to a ``Reporter``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import ssl
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,23 +120,15 @@ def ready_lines(settings: Settings, users: int) -> list[str]:
 def serve(settings: Settings, reporter: Reporter | None = None) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT (SIGHUP reloads the TLS
     certificate). Raises ``StartError`` when it cannot start."""
-    early_writer = settings.writer_process and settings.workers == 1
-    if early_writer:
-        from relaybox.store import writerproc
-
-        # First thing: the writer process starts (its interpreter, its imports) while
-        # this one migrates, starts Redis and builds the app, rather than after: a
-        # restart acks sooner.
-        writerproc.prestart()
-    try:
-        setup_logging(settings)
-        _serve(settings, reporter or LogReporter())
-    finally:
-        if early_writer:
-            writerproc.discard_prestarted()
+    with _around_sanic(settings, reporter or LogReporter()) as run:
+        _run_sanic(*run)
 
 
-def _serve(settings: Settings, reporter: Reporter) -> None:
+@contextlib.contextmanager
+def _around_sanic(settings: Settings, reporter: Reporter
+                  ) -> Iterator[tuple[Settings, ssl.SSLContext | None, Callable[[], None]]]:
+    """Everything around Sanic, set up in order and undone in reverse; yields the settings
+    as served (the Redis URL filled in), the TLS context and the ready announcement."""
     from relaybox.bus import (
         EmbeddedRedis,
         live_servers,
@@ -145,53 +139,54 @@ def _serve(settings: Settings, reporter: Reporter) -> None:
     from relaybox.errors import RelayError
     from relaybox.server.observability import prom, tracing
     from relaybox.services.datadir import initialise, prepare
+    from relaybox.store import writerproc
 
-    problem = tracing.check(settings)
-    if problem is not None:
-        raise StartError(problem)
-    tls_ctx = _tls_context(settings)
-    fresh = settings.sqlite_path is not None and not settings.sqlite_path.exists()
-    if fresh or not settings.data_dir.exists():
-        reporter.initialised(initialise(settings))
-    try:
-        prepared = prepare(settings)
-    except RelayError as exc:
-        raise StartError(exc.detail) from None
-    if prepared.admin_token:
-        reporter.admin_token(prepared.admin_token)
-    if prepared.applied:
-        log.info("applied migrations: %s", ", ".join(prepared.applied))
-
-    # Until Sanic installs its own handlers, SIGTERM/SIGINT must still run the cleanup below.
-    def _stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    early_writer = settings.writer_process and settings.workers == 1
+    if early_writer:
+        # First thing: the writer process starts (its interpreter, its imports) while this
+        # one migrates, starts Redis and builds the app, rather than after: a restart acks sooner.
+        writerproc.prestart()
     embedded: EmbeddedRedis | None = None
-    record = None
-    metrics_dir = None
-    replicator = _start_replication(settings)
+    record = metrics_dir = replicator = None
     try:
+        setup_logging(settings)
+        problem = tracing.check(settings)
+        if problem is not None:
+            raise StartError(problem)
+        tls_ctx = _tls_context(settings)
+        fresh = settings.sqlite_path is not None and not settings.sqlite_path.exists()
+        if fresh or not settings.data_dir.exists():
+            reporter.initialised(initialise(settings))
+        try:
+            prepared = prepare(settings)
+        except RelayError as exc:
+            raise StartError(exc.detail) from None
+        if prepared.admin_token:
+            reporter.admin_token(prepared.admin_token)
+        if prepared.applied:
+            log.info("applied migrations: %s", ", ".join(prepared.applied))
+        # Until Sanic installs its own handlers, SIGTERM/SIGINT must still run the cleanup.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda n, _: sys.exit(128 + n))
+        replicator = _start_replication(settings)
         if not settings.redis_url:
             running = [s for s in live_servers(settings.run_dir) if s.get("redis_socket")]
             if running:
-                socket = str(running[0]["redis_socket"])
+                socket_path = str(running[0]["redis_socket"])
             else:
                 embedded = EmbeddedRedis(settings.run_dir)
-                socket = embedded.start()
+                socket_path = embedded.start()
                 embedded.start_watchdog()  # restarts it on the same socket if it dies
-            settings = dataclasses.replace(settings, redis_url=url_from_socket(socket))
+            settings = dataclasses.replace(settings, redis_url=url_from_socket(socket_path))
         record = write_server_file(settings.run_dir, {
             "pid": os.getpid(), "host": settings.host, "port": settings.port,
             "redis_socket": embedded.socket if embedded else None,
             "started_at": time.time(), "url": settings.base_url,
         })
         # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
-        metrics_dir = prom.prepare_multiprocess(settings.run_dir) \
-            if settings.metrics_enabled else None
-        _run_sanic(settings, tls_ctx, partial(reporter.ready,
-                                              ready_lines(settings, prepared.users)))
+        if settings.metrics_enabled:
+            metrics_dir = prom.prepare_multiprocess(settings.run_dir)
+        yield settings, tls_ctx, partial(reporter.ready, ready_lines(settings, prepared.users))
     finally:
         if replicator is not None:
             # After the server's last commit: Litestream uploads it before exiting.
@@ -202,6 +197,8 @@ def _serve(settings: Settings, reporter: Reporter) -> None:
             remove_server_file(record)
         if embedded is not None:
             embedded.stop()
+        if early_writer:
+            writerproc.discard_prestarted()
 
 
 def _start_replication(settings: Settings) -> Replicator | None:
@@ -231,36 +228,34 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
         raise StartError(str(exc)) from None
 
 
+def _listen_kwargs(settings: Settings, tls_ctx: ssl.SSLContext | None) -> dict[str, Any]:
+    """Where and how Sanic listens."""
+    from relaybox.server.upgrade import GatewayProtocol
+
+    # One process: our context, reloaded in place. Worker processes build their own
+    # from the files (a context cannot be handed to another process).
+    tls_arg = tls_ctx if settings.workers == 1 or tls_ctx is None else {
+        "cert": settings.tls_cert_file, "key": settings.tls_key_file}
+    return dict(host=settings.host, port=settings.port, access_log=False,
+                protocol=GatewayProtocol, ssl=tls_arg)
+
+
 def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None,
                announce: Callable[[], None]) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
     from relaybox.server import tls
-    from relaybox.server.upgrade import GatewayProtocol
 
     loader = AppLoader(factory=partial(_make_app, settings))
     app = loader.load()
-    kwargs: dict[str, Any] = dict(host=settings.host, port=settings.port, access_log=False,
-                                  motd=False, single_process=settings.workers == 1,
-                                  protocol=GatewayProtocol)
-    if tls_ctx is not None:
-        # One process: our context, reloaded in place. Worker processes build their own
-        # from the files (a context cannot be handed to another process).
-        kwargs["ssl"] = tls_ctx if settings.workers == 1 else {
-            "cert": settings.tls_cert_file, "key": settings.tls_key_file}
+    kwargs = _listen_kwargs(settings, tls_ctx)
+    kwargs.update(motd=False, single_process=settings.workers == 1)
     if settings.workers > 1:
         kwargs["workers"] = settings.workers
-
-    def ready(*_: object) -> None:
-        announce()
-
-    # Once, when connections are accepted: by the one process, or by the main process
-    # once its workers are up.
-    if settings.workers == 1:
-        app.after_server_start(ready)
-    else:
-        app.main_process_ready(ready)
+    # Once connections are accepted: by the one process, or the main one once workers are up.
+    when_ready = app.after_server_start if settings.workers == 1 else app.main_process_ready
+    when_ready(lambda *_: announce())
 
     def on_hup(signum: int, _frame: object) -> None:
         if tls_ctx is None:
@@ -277,3 +272,4 @@ def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None,
         Sanic.serve_single(primary=app)
     else:
         Sanic.serve(primary=app, app_loader=loader)
+
