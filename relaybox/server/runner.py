@@ -5,21 +5,33 @@ embedded Redis (or uses the configured one), records the running server in
 ``<data_dir>/run``, supervises replication, and runs Sanic; on the way out it undoes
 each step. ``relaybox serve`` calls it (and so do the demo, the bench and the tests
 that start ``relaybox serve``); what a person should see it hands to a ``Reporter``.
+
+``start_in_thread(settings)``: the same run in a background thread of the calling
+process (the test suite's in-process servers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import dataclasses
+import gc
+import itertools
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+
+import uvloop
 
 from relaybox import __version__
 from relaybox.config import Settings
@@ -28,7 +40,8 @@ if TYPE_CHECKING:
     from relaybox.services.datadir import InitResult
     from relaybox.services.replication import Replicator
 
-__all__ = ["LogReporter", "Reporter", "StartError", "ready_lines", "serve", "setup_logging"]
+__all__ = ["InThreadServer", "LogReporter", "Reporter", "StartError", "in_thread_server",
+           "ready_lines", "serve", "setup_logging", "start_in_thread"]
 
 log = logging.getLogger("relaybox.server")
 
@@ -91,12 +104,12 @@ def _quiet_startup(settings: Settings) -> None:
             handler.addFilter(_StartupNoise())
 
 
-def _make_app(settings: Settings) -> Any:
+def _make_app(settings: Settings, name: str = "relaybox") -> Any:
     """The app, in the serving process or in each worker process (which sets up its
     own logging while the app is made)."""
     from relaybox.server.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, name)
     _quiet_startup(settings)
     return app
 
@@ -125,10 +138,12 @@ def serve(settings: Settings, reporter: Reporter | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _around_sanic(settings: Settings, reporter: Reporter
+def _around_sanic(settings: Settings, reporter: Reporter, *, in_thread: bool = False
                   ) -> Iterator[tuple[Settings, ssl.SSLContext | None, Callable[[], None]]]:
     """Everything around Sanic, set up in order and undone in reverse; yields the settings
-    as served (the Redis URL filled in), the TLS context and the ready announcement."""
+    as served (the Redis URL filled in), the TLS context and the ready announcement.
+    ``in_thread``: the process's logging and signals are left to its owner, and metrics
+    stay in memory (the multiprocess switch is an environment variable of the process)."""
     from relaybox.bus import (
         EmbeddedRedis,
         live_servers,
@@ -149,7 +164,8 @@ def _around_sanic(settings: Settings, reporter: Reporter
     embedded: EmbeddedRedis | None = None
     record = metrics_dir = replicator = None
     try:
-        setup_logging(settings)
+        if not in_thread:
+            setup_logging(settings)
         problem = tracing.check(settings)
         if problem is not None:
             raise StartError(problem)
@@ -165,9 +181,10 @@ def _around_sanic(settings: Settings, reporter: Reporter
             reporter.admin_token(prepared.admin_token)
         if prepared.applied:
             log.info("applied migrations: %s", ", ".join(prepared.applied))
-        # Until Sanic installs its own handlers, SIGTERM/SIGINT must still run the cleanup.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda n, _: sys.exit(128 + n))
+        if not in_thread:
+            # Until Sanic installs its own handlers, SIGTERM/SIGINT must still run the cleanup.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda n, _: sys.exit(128 + n))
         replicator = _start_replication(settings)
         if not settings.redis_url:
             running = [s for s in live_servers(settings.run_dir) if s.get("redis_socket")]
@@ -184,7 +201,7 @@ def _around_sanic(settings: Settings, reporter: Reporter
             "started_at": time.time(), "url": settings.base_url,
         })
         # Before the server (and prometheus_client) starts: the workers' shared metrics folder.
-        if settings.metrics_enabled:
+        if settings.metrics_enabled and not in_thread:
             metrics_dir = prom.prepare_multiprocess(settings.run_dir)
         yield settings, tls_ctx, partial(reporter.ready, ready_lines(settings, prepared.users))
     finally:
@@ -229,7 +246,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def _listen_kwargs(settings: Settings, tls_ctx: ssl.SSLContext | None) -> dict[str, Any]:
-    """Where and how Sanic listens."""
+    """Where and how Sanic listens (``serve`` and ``start_in_thread`` alike)."""
     from relaybox.server.upgrade import GatewayProtocol
 
     # One process: our context, reloaded in place. Worker processes build their own
@@ -273,3 +290,110 @@ def _run_sanic(settings: Settings, tls_ctx: ssl.SSLContext | None,
     else:
         Sanic.serve(primary=app, app_loader=loader)
 
+
+# -- in a thread of another program (the tests' in-process servers) -------------------------
+#: The ``start_in_thread`` server whose code runs (its thread and its loop's tasks carry it).
+in_thread_server: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "relaybox_in_thread_server", default=None)
+_numbers = itertools.count(1)
+
+
+def start_in_thread(settings: Settings, reporter: Reporter | None = None, *,
+                    name: str | None = None, timeout: float = 60.0) -> InThreadServer:
+    """Start the server as ``serve`` does, on an event loop of its own in a background
+    thread named ``name`` (its Sanic app's too); return once it accepts connections
+    (``port`` 0: a free one). Sharing the process, it is one process, leaves the logging
+    and signals to the process, keeps metrics in memory, and binds the models to its
+    database process-wide (store/db.py; tests/inproc.py binds them per server)."""
+    if settings.workers != 1:
+        raise StartError("a server in a thread is one process: workers must be 1")
+    server = InThreadServer(settings, reporter or LogReporter(),
+                            name or f"relaybox-in-thread-{next(_numbers)}")
+    server.thread.start()
+    try:
+        server.started.result(timeout)
+    except BaseException:
+        server.stop()  # a server still starting stops once started
+        raise
+    return server
+
+
+class InThreadServer:
+    """What ``start_in_thread`` started: ``settings`` as served, ``port``, ``url``."""
+
+    def __init__(self, settings: Settings, reporter: Reporter, name: str) -> None:
+        self.name, self._reporter = name, reporter
+        self._error: BaseException | None = None
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        self._sock = socket.create_server((settings.host, settings.port), family=family)
+        self.port = self._sock.getsockname()[1]  # bound now: port 0 becomes a free port
+        self.settings = dataclasses.replace(settings, port=self.port)
+        self.url = self.settings.base_url
+        self.started: futures.Future[None] = futures.Future()
+        self._stop: futures.Future[None] = futures.Future()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop as SIGTERM stops ``serve``; idempotent; raises (once) what failed since."""
+        with contextlib.suppress(futures.InvalidStateError):
+            self._stop.set_result(None)
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise RuntimeError(f"{self.name} did not stop within {timeout:g} s")
+        if (error := self._error) is not None:
+            self._error = None
+            raise RuntimeError(f"{self.name} failed while serving") from error
+
+    def _run(self) -> None:
+        from sanic import Sanic
+
+        in_thread_server.set(self.name)
+        app = None
+        try:
+            with _around_sanic(self.settings, self._reporter, in_thread=True) as run:
+                self.settings, tls_ctx, announce = run
+                app = _make_app(self.settings, self.name)
+                # No banner; no touch-up (Sanic rewrites its classes' methods for one app,
+                # once per process): the methods as written, as in Sanic's debug mode.
+                app.config.MOTD = app.config.TOUCHUP = False
+                app.after_server_start(lambda *_: announce())
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(self._serve(app, tls_ctx))
+        except BaseException as exc:  # handed to whoever waits for the server
+            if self.started.done():
+                self._error = exc
+                log.error("%s failed while serving", self.name, exc_info=exc)
+            else:
+                self.started.set_exception(exc)
+        finally:
+            self._sock.close()
+            if app is not None:
+                Sanic.unregister_app(app)
+            gc.unfreeze()  # what the app froze (app.tune_gc) outlives it here
+
+    async def _serve(self, app: Any, tls_ctx: ssl.SSLContext | None) -> None:
+        """Sanic's run of one process (sanic/server/runners.py), step by step."""
+        asyncio.get_running_loop().set_default_executor(  # threads named after the server
+            futures.ThreadPoolExecutor(thread_name_prefix=f"{self.name}-executor"))
+        server = await app.create_server(**_listen_kwargs(self.settings, tls_ctx),
+                                         sock=self._sock,
+                                         asyncio_server_kwargs={"start_serving": False})
+        await server.startup()
+        await server.before_start()
+        await server.start_serving()  # as in serve: once the before-start listeners ran
+        try:
+            await server.after_start()
+            self.started.set_result(None)
+            await asyncio.wrap_future(self._stop)
+        finally:
+            await server.before_stop()
+            await server.close()  # then idle connections close, busy ones get a grace
+            for conn in list(server.connections):
+                conn.close_if_idle()
+            for _ in range(int(app.config.GRACEFUL_SHUTDOWN_TIMEOUT * 10)):
+                if server.connections:
+                    await asyncio.sleep(0.1)  # polled, as Sanic does
+            for conn in list(server.connections):
+                conn.abort()
+            await server.after_stop()
