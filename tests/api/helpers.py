@@ -1,4 +1,7 @@
-"""REST test helpers: a running server with users, signed token requests, an httpx client."""
+"""REST test helpers: a running server with users, signed token requests, an httpx client.
+
+The servers run inside the test process (``tests.inproc``) unless a test asks for a
+``relaybox serve`` process of its own (``own_process=True``)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import nacl.signing
 
 from relaybox.protocol.encoding import b64url_encode, random_nonce
 from relaybox.protocol.handshake import token_signing_bytes
+from tests.inproc import InProcServer
 from tests.support import DeviceKey, Server, free_port, seed
 
 # Generous limits, so that only the tests about limits meet them.
@@ -24,7 +28,7 @@ HIGH_LIMITS = {"RELAYBOX_RATE_LIMITS_TOKEN_PER_MIN": "100000",
 class Api:
     """A started server, its admin token and seeded devices."""
 
-    server: Server
+    server: Server | InProcServer
     admin_token: str
     server_id: str
     devices: dict[str, list[DeviceKey]]
@@ -76,15 +80,19 @@ def new_public_key() -> str:
     return b64url_encode(bytes(nacl.signing.SigningKey.generate().verify_key))
 
 
-def start_api(data_dir: Path, users: dict[str, int], **env: str) -> Api:
-    """Initialise ``data_dir``, seed ``users`` and start a server on it."""
+def start_api(data_dir: Path, users: dict[str, int], *, own_process: bool = False,
+              **env: str) -> Api:
+    """Initialise ``data_dir``, seed ``users`` and start a server on it: in this process,
+    or with ``own_process`` a ``relaybox serve`` process (to kill or signal it, or to
+    look at the process)."""
     from relaybox.cli.init_cmd import initialise
     from relaybox.config import load_settings
 
     res = initialise(load_settings(data_dir, env={}))
     assert res.admin_token is not None
     devices = seed(data_dir, users)
-    srv = Server(data_dir, free_port(), {**HIGH_LIMITS, **env})
+    env = {**HIGH_LIMITS, **env}
+    srv = Server(data_dir, free_port(), env) if own_process else InProcServer(data_dir, env)
     srv.start()
     return Api(srv, res.admin_token, res.server_id, devices)
 
@@ -101,7 +109,7 @@ def assert_problem(r: httpx.Response, status: int, code: str | None = None) -> d
     return dict(doc)
 
 
-def assert_clean_log(server: Server) -> None:
+def assert_clean_log(server: Server | InProcServer) -> None:
     """No traceback and no 500 in the server's log."""
     text = server.log()
     for needle in ("Traceback", " 500 request_id="):
