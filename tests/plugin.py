@@ -14,12 +14,15 @@ teardown). A package's own ``conftest.py`` holds only what that package alone us
 - ``module_servers`` (module) and ``servers`` (one test): ``relaybox serve`` processes
   started with settings by attribute name, checked for tracebacks, stopped in the
   background (``stop_later``; the session waits for them at its end).
-- ``data_dir`` (an initialised data dir) and ``live`` (a server for the module), for the
-  CLI and operations tests.
+- ``data_dir`` (an initialised data dir) and ``live`` (an in-process server for the
+  module, ``tests.inproc``), for the CLI and operations tests.
 - ``redis_url``: a real embedded Redis (as ``serve`` runs it) for one test.
 - ``api_factory`` (module) and ``fresh_api`` (one test): factories of real servers with
-  seeded users for the REST tests (``tests.api.helpers.Api``), checked for tracebacks
-  and 500s at teardown.
+  seeded users for the REST tests (``tests.api.helpers.Api``), in-process unless asked
+  for with ``own_process=True``, checked for tracebacks and 500s at teardown.
+
+The session's end waits for the servers stopping in the background and checks that no
+in-process server is left running.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import pytest
 from tests.api.helpers import Api, assert_clean_log, start_api
 from tests.gateway.helpers import assert_clean_log as assert_clean_gateway_log
 from tests.gateway.helpers import env
+from tests.inproc import InProcServer, assert_none_left
 from tests.support import Server, free_port, fresh_database
 
 PG_ENV = "RELAYBOX_TEST_POSTGRES_URL"
@@ -98,8 +102,10 @@ StartApi = Callable[..., Api]
 def _api_factory(tmp: pytest.TempPathFactory) -> tuple[StartApi, list[Api]]:
     started: list[Api] = []
 
-    def start(users: dict[str, int] | None = None, **env: Any) -> Api:
-        api = start_api(tmp.mktemp("api") / "data", users or {}, **env)
+    def start(users: dict[str, int] | None = None, *, own_process: bool = False,
+              **env: Any) -> Api:
+        api = start_api(tmp.mktemp("api") / "data", users or {}, own_process=own_process,
+                        **env)
         started.append(api)
         return api
 
@@ -122,7 +128,8 @@ def _stop_apis(started: list[Api]) -> None:
 
 @pytest.fixture(scope="module")
 def api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartApi]:
-    """Factory: ``api_factory(users, **env)`` starts a server the whole module shares."""
+    """Factory: ``api_factory(users, **env)`` starts a server the whole module shares
+    (``own_process=True``: a ``relaybox serve`` process)."""
     start, started = _api_factory(tmp_path_factory)
     yield start
     _stop_apis(started)
@@ -131,7 +138,8 @@ def api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartApi]:
 @pytest.fixture
 def fresh_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartApi]:
     """Servers for a single test (limits, Redis failures, several processes): initialised
-    data dir, seeded users, embedded Redis; checked for tracebacks and 500s at teardown."""
+    data dir, seeded users, embedded Redis; checked for tracebacks and 500s at teardown.
+    ``own_process=True``: a ``relaybox serve`` process (to kill or signal it)."""
     start, started = _api_factory(tmp_path_factory)
     yield start
     _stop_apis(started)
@@ -154,6 +162,7 @@ def _stop_servers_at_the_end() -> Iterator[None]:
     yield
     for fut in _stopping:
         fut.result()
+    assert_none_left()
 
 
 @pytest.fixture
@@ -243,10 +252,10 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real ``relaybox serve`` for the module; each test uses its own users."""
-    srv = Server(tmp_path_factory.mktemp("live") / "data", free_port(), {})
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcServer]:
+    """One real server for the module, in this process; each test uses its own users. (A
+    test that needs a ``relaybox serve`` process of its own uses ``make_server``.)"""
+    srv = InProcServer(tmp_path_factory.mktemp("live") / "data")
     srv.start()
     yield srv
     srv.stop()
-    srv.kill()
