@@ -131,10 +131,9 @@ def _pid_in(pidfile: Path, timeout: float = 5.0) -> int:
     read may find it empty or cut short: read again until it holds a whole number."""
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(FileNotFoundError):
-            text = pidfile.read_text()
-            if text.endswith("\n") and text.strip().isdigit():
-                return int(text)
+        text = pidfile.read_text()  # no file: no Redis (it removes the file as it stops)
+        if text.endswith("\n") and text.strip().isdigit():
+            return int(text)
         if time.monotonic() > deadline:
             raise RuntimeError(f"{pidfile} holds no pid")
         time.sleep(0.01)
