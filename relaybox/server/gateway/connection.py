@@ -16,11 +16,14 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+if TYPE_CHECKING:
+    from sanic.server.websockets.impl import WebsocketImplProtocol
 
 log = logging.getLogger("relaybox.gateway")
 
@@ -41,6 +44,12 @@ class Handler(Protocol):
     def on_close_reply(self, out: list[bytes]) -> None: ...
 
     def release(self) -> None: ...
+
+
+class Serving(Handler, Protocol):
+    """A session a connection runs (``start``): it serves until the connection ends."""
+
+    async def serve(self) -> None: ...
 
 
 class GatewayConnection(asyncio.Protocol):
@@ -73,7 +82,7 @@ class GatewayConnection(asyncio.Protocol):
         """Become the transport's protocol (both ways in end here)."""
         self.transport.set_protocol(self)
 
-    def start(self, session: Any) -> asyncio.Task[Any]:
+    def start(self, session: Serving) -> asyncio.Task[Any]:
         """Run ``session`` (its ``serve``) on this connection; it ends with the connection."""
         self._task = task = self.loop.create_task(session.serve())
         task.add_done_callback(self._session_done)
@@ -329,13 +338,13 @@ class GatewayConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-async def adopt(ws: Any) -> tuple[GatewayConnection, list[str | bytes]]:
+async def adopt(ws: WebsocketImplProtocol) -> tuple[GatewayConnection, list[str | bytes]]:
     """Take a connection that came through Sanic's request path over from Sanic's
     websocket: its transport (``io_proto.transport``) and protocol object (``ws_proto``)
     become a ``GatewayConnection``'s. Returns it with the messages Sanic had already
     parsed, in order (those that came in the same read as the upgrade, such as `hello`)."""
     io_proto = ws.io_proto
-    transport = io_proto.transport
+    transport = io_proto.transport if io_proto is not None else None
     if transport is None or transport.is_closing():
         raise ConnectionError("the connection is gone")
     conn = GatewayConnection(transport, ws.ws_proto, float(ws.close_timeout), owner=io_proto)

@@ -22,6 +22,7 @@ from relaybox.store import queries
 if TYPE_CHECKING:
     from relaybox.server.context import ServerContext
     from relaybox.server.gateway.session import Session
+    from relaybox.store.sql import Positions
 
 log = logging.getLogger("relaybox.gateway")
 
@@ -182,7 +183,7 @@ class HandshakeSteps:
             ctx.metrics.handshake("ok")
             ctx.metrics.session_opened()
 
-    async def _touch_until_stored(self) -> Any:
+    async def _touch_until_stored(self) -> Positions:
         """The writer's ``touch`` (positions read after the acks before them are stored).
         While storage fails (a full disk, the database down) it is tried again until the
         handshake's deadline, which then ends the session with 4408: the device retries

@@ -21,6 +21,8 @@ from relaybox.server.gateway.connection import GatewayConnection, adopt
 from relaybox.server.observability import logs
 
 if TYPE_CHECKING:
+    from sanic.server.websockets.impl import WebsocketImplProtocol
+
     from relaybox.server.context import ServerContext
     from relaybox.server.gateway.session import Session
 
@@ -45,7 +47,7 @@ class Lifecycle:
 
     ctx: ServerContext
     conn: GatewayConnection | None
-    _sanic_ws: Any
+    _sanic_ws: WebsocketImplProtocol | None
     session_id: str
     device_id: str
     registered: bool
@@ -86,6 +88,8 @@ class Lifecycle:
     async def run(self) -> None:
         """Serve a connection that came through Sanic's request path (``app.py``)."""
         if self.conn is None:
+            if self._sanic_ws is None:
+                return  # released before its handler ran
             try:
                 self.conn, early = await adopt(self._sanic_ws)
             except ConnectionError:
@@ -93,7 +97,7 @@ class Lifecycle:
             finally:
                 self._sanic_ws = None
             self._early.extend(early)
-        await self.conn.start(self)
+        await self.conn.start(cast("Session", self))
 
     async def serve(self) -> None:
         """The session's life on its connection (``GatewayConnection.start`` runs it)."""

@@ -46,6 +46,8 @@ from relaybox.store.events import (
 )
 
 if TYPE_CHECKING:
+    from sanic.server.websockets.impl import WebsocketImplProtocol
+
     from relaybox.server.context import ServerContext
 
 log = logging.getLogger("relaybox.gateway")
@@ -64,10 +66,15 @@ class Session(Lifecycle, CatchUp, HandshakeSteps):
     connection over from it first.
     """
 
-    def __init__(self, ctx: ServerContext, ws: Any, address: str) -> None:
+    def __init__(self, ctx: ServerContext, ws: GatewayConnection | WebsocketImplProtocol,
+                 address: str) -> None:
         self.ctx = ctx
-        self.conn: GatewayConnection | None = ws if isinstance(ws, GatewayConnection) else None
-        self._sanic_ws = None if self.conn is not None else ws
+        self.conn: GatewayConnection | None = None
+        self._sanic_ws: WebsocketImplProtocol | None = None
+        if isinstance(ws, GatewayConnection):
+            self.conn = ws
+        else:
+            self._sanic_ws = ws
         self.address = address
         self.session_id = uuid7()
         self.device_id = ""
