@@ -117,6 +117,30 @@ async def test_pair_by_qr_link_then_exchange_events_both_ways(server: Server, pa
     await shot(page, "app-phone-streams")
 
 
+async def test_a_row_shown_before_the_device_names_arrive_is_relabelled(
+        server: Server, page: Any) -> None:
+    """The page's first device list is held back until an event has been shown under the
+    sender's id: once the list arrives, the row names the sender."""
+    acct = account(server)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Any) -> None:
+        held.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/api/v1/devices", hold)
+    await pair_page(page, server, acct.name)
+    await asyncio.wait_for(held.wait(), GENEROUS_S)
+    async with Collector(acct.devices[0]) as py:
+        await py.client.publish("clipboard", {"text": "before the names"})
+        await expect(row(page, "before the names")).to_be_visible(timeout=GENEROUS_S * 1000)
+        sender = page.locator("#events .event .from").first
+        await expect(sender).to_have_text(f"device {acct.devices[0].device_id[-8:]}")
+        release.set()
+        await expect(sender).to_have_text(f"{acct.name}-dev0", timeout=GENEROUS_S * 1000)
+
+
 async def test_reload_keeps_the_identity_and_resumes_from_the_stored_cursor(
         server: Server, page: Any) -> None:
     acct = account(server)

@@ -536,6 +536,9 @@ async function refreshDevices() {
         $("me").textContent = me.name;
       }
       renderDevices();
+      // Rows already on show may name a sender by id (an event that came before this
+      // list): render them afresh, not only the new ones.
+      state.rendered = { stream: null, seqs: [], notices: 0 };
       state.dirty = true;
       schedule();
     } catch {
