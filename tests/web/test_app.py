@@ -141,6 +141,43 @@ async def test_a_row_shown_before_the_device_names_arrive_is_relabelled(
         await expect(sender).to_have_text(f"{acct.name}-dev0", timeout=GENEROUS_S * 1000)
 
 
+async def test_a_rename_heard_while_the_device_list_is_on_its_way_is_not_lost(
+        server: Server, page: Any) -> None:
+    """The page's first device list is read, then held; meanwhile another device is renamed
+    and the page hears it on sys.devices. The held (older) list arrives after: the page
+    reads the list again, and names the device as it is now."""
+    from relaybox.client import RestClient
+
+    acct = account(server)
+    dev0 = acct.devices[0]
+    read, release = asyncio.Event(), asyncio.Event()
+    lists = 0
+
+    async def older_first(route: Any) -> None:
+        nonlocal lists
+        lists += 1
+        if lists > 1:
+            await route.continue_()
+            return
+        response = await route.fetch()  # the list as it is before the rename
+        read.set()
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route("**/api/v1/devices", older_first)
+    await pair_page(page, server, acct.name)
+    await asyncio.wait_for(read.wait(), GENEROUS_S)
+    async with RestClient(dev0) as api:
+        await api.request("PATCH", f"/devices/{dev0.device_id}", json={"name": "kitchen"})
+    await page.wait_for_function(  # the page heard the rename
+        "() => window.relayboxApp.streams.get('sys.devices')?.events"
+        ".some((e) => e.body && e.body.event === 'device_renamed')")
+    release.set()
+    await expect(page.locator("#device-list")).to_contain_text("kitchen",
+                                                               timeout=GENEROUS_S * 1000)
+    assert lists == 2
+
+
 async def test_reload_keeps_the_identity_and_resumes_from_the_stored_cursor(
         server: Server, page: Any) -> None:
     acct = account(server)

@@ -521,10 +521,15 @@ function send() {
 // -- devices ------------------------------------------------------------------------------
 
 let refreshing = null;
+let refreshAgain = false; // asked for while a list was on its way: read it once more
 let refreshRetry = 0; // failed refreshes in a row: the next try waits longer
 async function refreshDevices() {
   if (!state.client) return;
-  if (refreshing) return;
+  if (refreshing) {
+    // That list may have been read before the change that asks for this one.
+    refreshAgain = true;
+    return;
+  }
   refreshing = (async () => {
     try {
       const list = await state.client.rest.devices();
@@ -551,6 +556,10 @@ async function refreshDevices() {
   })();
   await refreshing;
   refreshing = null;
+  if (refreshAgain) {
+    refreshAgain = false;
+    refreshDevices();
+  }
 }
 
 function onPresence(p) {
