@@ -35,15 +35,21 @@ def request_id(request: Request) -> str:
     return str(rid)
 
 
-def problem(status: int, code: str, detail: str, request: Request | None,
-            headers: dict[str, str] | None = None, **extra: Any) -> HTTPResponse:
+def problem_body(status: int, code: str, detail: str, rid: str | None,
+                 **extra: Any) -> dict[str, Any]:
+    """The RFC 9457 document of an error (api.md §1 Conventions)."""
     try:
         title = HTTPStatus(status).phrase
     except ValueError:
         title = "Error"
-    rid = request_id(request) if request is not None else None
-    body = {"type": "about:blank", "title": title, "status": status, "code": code,
+    return {"type": "about:blank", "title": title, "status": status, "code": code,
             "detail": detail, "request_id": rid, **extra}
+
+
+def problem(status: int, code: str, detail: str, request: Request | None,
+            headers: dict[str, str] | None = None, **extra: Any) -> HTTPResponse:
+    rid = request_id(request) if request is not None else None
+    body = problem_body(status, code, detail, rid, **extra)
     hdrs = dict(headers or {})
     if rid:
         hdrs["X-Request-ID"] = rid

@@ -38,6 +38,7 @@ from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
 from relaybox.protocol.encoding import uuid7
+from relaybox.server.errors import problem_body
 from relaybox.server.gateway.connection import GatewayConnection
 
 log = logging.getLogger("relaybox.gateway")
@@ -130,11 +131,9 @@ http_log = logging.getLogger("relaybox.http")
 
 def _timeout_answer(rid: str) -> bytes:
     """The 408 for a request head that missed its deadline, in the server's problem+json
-    format (``errors.problem``), as Sanic would send it: the connection closes after it."""
-    body = orjson.dumps({"type": "about:blank", "title": "Request Timeout", "status": 408,
-                         "code": "request_timeout",
-                         "detail": "the request head did not arrive in time",
-                         "request_id": rid})
+    format, as Sanic would send it: the connection closes after it."""
+    body = orjson.dumps(problem_body(408, "request_timeout",
+                                     "the request head did not arrive in time", rid))
     return (b"HTTP/1.1 408 Request Timeout\r\nX-Request-ID: " + rid.encode("ascii") +
             b"\r\ncontent-length: " + str(len(body)).encode() +
             b"\r\nconnection: close\r\ncontent-type: application/problem+json\r\n\r\n" +
