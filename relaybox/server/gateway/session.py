@@ -261,12 +261,13 @@ class Session(Lifecycle, CatchUp, HandshakeSteps):
         frames, self.outbox = self.outbox, []
         conn = self.conn
         try:
-            if frames and conn is None:
-                raise ConnectionError("the connection is gone")
-            if frames and conn is not None and not conn.write_texts(frames):
-                self.outbox[:0] = frames
-                asyncio.get_running_loop().create_task(self._flush())
-                return
+            if frames:
+                if conn is None:
+                    raise ConnectionError("the connection is gone")
+                if not conn.write_texts(frames):
+                    self.outbox[:0] = frames
+                    asyncio.get_running_loop().create_task(self._flush())
+                    return
             self.outbox_bytes = 0
         except Exception:
             self._drop_outbox()
