@@ -10,6 +10,8 @@ import qrcode from "../vendor/qrcode-generator/qrcode.mjs";
 
 const KEEP_PER_STREAM = 5000; // events kept in memory per stream (oldest dropped)
 const RENDER_STEP = 200; // rows rendered at once; "Show older" adds as many
+// No rows on show: the next render makes every row afresh (read, never changed).
+const NOTHING_RENDERED = Object.freeze({ stream: null, seqs: Object.freeze([]), notices: 0 });
 const HISTORY_PAGE = 200; // events read over REST when a stream is first shown
 
 const $ = (id) => document.getElementById(id);
@@ -22,7 +24,7 @@ const state = {
   streams: new Map(), // stream → {events: [], seqs: Set, head, historyLoaded}
   selected: null,
   renderLimit: RENDER_STEP,
-  rendered: { stream: null, seqs: [], notices: 0 },
+  rendered: NOTHING_RENDERED,
   dirty: false,
   devices: new Map(), // device_id → device JSON
   notify: false,
@@ -543,7 +545,7 @@ async function refreshDevices() {
       renderDevices();
       // Rows already on show may name a sender by id (an event that came before this
       // list): render them afresh, not only the new ones.
-      state.rendered = { stream: null, seqs: [], notices: 0 };
+      state.rendered = NOTHING_RENDERED;
       state.dirty = true;
       schedule();
     } catch {
@@ -708,7 +710,7 @@ async function forgetLocally() {
   state.streams.clear();
   state.selected = null;
   state.devices.clear();
-  state.rendered = { stream: null, seqs: [], notices: 0 };
+  state.rendered = NOTHING_RENDERED;
   $("events").replaceChildren();
   $("stream-list").replaceChildren();
   hideNotice();
